@@ -1,0 +1,243 @@
+"""Backbones (timm models) and the classifier model every strategy trains.
+
+- ``vit-glyphs`` (default): a small timm VisionTransformer whose patch embedding is a
+  convolutional stem (timm's ``HybridEmbed``), pre-trained by ``clplat pretrain`` on
+  ``glyphs-pretrain`` (Greek and Cyrillic characters) and cached; built on first use.
+- ``timm:<model-name>``: any timm model. Hub weights are downloaded only for these names and
+  only when no local file is given; ``--backbone-weights FILE`` loads a local state dict.
+
+A :class:`Backbone` maps stream images (float tensors in [0, 1], any channel count and size)
+to feature vectors: it adapts channels and size to the model's input and normalises with the
+model's mean/std.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import UserError
+from .options import opt
+from .registry import register_backbone
+
+DEFAULT_BACKBONE = "vit-glyphs"
+
+
+class Backbone(nn.Module):
+    """Stream images -> features, around a timm model built with ``num_classes=0``."""
+
+    def __init__(self, model: nn.Module, *, name: str, in_chans: int, img_size: int,
+                 mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.in_chans = in_chans
+        self.img_size = img_size
+        self.num_features = int(model.num_features)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Match channels and size of the model's input, then normalise."""
+        if x.shape[1] != self.in_chans:
+            if x.shape[1] == 1:
+                x = x.expand(-1, self.in_chans, -1, -1)
+            elif self.in_chans == 1:
+                x = x.mean(dim=1, keepdim=True)
+            else:
+                raise UserError(f"backbone {self.name} takes {self.in_chans} channels, "
+                                f"the stream has {x.shape[1]}")
+        if x.shape[-2:] != (self.img_size, self.img_size):
+            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear",
+                              align_corners=False, antialias=x.shape[-1] > self.img_size)
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.prepare(x))
+
+
+class ClassifierModel(nn.Module):
+    """``head(backbone(x))``; the head is usually Avalanche's ``IncrementalClassifier``.
+
+    ``freeze_backbone()`` stops gradients into the backbone and keeps it in eval mode even
+    when the strategy calls ``model.train()`` (so normalisation statistics stay frozen too).
+    """
+
+    def __init__(self, backbone: Backbone, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.backbone_frozen = False
+
+    def freeze_backbone(self) -> "ClassifierModel":
+        self.backbone_frozen = True
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+        return self
+
+    def train(self, mode: bool = True) -> "ClassifierModel":
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+# --------------------------------------------------------------------------- vit-glyphs
+@dataclass(frozen=True)
+class GlyphViTArch:
+    """Architecture of ``vit-glyphs``; part of the cache key of its weights."""
+    img_size: int = 32
+    in_chans: int = 1
+    embed_dim: int = 96
+    depth: int = 6
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    stem_channels: tuple[int, ...] = (32, 64, 96)
+    patch_size: int = 2  # on the stem's feature map (stride 4): 32x32 image -> 4x4 tokens
+
+
+def conv_stem(in_chans: int, channels: tuple[int, ...]) -> nn.Sequential:
+    """3x3 convolutions with BatchNorm and ReLU; every one after the first has stride 2."""
+    layers: list[nn.Module] = []
+    for i, out in enumerate(channels):
+        layers += [nn.Conv2d(in_chans, out, 3, stride=1 if i == 0 else 2, padding=1,
+                             bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        in_chans = out
+    return nn.Sequential(*layers)
+
+
+def build_glyph_vit(arch: GlyphViTArch = GlyphViTArch(), num_classes: int = 0) -> nn.Module:
+    from timm.layers import HybridEmbed
+    from timm.models.vision_transformer import VisionTransformer
+    stem = conv_stem(arch.in_chans, arch.stem_channels)
+    return VisionTransformer(
+        img_size=arch.img_size, patch_size=arch.patch_size, in_chans=arch.in_chans,
+        embed_dim=arch.embed_dim, depth=arch.depth, num_heads=arch.num_heads,
+        mlp_ratio=arch.mlp_ratio, num_classes=num_classes,
+        embed_layer=partial(HybridEmbed, backbone=stem))
+
+
+def _load_state(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"backbone weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or not a weights file
+        raise UserError(f"cannot read backbone weights {path}: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                        ) from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f"backbone weights {path} hold no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a local state dict into a timm model built with ``num_classes=0``.
+
+    Classifier-head entries of the file (``head.*``) are ignored; every other key must match.
+    """
+    state = {k: v for k, v in _load_state(path).items() if not k.startswith("head.")}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        detail = (f"missing {missing[:3]}" if missing else
+                  f"unexpected {unexpected[:3]}" if unexpected else
+                  f"shape mismatch at {wrong[:3]}")
+        raise UserError(f"backbone weights {path} do not fit the model: {detail}")
+    model.load_state_dict(state)
+
+
+@dataclass
+class GlyphViTOptions:
+    pretrained: bool = opt(True, "use the pre-trained weights (false: random initialisation)")
+    weights: Optional[str] = opt(None, "local weights file (default: the cached pre-trained "
+                                       "backbone, built by `clplat pretrain` on first use)")
+
+
+@register_backbone("vit-glyphs", options=GlyphViTOptions,
+                   help="small ViT (conv stem, d=96, depth 6) pre-trained on Greek/Cyrillic glyphs")
+def vit_glyphs(opts: GlyphViTOptions) -> Backbone:
+    model = build_glyph_vit()
+    if opts.weights:
+        load_weights(model, opts.weights)
+    elif opts.pretrained:
+        from .pretrain import pretrained_glyph_vit_path
+        load_weights(model, pretrained_glyph_vit_path())
+    arch = GlyphViTArch()
+    return Backbone(model, name="vit-glyphs", in_chans=arch.in_chans, img_size=arch.img_size,
+                    mean=(0.5,), std=(0.5,))
+
+
+# --------------------------------------------------------------------------- timm:<name>
+@dataclass
+class TimmOptions:
+    model_name: str = opt("vit_base_patch16_224", "timm model name (`timm:<model-name>`)")
+    pretrained: bool = opt(True, "download the hub's pre-trained weights (needs internet); "
+                                 "ignored when `weights` is given")
+    weights: Optional[str] = opt(None, "local weights file (.pth/.pt/.safetensors): no download")
+    img_size: Optional[int] = opt(None, "input size if the model allows another one", min=8)
+
+
+@register_backbone("timm", options=TimmOptions,
+                   help="any timm model as `timm:<model-name>`; hub weights or a local file")
+def timm_backbone(opts: TimmOptions) -> Backbone:
+    import timm
+    kwargs = {"num_classes": 0}
+    if opts.img_size:
+        kwargs["img_size"] = opts.img_size
+    download = opts.pretrained and not opts.weights
+    try:
+        model = timm.create_model(opts.model_name, pretrained=download, **kwargs)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise UserError(f"unknown timm model {opts.model_name!r} "
+                            "(see timm.list_models())") from None
+        raise
+    except TypeError as exc:
+        raise UserError(f"timm model {opts.model_name!r} rejects these options: {exc}") from None
+    except Exception as exc:  # hub download failed (offline, no such weights, ...)
+        if not download:
+            raise
+        raise UserError(f"cannot download weights for {opts.model_name!r} "
+                        f"({type(exc).__name__}); pass a local file with --backbone-weights"
+                        ) from None
+    if opts.weights:
+        load_weights(model, opts.weights)
+    cfg = model.pretrained_cfg or {}
+    in_chans = int(cfg.get("input_size", (3,))[0])
+    img_size = opts.img_size or int(cfg.get("input_size", (3, 224, 224))[-1])
+    return Backbone(model, name=f"timm:{opts.model_name}", in_chans=in_chans, img_size=img_size,
+                    mean=tuple(cfg.get("mean", (0.5,) * in_chans)),
+                    std=tuple(cfg.get("std", (0.5,) * in_chans)))
+
+
+def resolve_backbone_name(name: str, options: dict) -> tuple[str, dict]:
+    """``timm:<model>`` -> (``timm``, options with ``model_name``); other names unchanged."""
+    if name.startswith("timm:"):
+        model_name = name.split(":", 1)[1]
+        if not model_name:
+            raise UserError("backbone 'timm:' needs a model name, e.g. timm:vit_base_patch16_224")
+        return "timm", {**options, "model_name": model_name}
+    return name, options

@@ -1,0 +1,100 @@
+"""Registries of strategies, streams and backbones, in the spirit of timm's ``register_model``.
+
+A component is registered with its name, a typed options dataclass (hyper-parameters of a
+strategy, options of a stream or backbone) and one line of help::
+
+    @register_strategy("ewc", options=EWCOptions, help="Elastic weight consolidation")
+    def ewc(ctx, opts): ...
+
+and built by name with ``create_strategy``/``create_stream``/``create_backbone``, which
+validate the options (one place, one message) before calling the builder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from .errors import UserError
+from .options import build_options
+
+
+@dataclass
+class Entry:
+    name: str
+    builder: Callable[..., Any]
+    options: type | None
+    help: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def make_options(self, values: Mapping[str, Any] | None = None, what: str = "") -> Any:
+        return build_options(self.options, values or {}, what or self.name)
+
+
+class Registry:
+    """Names -> :class:`Entry`; built-in components are imported on first use."""
+
+    def __init__(self, kind: str, builtin_module: str):
+        self.kind = kind
+        self._builtin_module = builtin_module
+        self._entries: dict[str, Entry] = {}
+        self._loaded = False
+
+    def register(self, name: str, *, options: type | None = None, help: str = "",
+                 **extra: Any) -> Callable:
+        if options is not None and not dataclasses.is_dataclass(options):
+            raise TypeError(f"options of {self.kind} {name!r} must be a dataclass")
+
+        def decorator(builder: Callable) -> Callable:
+            self._entries[name] = Entry(name, builder, options,
+                                        help or (builder.__doc__ or "").strip().split("\n")[0],
+                                        dict(extra))
+            return builder
+        return decorator
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            importlib.import_module(self._builtin_module)
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._entries)
+
+    def get(self, name: str) -> Entry:
+        self._load()
+        if name not in self._entries:
+            raise UserError(f"unknown {self.kind} {name!r}; valid names: "
+                            f"{', '.join(self.names())}")
+        return self._entries[name]
+
+    def entries(self) -> list[Entry]:
+        return [self._entries[n] for n in self.names()]
+
+
+STRATEGIES = Registry("strategy", "strategies")
+STREAMS = Registry("stream", "streams")
+BACKBONES = Registry("backbone", "clplatform.backbones")
+
+register_strategy = STRATEGIES.register
+register_stream = STREAMS.register
+register_backbone = BACKBONES.register
+
+
+def create_stream(name: str, **options: Any):
+    """Build the Avalanche benchmark of stream ``name`` with validated ``options``."""
+    entry = STREAMS.get(name)
+    return entry.builder(entry.make_options(options, f"stream {name!r}"))
+
+
+def create_backbone(name: str, **options: Any):
+    """Build backbone ``name`` (a :class:`clplatform.backbones.Backbone`)."""
+    entry = BACKBONES.get(name)
+    return entry.builder(entry.make_options(options, f"backbone {name!r}"))
+
+
+def create_strategy(name: str, context: Any, **hparams: Any):
+    """Build strategy ``name`` on ``context`` (a :class:`strategies.base.StrategyContext`)."""
+    entry = STRATEGIES.get(name)
+    return entry.builder(context, entry.make_options(hparams, f"strategy {name!r}"))

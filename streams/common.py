@@ -1,0 +1,117 @@
+"""Turning tensors into Avalanche 0.6 benchmarks; the metadata every stream carries.
+
+Every stream is an Avalanche ``CLScenario`` with ``train_stream`` and ``test_stream`` whose
+experiences know their classes (``classes_in_this_experience``) and task labels (all 0).
+Images are float tensors in [0, 1], shape [C, H, W]. Class labels are renumbered in order of
+appearance, so experience 0 holds classes 0..k-1, experience 1 the next ones, and so on;
+``benchmark.info.classes`` gives the name of each label.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from clplatform.cache import atomic_path, cache_dir, stable_hash
+from clplatform.errors import UserError
+
+
+@dataclass
+class StreamInfo:
+    """What a stream is, for the runner, the records and the reports."""
+    name: str
+    scenario: str                      # "class-incremental" | "domain-incremental"
+    classes: list[str]                 # label -> class name
+    image_shape: tuple[int, int, int]  # C, H, W
+    domains: list[str] = field(default_factory=list)  # domain of each experience (domain-IL)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def classes_per_experience(num_classes: int, experiences: int) -> list[int]:
+    """Split ``num_classes`` into ``experiences`` near-equal parts; no class is dropped.
+
+    The first ``num_classes % experiences`` experiences get one class more.
+    """
+    if not 1 <= experiences <= num_classes:
+        raise UserError(f"experiences must be between 1 and {num_classes} "
+                        f"(the stream has {num_classes} classes), got {experiences}")
+    base, extra = divmod(num_classes, experiences)
+    return [base + (1 if i < extra else 0) for i in range(experiences)]
+
+
+def to_float_images(images: np.ndarray, scale: float = 255.0) -> torch.Tensor:
+    """uint8 [N, H, W] or [N, H, W, C] -> float [N, C, H, W] in [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(scale)
+    return x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()
+
+
+def classification_dataset(x: torch.Tensor, y: torch.Tensor):
+    """An Avalanche ``ClassificationDataset`` over tensors, with targets and task labels 0."""
+    from avalanche.benchmarks.utils import DataAttribute
+    from avalanche.benchmarks.utils.classification_dataset import ClassificationDataset
+    y = y.long()
+    return ClassificationDataset(
+        [TensorDataset(x, y)],
+        data_attributes=[DataAttribute(y.tolist(), "targets"),
+                         DataAttribute([0] * len(y), "targets_task_labels",
+                                       use_in_getitem=True)])
+
+
+def class_incremental(train: tuple[torch.Tensor, torch.Tensor],
+                      test: tuple[torch.Tensor, torch.Tensor], class_order: Sequence[int],
+                      experiences: int, info: StreamInfo):
+    """A class-incremental benchmark; labels renumbered by ``class_order``."""
+    from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+    from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+    order = torch.as_tensor(list(class_order))
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    sizes = classes_per_experience(len(order), experiences)
+    datasets = {"train": classification_dataset(train[0], rank[train[1]]),
+                "test": classification_dataset(test[0], rank[test[1]])}
+    bm = class_incremental_benchmark(datasets, class_order=list(range(len(order))),
+                                     num_classes_per_exp=sizes)
+    bm = with_task_labels(bm)
+    info.classes = [info.classes[int(c)] for c in order]
+    bm.info = info
+    return bm
+
+
+def domain_incremental(train: list[tuple[torch.Tensor, torch.Tensor]],
+                       test: list[tuple[torch.Tensor, torch.Tensor]], info: StreamInfo):
+    """A domain-incremental benchmark: one experience per (train, test) pair, same classes."""
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
+    from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+    bm = benchmark_from_datasets(train=[classification_dataset(*p) for p in train],
+                                 test=[classification_dataset(*p) for p in test])
+    bm = with_task_labels(with_classes_timeline(bm))
+    bm.info = info
+    return bm
+
+
+def cached_arrays(kind: str, key: dict, make) -> dict[str, np.ndarray]:
+    """``make()`` -> dict of arrays, cached on disk under a hash of ``key``."""
+    path = Path(cache_dir("streams"), f"{kind}-{stable_hash(key)}.npz")
+    if path.is_file():
+        try:
+            with np.load(path) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError):  # corrupt cache file: rebuild it
+            path.unlink(missing_ok=True)
+    arrays = make()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return arrays
+
+
+def seeded_permutation(n: int, seed: int) -> list[int]:
+    return np.random.default_rng(seed).permutation(n).tolist()
