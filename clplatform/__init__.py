@@ -1,0 +1,29 @@
+"""clplatform: a continual-learning simulation platform on Avalanche streams and timm backbones.
+
+Python API::
+
+    import clplatform
+    run = clplatform.run(strategy="naive", stream="glyphs", epochs=1)
+    run.summary["final_accuracy"], run.accuracy, run.experiences, run.config
+    clplatform.load_run("runs/<id>")
+"""
+import warnings as _warnings
+
+# Noise from dependencies that says nothing about the user's run: Avalanche warns when no
+# logger is attached (clplatform records metrics itself), about its own deprecated internals,
+# and qpsolvers (imported by Avalanche's GEM) about optional solvers.
+_warnings.filterwarnings("ignore", message="No loggers specified")
+_warnings.filterwarnings("ignore", message="no QP solver found")
+_warnings.filterwarnings("ignore", message="Call to deprecated function update",
+                         category=DeprecationWarning)
+
+from .errors import UserError  # noqa: E402
+from .registry import (create_backbone, create_stream, create_strategy, register_backbone,
+                       register_strategy, register_stream)
+from .runner import run
+from .store import Run, load_run
+
+__version__ = "0.1.0"
+
+__all__ = ["run", "load_run", "Run", "UserError", "register_strategy", "register_stream",
+           "register_backbone", "create_strategy", "create_stream", "create_backbone"]

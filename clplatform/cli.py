@@ -1,0 +1,173 @@
+"""The ``clplat`` command line.
+
+Every mistake a user can make ends as one line on stderr (``clplat: error: ...``) and exit
+status 2, without a traceback and without leaving a run directory behind.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .errors import UserError
+
+_TRAIN_HELP = "(default: the strategy's own, see `clplat list strategies -v`)"
+
+
+class ClplatGroup(click.Group):
+    """A click group that turns usage and user errors into one line and exit status 2."""
+
+    def main(self, args=None, prog_name=None, **kwargs):
+        try:
+            code = super().main(args=args, prog_name=prog_name or "clplat",
+                                standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as exc:
+            code = exc.exit_code
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            click.echo("clplat: interrupted", err=True)
+            code = 130
+        except click.ClickException as exc:
+            message = exc.format_message().replace("\n", " ")
+            click.echo(f"clplat: error: {message}", err=True)
+            code = 2
+        except UserError as exc:
+            click.echo(f"clplat: error: {exc}", err=True)
+            code = 2
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=ClplatGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="clplatform", prog_name="clplat")
+def cli():
+    """clplatform: continual-learning experiments on Avalanche streams with timm backbones.
+
+    \b
+    clplat run --strategy naive          train and evaluate one strategy on a stream
+    clplat list strategies -v            what can be run, with every hyper-parameter
+    clplat pretrain                      build the default backbone vit-glyphs
+    """
+    import clplatform  # noqa: F401  (warning filters)
+
+
+@cli.command("run")
+@click.option("--strategy", metavar="NAME", help="strategy to run (default: naive)")
+@click.option("--stream", metavar="NAME", help="stream to run on (default: glyphs)")
+@click.option("--backbone", metavar="NAME",
+              help="backbone: vit-glyphs (default) or timm:<model-name>")
+@click.option("--backbone-weights", metavar="FILE",
+              help="local backbone weights (.pt/.pth/.safetensors); nothing is downloaded")
+@click.option("--epochs", metavar="N", help=f"training epochs per experience {_TRAIN_HELP}")
+@click.option("--batch-size", metavar="N", help=f"training mini-batch size {_TRAIN_HELP}")
+@click.option("--lr", metavar="X", help=f"learning rate {_TRAIN_HELP}")
+@click.option("--seed", metavar="N", help="seed of everything, stream included (default: 0)")
+@click.option("--device", metavar="auto|cpu|cuda", help="where to train (default: auto)")
+@click.option("--out", metavar="DIR", help="folder for the run directory (default: runs)")
+@click.option("--set", "sets", metavar="KEY=VALUE", multiple=True,
+              help="strategy hyper-parameter (repeatable)")
+@click.option("--stream-opt", "stream_opts", metavar="KEY=VALUE", multiple=True,
+              help="stream option (repeatable)")
+@click.option("--backbone-opt", "backbone_opts", metavar="KEY=VALUE", multiple=True,
+              help="backbone option (repeatable)")
+@click.option("--config", metavar="FILE.toml",
+              help="TOML file with [strategy], [stream], [backbone], [train] tables; "
+                   "the command line wins")
+@click.option("--json", "as_json", is_flag=True,
+              help='print exactly one JSON object: {"run_dir": ..., "summary": {...}}')
+@click.option("-q", "--quiet", is_flag=True, help="no progress bars")
+def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size, lr, seed,
+                device, out, sets, stream_opts, backbone_opts, config, as_json, quiet):
+    """Train a strategy on a stream, experience by experience, and record the results.
+
+    After each experience the model is evaluated on every test experience. The run is
+    stored in its own directory under --out (config, records, summary); a summary table
+    (or, with --json, one JSON object) is printed.
+
+    \b
+    Examples:
+      clplat run --strategy naive
+      clplat run --strategy ewc --set ewc_lambda=1000 --stream digits --epochs 3
+      clplat run --config experiment.toml --seed 1 --json
+    """
+    from .options import parse_assignments
+    from .runner import execute, make_spec
+    from .store import json_safe
+
+    backbone_options = parse_assignments(backbone_opts, "--backbone-opt")
+    if backbone_weights:
+        backbone_options["weights"] = backbone_weights
+    spec = make_spec(config, strategy=strategy, stream=stream, backbone=backbone,
+                     strategy_options=parse_assignments(sets, "--set"),
+                     stream_options=parse_assignments(stream_opts, "--stream-opt"),
+                     backbone_options=backbone_options, epochs=epochs, batch_size=batch_size,
+                     lr=lr, seed=seed, device=device, out=out)
+    result = execute(spec, progress=not quiet)
+    if as_json:
+        click.echo(json.dumps({"run_dir": str(result.path),
+                               "summary": json_safe(result.summary)}))
+    else:
+        from reports.tables import run_summary_text
+        click.echo(run_summary_text(result))
+
+
+@cli.command("list")
+@click.argument("what", type=click.Choice(["strategies", "streams", "backbones"]))
+@click.option("-v", "--verbose", is_flag=True,
+              help="show every option with its type, default and help")
+def list_command(what, verbose):
+    """List the registered strategies, streams or backbones."""
+    from .options import describe_options
+    from .registry import BACKBONES, STRATEGIES, STREAMS
+    registry = {"strategies": STRATEGIES, "streams": STREAMS, "backbones": BACKBONES}[what]
+    entries = registry.entries()
+    width = max(len(e.name) for e in entries)
+    for entry in entries:
+        click.echo(f"{entry.name:<{width}}  {entry.help}")
+        if not verbose:
+            continue
+        defaults = entry.extra.get("train_defaults")
+        if defaults:
+            click.echo(" " * (width + 2) + "train defaults: " +
+                       ", ".join(f"{k}={v}" for k, v in defaults.items()))
+        rows = describe_options(entry.options)
+        if not rows and what != "backbones":
+            click.echo(" " * (width + 2) + "(no options)")
+        for row in rows:
+            allowed = f" {row['allowed']}" if row["allowed"] else ""
+            click.echo(f"{'':<{width}}    {row['name']} = {row['default']!r}  "
+                       f"({row['type']}{allowed})  {row['help']}")
+
+
+@cli.command("pretrain")
+@click.option("--force", is_flag=True, help="build again even if the cached weights exist")
+@click.option("--out", metavar="FILE", help="also write the weights to FILE")
+@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+def pretrain_command(force, out, quiet):
+    """Build the default backbone vit-glyphs: pre-train it on glyphs-pretrain.
+
+    The weights are cached (about a minute on 2 CPU cores) and used by every run whose
+    backbone is vit-glyphs. Greek and Cyrillic characters, none a Latin look-alike, so the
+    downstream Latin classes stay unseen.
+    """
+    import shutil
+
+    from .pretrain import PretrainRecipe, _cache_path, pretrain_glyph_vit
+    path = _cache_path(PretrainRecipe())
+    if force or not path.is_file():
+        path, accuracy = pretrain_glyph_vit(progress=not quiet)
+        click.echo(f"vit-glyphs: {accuracy:.1%} test accuracy on glyphs-pretrain")
+    click.echo(f"weights: {path}")
+    if out:
+        try:
+            shutil.copyfile(path, out)
+        except OSError as exc:
+            raise UserError(f"cannot write {out}: {exc.strerror}") from None
+        click.echo(f"copied to {out}")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

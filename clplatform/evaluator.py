@@ -1,0 +1,121 @@
+"""The evaluator: an Avalanche plugin that fills clplatform's records.
+
+After every ``strategy.train(...)`` call it counts parameters (before any evaluation: dynamic
+heads grow during Avalanche's eval) and evaluates the model on every test experience, seen
+and unseen, in one pass over tensors read once at start-up. Before the first training it
+evaluates the initial model (row ``train_exp = -1``, for forward transfer).
+
+Records (see ``shared/specs/metrics.md``):
+- accuracy rows: train_exp, eval_exp, accuracy, class_mean_accuracy, loss, n_samples, seen
+- experience rows: train_exp, train_seconds, eval_seconds, params_total, params_trainable,
+  params_frozen, experience_size, plus ``<strategy>.<field>`` columns from the strategy's
+  optional ``experience_extras()``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .pretrain import dataset_tensors
+
+INITIAL = -1  # train_exp of the evaluation before any training
+
+
+def _plugin_base():
+    from avalanche.core import SupervisedPlugin
+    return SupervisedPlugin
+
+
+def _sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"params_total": total, "params_trainable": trainable,
+            "params_frozen": total - trainable}
+
+
+MASK_VALUE = -1000.0  # logit of a class the head has no unit for (as Avalanche masks them)
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             device: torch.device | str, num_classes: int) -> dict[str, float]:
+    """Accuracy (sample-weighted), per-class-mean accuracy and mean loss of ``model``.
+
+    A head that has not grown to ``num_classes`` yet scores the missing classes MASK_VALUE,
+    exactly as Avalanche's ``IncrementalClassifier`` scores classes it has not trained.
+    """
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros(len(y), dtype=torch.bool)
+    loss_sum = 0.0
+    for start in range(0, len(y), batch_size):
+        xb = x[start:start + batch_size].to(device, non_blocking=True)
+        yb = y[start:start + batch_size].to(device, non_blocking=True)
+        logits = model(xb).float()
+        if logits.shape[1] < num_classes:
+            logits = F.pad(logits, (0, num_classes - logits.shape[1]), value=MASK_VALUE)
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+        correct[start:start + len(yb)] = (logits.argmax(1) == yb).cpu()
+    model.train(was_training)
+    classes = y.unique()
+    per_class = torch.stack([correct[y == c].float().mean() for c in classes])
+    return {"accuracy": correct.float().mean().item(),
+            "class_mean_accuracy": per_class.mean().item(),
+            "loss": loss_sum / len(y), "n_samples": len(y)}
+
+
+class Evaluator(_plugin_base()):
+    """Records accuracy after every training call; see the module docstring."""
+
+    def __init__(self, test_stream, train_stream, num_classes: int, batch_size: int = 256,
+                 strategy_name: str = ""):
+        super().__init__()
+        self.num_classes = num_classes
+        self.test = [dataset_tensors(exp.dataset) for exp in test_stream]
+        self.experience_sizes = [len(exp.dataset) for exp in train_stream]
+        self.batch_size = batch_size
+        self.prefix = strategy_name
+        self.accuracy_rows: list[dict[str, Any]] = []
+        self.experience_rows: list[dict[str, Any]] = []
+        self.train_exp = 0
+        self._t0 = 0.0
+
+    def expect(self, train_exp: int) -> None:
+        """The index of the experience the next ``train`` call learns (set by the runner)."""
+        self.train_exp = train_exp
+
+    def _evaluate_all(self, model, device, train_exp: int) -> None:
+        for eval_exp, (x, y) in enumerate(self.test):
+            row = evaluate(model, x, y, self.batch_size, device, self.num_classes)
+            self.accuracy_rows.append({"train_exp": train_exp, "eval_exp": eval_exp, **row,
+                                       "seen": train_exp >= eval_exp})
+
+    def before_training(self, strategy, **kwargs):
+        if not self.accuracy_rows:
+            strategy.model.to(strategy.device)
+            self._evaluate_all(strategy.model, strategy.device, INITIAL)
+        _sync(strategy.device)
+        self._t0 = time.perf_counter()
+
+    def after_training(self, strategy, **kwargs):
+        _sync(strategy.device)
+        train_seconds = time.perf_counter() - self._t0
+        row: dict[str, Any] = {"train_exp": self.train_exp, "train_seconds": train_seconds,
+                               **count_parameters(strategy.model)}
+        extras = getattr(strategy, "experience_extras", None)
+        if callable(extras):
+            row.update({f"{self.prefix}.{k}": v for k, v in extras().items()})
+        t0 = time.perf_counter()
+        self._evaluate_all(strategy.model, strategy.device, self.train_exp)
+        _sync(strategy.device)
+        row["eval_seconds"] = time.perf_counter() - t0
+        row["experience_size"] = self.experience_sizes[self.train_exp]
+        self.experience_rows.append(row)

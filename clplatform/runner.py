@@ -1,0 +1,244 @@
+"""The runner: resolve a configuration, build stream, backbone and strategy, train experience by
+experience, evaluate after each, and store the records.
+
+Everything a user can get wrong (names, options, values, files) is checked while building,
+before the run directory exists, so bad input never leaves a directory behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import UserError
+from .options import build_options, opt, options_dict
+
+DEFAULT_STRATEGY = "naive"
+DEFAULT_OUT = "runs"
+CONFIG_TABLES = ("strategy", "stream", "backbone", "train")
+
+
+@dataclass
+class TrainOptions:
+    """``[train]`` options; unset values come from the strategy's defaults, then these."""
+    epochs: int | None = opt(None, "training epochs per experience (default: the strategy's, "
+                                   "else 2)", min=0, max=10000)
+    batch_size: int | None = opt(None, "training mini-batch size (default: the strategy's, "
+                                       "else 32)", min=1, max=65536)
+    lr: float | None = opt(None, "learning rate (default: the strategy's, else 0.01)",
+                           min=0, max=100)
+    seed: int = opt(0, "seed of Python, NumPy, torch and of the stream", min=0, max=2**31 - 1)
+    device: str = opt("auto", "where to train", choices=("auto", "cpu", "cuda"))
+    out: str = opt(DEFAULT_OUT, "folder that receives the run directory")
+
+
+GLOBAL_TRAIN_DEFAULTS = {"epochs": 2, "batch_size": 32, "lr": 0.01}
+
+
+@dataclass
+class RunSpec:
+    """What to run: names and raw (unvalidated) options, as given by the user."""
+    strategy: str = DEFAULT_STRATEGY
+    stream: str = "glyphs"
+    backbone: str = "vit-glyphs"
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    stream_options: dict[str, Any] = field(default_factory=dict)
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """A TOML file with ``[strategy]``, ``[stream]``, ``[backbone]``, ``[train]`` tables."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"invalid TOML in {path}: {exc}") from None
+    unknown = sorted(set(data) - set(CONFIG_TABLES))
+    if unknown:
+        raise UserError(f"unknown table or key {unknown[0]!r} in {path}; "
+                        f"valid tables: {', '.join(CONFIG_TABLES)}")
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            raise UserError(f"{name!r} in {path} must be a table ([{name}])")
+        for key, value in table.items():
+            if isinstance(value, dict):
+                raise UserError(f"nested table {name}.{key} in {path} is not allowed")
+    return data
+
+
+def make_spec(config: str | os.PathLike | None = None, *, strategy: str | None = None,
+              stream: str | None = None, backbone: str | None = None,
+              strategy_options: Mapping[str, Any] | None = None,
+              stream_options: Mapping[str, Any] | None = None,
+              backbone_options: Mapping[str, Any] | None = None,
+              **train: Any) -> RunSpec:
+    """Merge a config file with explicit values (explicit values win)."""
+    data = read_config_file(config) if config else {}
+    tables = {k: dict(data.get(k, {})) for k in CONFIG_TABLES}
+    names = {k: tables[k].pop("name", None) for k in ("strategy", "stream", "backbone")}
+    for key, value in names.items():
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"[{key}] name must be a string, got {value!r}")
+    spec = RunSpec()
+    spec.strategy = strategy or names["strategy"] or spec.strategy
+    spec.stream = stream or names["stream"] or spec.stream
+    spec.backbone = backbone or names["backbone"] or spec.backbone
+    # options in the file belong to the component named there; a different name on the
+    # command line starts from that component's defaults
+    keep = {k: (names[k] is None or names[k] == getattr(spec, k)) for k in names}
+    spec.strategy_options = {**(tables["strategy"] if keep["strategy"] else {}),
+                             **(strategy_options or {})}
+    spec.stream_options = {**(tables["stream"] if keep["stream"] else {}),
+                           **(stream_options or {})}
+    spec.backbone_options = {**(tables["backbone"] if keep["backbone"] else {}),
+                             **(backbone_options or {})}
+    spec.train = {**tables["train"], **{k: v for k, v in train.items() if v is not None}}
+    return spec
+
+
+def resolve_device(device: str) -> str:
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available on this machine")
+    return device
+
+
+class Prepared:
+    """A validated, built run that has not started yet (no directory exists)."""
+
+    def __init__(self, spec: RunSpec, progress: bool):
+        from strategies.base import StrategyContext, TrainSettings
+
+        from .backbones import resolve_backbone_name
+        from .evaluator import Evaluator
+        from .progress import ProgressPlugin
+        from .registry import BACKBONES, STRATEGIES, STREAMS
+        from .seeding import seed_everything
+
+        # names and options first: cheap checks before anything is built
+        strategy_entry = STRATEGIES.get(spec.strategy)
+        stream_entry = STREAMS.get(spec.stream)
+        backbone_key, backbone_opts = resolve_backbone_name(spec.backbone,
+                                                            spec.backbone_options)
+        backbone_entry = BACKBONES.get(backbone_key)
+        train = build_options(TrainOptions, spec.train, "[train]")
+        hparams = strategy_entry.make_options(spec.strategy_options, f"strategy {spec.strategy!r}")
+        stream_opts = stream_entry.make_options(spec.stream_options, f"stream {spec.stream!r}")
+        if hasattr(stream_opts, "seed") and stream_opts.seed is None:
+            stream_opts.seed = train.seed
+        backbone_options = backbone_entry.make_options(backbone_opts,
+                                                       f"backbone {spec.backbone!r}")
+        defaults = {**GLOBAL_TRAIN_DEFAULTS, **strategy_entry.extra.get("train_defaults", {})}
+        settings = TrainSettings(
+            epochs=train.epochs if train.epochs is not None else defaults["epochs"],
+            batch_size=train.batch_size or defaults["batch_size"],
+            lr=train.lr if train.lr is not None else defaults["lr"],
+            seed=train.seed, device=resolve_device(train.device))
+
+        seed_everything(settings.seed)
+        self.benchmark = stream_entry.builder(stream_opts)
+        self.backbone = backbone_entry.builder(backbone_options)
+        self.info = self.benchmark.info
+        self.joint = bool(strategy_entry.extra.get("joint"))
+        self.evaluator = Evaluator(self.benchmark.test_stream, self.benchmark.train_stream,
+                                   self.info.num_classes, settings.eval_batch_size, spec.strategy)
+        self.progress = ProgressPlugin(enabled=progress)
+        context = StrategyContext(self.backbone, self.info, settings,
+                                  plugins=[self.progress, self.evaluator])
+        seed_everything(settings.seed)  # same model initialisation whatever was built before
+        self.strategy = strategy_entry.builder(context, hparams)
+        self.settings = settings
+        self.out = train.out
+        self.config = {
+            "strategy": {"name": spec.strategy, **options_dict(hparams)},
+            "stream": {"name": spec.stream, **options_dict(stream_opts),
+                       "scenario": self.info.scenario, "classes": self.info.classes,
+                       "domains": self.info.domains,
+                       "experiences_in_stream": len(self.benchmark.train_stream)},
+            "backbone": {"name": spec.backbone, **options_dict(backbone_options)},
+            "train": {**dataclasses.asdict(settings), "out": train.out,
+                      "device_requested": train.device},
+        }
+        self.label = f"{spec.strategy}-{spec.stream}-s{settings.seed}"
+
+    def fit(self) -> None:
+        """Train experience by experience (joint: once on the whole stream)."""
+        stream = self.benchmark.train_stream
+        if self.joint:
+            self.evaluator.expect(len(stream) - 1)
+            self.progress.start_experience(0, 1, "joint")
+            self.strategy.train(list(stream), eval_streams=[])
+            return
+        for i, experience in enumerate(stream):
+            self.evaluator.expect(i)
+            self.progress.start_experience(i, len(stream))
+            self.strategy.train(experience, eval_streams=[])
+        self.progress.close()
+
+
+def execute(spec: RunSpec, progress: bool = False):
+    """Run ``spec`` and return the stored :class:`clplatform.store.Run`."""
+    import pandas as pd
+
+    from . import metrics
+    from .store import (ACCURACY_FILE, CONFIG_FILE, EXPERIENCES_FILE, RUN_FILE, SUMMARY_FILE,
+                        hardware, json_safe, load_run, new_run_dir, versions, write_json,
+                        write_table)
+
+    prepared = Prepared(spec, progress)
+    run_dir = new_run_dir(prepared.out, prepared.label)
+    record = {"id": run_dir.name, "status": "running", "reason": None,
+              "seed": prepared.settings.seed, "versions": versions(),
+              "hardware": hardware(prepared.settings.device),
+              "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "ended": None, "command": " ".join(sys.argv)}
+    write_json(run_dir / RUN_FILE, record)
+    write_json(run_dir / CONFIG_FILE, prepared.config)
+    try:
+        prepared.fit()
+        accuracy = pd.DataFrame(prepared.evaluator.accuracy_rows)
+        experiences = pd.DataFrame(prepared.evaluator.experience_rows)
+        write_table(run_dir / ACCURACY_FILE, accuracy)
+        write_table(run_dir / EXPERIENCES_FILE, experiences)
+        summary = metrics.summarize(accuracy)
+        summary["train_seconds"] = float(experiences["train_seconds"].sum())
+        summary["eval_seconds"] = float(experiences["eval_seconds"].sum())
+        write_json(run_dir / SUMMARY_FILE, json_safe(summary))
+        record["status"] = "complete"
+    except BaseException as exc:
+        record["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        record["reason"] = f"{type(exc).__name__}: {exc}"
+        record["traceback"] = traceback.format_exc()
+        raise
+    finally:
+        record["ended"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        write_json(run_dir / RUN_FILE, record)
+    return load_run(run_dir)
+
+
+def run(strategy: str | None = None, stream: str | None = None, *,
+        config: str | os.PathLike | None = None, progress: bool = False, **options: Any):
+    """Run one strategy on one stream from Python; returns the stored run.
+
+    ``options``: ``backbone``, ``strategy_options``/``stream_options``/``backbone_options``
+    (dicts), and the ``[train]`` settings ``epochs``, ``batch_size``, ``lr``, ``seed``,
+    ``device``, ``out``. ``config`` names a TOML file; explicit arguments win over it.
+    """
+    return execute(make_spec(config, strategy=strategy, stream=stream, **options),
+                   progress=progress)

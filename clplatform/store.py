@@ -1,0 +1,145 @@
+"""The run store: one directory per run, and :func:`load_run` to read it back.
+
+A run directory holds
+- ``run.json``: the run record (status running/complete/failed, reason, seed, versions,
+  hardware, start/end times),
+- ``config.json``: the fully resolved configuration,
+- ``accuracy.csv``, ``experiences.csv``: the records (see :mod:`clplatform.evaluator`),
+- ``summary.json``: the derived metrics.
+Every file is written atomically; ``run.json`` is written first (status ``running``) and last
+(``complete`` or ``failed``), so a directory is never silently partial.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .cache import write_json, write_text
+from .errors import UserError
+
+RUN_FILE, CONFIG_FILE, SUMMARY_FILE = "run.json", "config.json", "summary.json"
+ACCURACY_FILE, EXPERIENCES_FILE = "accuracy.csv", "experiences.csv"
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+    out = {"python": platform.python_version()}
+    for dist in ("clplatform", "torch", "avalanche-lib", "timm"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = "unknown"
+    return out
+
+
+def hardware(device: str) -> dict[str, Any]:
+    import torch
+    info = {"machine": platform.machine(), "system": platform.system(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def new_run_dir(out: str | os.PathLike, label: str) -> Path:
+    """Create a fresh, uniquely named directory under ``out`` (safe against concurrent runs)."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder {out}: {exc.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"output folder {out} is not writable")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    while True:
+        path = out / f"{stamp}-{label}-{secrets.token_hex(3)}"
+        try:
+            path.mkdir()  # fails if it exists: two runs never share a directory
+            return path
+        except FileExistsError:
+            continue
+
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf -> None, NumPy scalars -> Python, recursively."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_table(path: Path, rows: list[dict[str, Any]] | pd.DataFrame) -> None:
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+    write_text(path, frame.to_csv(index=False))
+
+
+@dataclass
+class Run:
+    """A run read back from its directory."""
+    path: Path
+    record: dict[str, Any]
+    config: dict[str, Any]
+    accuracy: pd.DataFrame
+    experiences: pd.DataFrame
+    summary: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        return self.record.get("status", "unknown")
+
+    def __repr__(self) -> str:
+        return (f"Run({str(self.path)!r}, status={self.status!r}, "
+                f"final_accuracy={self.summary.get('final_accuracy')})")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"missing file {path}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"corrupt file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"corrupt file {path}: expected a JSON object")
+    return data
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"corrupt records file {path}: {exc}") from None
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """Read a run directory written by :func:`clplatform.run` or ``clplat run``."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"not a directory: {path}")
+    if not (path / RUN_FILE).is_file():
+        raise UserError(f"not a run directory (no {RUN_FILE}): {path}")
+    record = _read_json(path / RUN_FILE)
+    config = _read_json(path / CONFIG_FILE)
+    summary = _read_json(path / SUMMARY_FILE) if (path / SUMMARY_FILE).is_file() else {}
+    return Run(path, record, config, _read_csv(path / ACCURACY_FILE),
+               _read_csv(path / EXPERIENCES_FILE), summary)
+
+
+__all__ = ["Run", "load_run", "new_run_dir", "write_json", "write_table", "json_safe"]

@@ -1,0 +1,65 @@
+"""What every strategy receives, and the pieces strategies share.
+
+A strategy builder is registered with ``@register_strategy(name, options=Dataclass)`` and
+called as ``builder(context, options)``; it returns an Avalanche training template (a
+``SupervisedTemplate`` or subclass) whose ``train(experience)`` learns one experience. The
+context carries the backbone, the stream's metadata, the training settings and the plugins
+(the evaluator among them) that the template must be given.
+
+Strategy-specific record columns: a template may define ``experience_extras() -> dict``; the
+evaluator calls it after each trained experience and stores the values in the experience
+records, prefixed with the strategy's name (e.g. ``sema.adapters_added``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from clplatform.backbones import Backbone, ClassifierModel
+
+
+@dataclass
+class TrainSettings:
+    """Resolved training settings shared by all strategies (``[train]`` in a config file)."""
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.01
+    seed: int = 0
+    device: str = "cpu"
+    eval_batch_size: int = 256
+
+
+@dataclass
+class StrategyContext:
+    backbone: Backbone
+    info: Any                      # streams.common.StreamInfo
+    train: TrainSettings
+    plugins: list = field(default_factory=list)
+
+    def classifier(self, freeze_backbone: bool = False) -> ClassifierModel:
+        """Backbone + Avalanche ``IncrementalClassifier`` (grows with the classes seen)."""
+        from avalanche.models import IncrementalClassifier
+        model = ClassifierModel(self.backbone, IncrementalClassifier(
+            self.backbone.num_features, initial_out_features=1))
+        return model.freeze_backbone() if freeze_backbone else model
+
+    def sgd(self, params: Iterable[nn.Parameter], momentum: float = 0.9,
+            weight_decay: float = 0.0) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=self.train.lr, momentum=momentum,
+                               weight_decay=weight_decay)
+
+    def template_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments every Avalanche template takes from the context."""
+        from avalanche.training.plugins import EvaluationPlugin
+        return {"train_mb_size": self.train.batch_size, "train_epochs": self.train.epochs,
+                "eval_mb_size": self.train.eval_batch_size, "device": self.train.device,
+                "plugins": list(self.plugins),
+                # no Avalanche metrics or loggers: clplatform's evaluator records everything
+                "evaluator": EvaluationPlugin(loggers=[])}
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]

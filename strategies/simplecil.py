@@ -1,0 +1,68 @@
+"""SimpleCIL (Zhou et al., "Revisiting Class-Incremental Learning with Pre-Trained Models", 2023).
+
+No training: the frozen backbone embeds each new class's training images and the class
+prototype (mean embedding) replaces the classifier weight; prediction is the prototype with
+the highest cosine similarity. Its accuracy measures how well the backbone transfers.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clplatform.registry import register_strategy
+
+from .base import StrategyContext
+
+MASK_VALUE = -1000.0  # same convention as Avalanche's IncrementalClassifier
+
+
+class PrototypeHead(nn.Module):
+    """Cosine similarity to per-class mean features; classes never seen are masked."""
+
+    def __init__(self, num_features: int, num_classes: int):
+        super().__init__()
+        self.register_buffer("sums", torch.zeros(num_classes, num_features))
+        self.register_buffer("counts", torch.zeros(num_classes))
+
+    @torch.no_grad()
+    def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.sums.index_add_(0, labels, features.to(self.sums.dtype))
+        self.counts.index_add_(0, labels, torch.ones_like(labels, dtype=self.counts.dtype))
+
+    @property
+    def prototypes(self) -> torch.Tensor:
+        return self.sums / self.counts.clamp(min=1).unsqueeze(1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        logits = F.normalize(features, dim=1) @ F.normalize(self.prototypes, dim=1).T
+        return logits.masked_fill(self.counts == 0, MASK_VALUE)
+
+
+def _simplecil_class():
+    from avalanche.training.templates import SupervisedTemplate
+
+    class SimpleCIL(SupervisedTemplate):
+        """Avalanche template whose 'training' is one pass that accumulates prototypes."""
+
+        def _train_exp(self, experience, eval_streams=None, **kwargs):
+            self.model.eval()
+            with torch.inference_mode():
+                for self.mbatch in self.dataloader:
+                    self._unpack_minibatch()
+                    features = self.model.forward_features(self.mb_x)
+                    self.model.head.add(features, self.mb_y)
+
+    return SimpleCIL
+
+
+@register_strategy("simplecil", train_defaults={"epochs": 1, "batch_size": 128},
+                   help="class prototypes on frozen features, cosine classifier, no training")
+def simplecil(ctx: StrategyContext, opts: None):
+    from clplatform.backbones import ClassifierModel
+    model = ClassifierModel(ctx.backbone, PrototypeHead(ctx.backbone.num_features,
+                                                        ctx.info.num_classes)).freeze_backbone()
+    # the optimizer never steps; Avalanche's template requires one
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    return _simplecil_class()(model=model, optimizer=optimizer,
+                              criterion=nn.CrossEntropyLoss(), **ctx.template_kwargs())
