@@ -16,6 +16,7 @@ _warnings.filterwarnings("ignore", message="No loggers specified")
 _warnings.filterwarnings("ignore", message="no QP solver found")
 _warnings.filterwarnings("ignore", message="Call to deprecated function update",
                          category=DeprecationWarning)
+_warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"avalanche\.")
 
 from .errors import UserError  # noqa: E402
 from .registry import (create_backbone, create_stream, create_strategy, register_backbone,

@@ -200,7 +200,7 @@ class TimmOptions:
     img_size: Optional[int] = opt(None, "input size if the model allows another one", min=8)
 
 
-@register_backbone("timm", options=TimmOptions,
+@register_backbone("timm", options=TimmOptions, display="timm:<model-name>",
                    help="any timm model as `timm:<model-name>`; hub weights or a local file")
 def timm_backbone(opts: TimmOptions) -> Backbone:
     import timm

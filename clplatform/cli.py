@@ -120,18 +120,18 @@ def list_command(what, verbose):
     from .registry import BACKBONES, STRATEGIES, STREAMS
     registry = {"strategies": STRATEGIES, "streams": STREAMS, "backbones": BACKBONES}[what]
     entries = registry.entries()
-    width = max(len(e.name) for e in entries)
+    width = max(len(e.extra.get("display", e.name)) for e in entries)
     for entry in entries:
-        click.echo(f"{entry.name:<{width}}  {entry.help}")
+        click.echo(f"{entry.extra.get('display', entry.name):<{width}}  {entry.help}")
         if not verbose:
             continue
         defaults = entry.extra.get("train_defaults")
         if defaults:
-            click.echo(" " * (width + 2) + "train defaults: " +
+            click.echo(f"{'':<{width}}    train defaults: " +
                        ", ".join(f"{k}={v}" for k, v in defaults.items()))
         rows = describe_options(entry.options)
         if not rows and what != "backbones":
-            click.echo(" " * (width + 2) + "(no options)")
+            click.echo(f"{'':<{width}}    (no options)")
         for row in rows:
             allowed = f" {row['allowed']}" if row["allowed"] else ""
             click.echo(f"{'':<{width}}    {row['name']} = {row['default']!r}  "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import field
@@ -98,6 +99,8 @@ def _coerce(value: Any, tp: Any, what: str) -> Any:
                 raise ValueError
             return number
         if base is str:
+            if isinstance(value, os.PathLike):
+                return os.fspath(value)
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ValueError
             return str(value)
@@ -159,7 +162,8 @@ def describe_options(cls: type | None) -> list[dict[str, Any]]:
             allowed = "|".join(map(str, f.metadata["choices"]))
         elif f.metadata.get("min") is not None or f.metadata.get("max") is not None:
             lo, hi = f.metadata.get("min"), f.metadata.get("max")
-            allowed = f"[{'' if lo is None else lo}, {'' if hi is None else hi}]"
+            allowed = (f">= {lo}" if hi is None else f"<= {hi}" if lo is None
+                       else f"{lo} to {hi}")
         rows.append({"name": f.name, "type": type_name(types_[f.name]), "default": default,
                      "allowed": allowed, "help": f.metadata.get("help", "")})
     return rows

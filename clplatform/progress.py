@@ -1,4 +1,7 @@
-"""Progress bars on stderr: one for experiences, one for the epochs of the current one."""
+"""Progress bars on stderr: one for experiences, one for the epochs of the current one.
+
+Shown only when stderr is a terminal (tqdm's ``disable=None``), so logs stay clean.
+"""
 from __future__ import annotations
 
 import sys
@@ -15,7 +18,7 @@ class ProgressPlugin(SupervisedPlugin):
 
     def _bar(self, **kwargs):
         from tqdm import tqdm
-        return tqdm(file=sys.stderr, dynamic_ncols=True, mininterval=0.5, **kwargs)
+        return tqdm(file=sys.stderr, dynamic_ncols=True, mininterval=0.5, disable=None, **kwargs)
 
     def start_experience(self, index: int, total: int, label: str = "experiences") -> None:
         if not self.enabled:

@@ -65,8 +65,8 @@ class Registry:
     def get(self, name: str) -> Entry:
         self._load()
         if name not in self._entries:
-            raise UserError(f"unknown {self.kind} {name!r}; valid names: "
-                            f"{', '.join(self.names())}")
+            shown = [self._entries[n].extra.get("display", n) for n in self.names()]
+            raise UserError(f"unknown {self.kind} {name!r}; valid names: {', '.join(shown)}")
         return self._entries[name]
 
     def entries(self) -> list[Entry]:

@@ -27,17 +27,17 @@ CONFIG_TABLES = ("strategy", "stream", "backbone", "train")
 class TrainOptions:
     """``[train]`` options; unset values come from the strategy's defaults, then these."""
     epochs: int | None = opt(None, "training epochs per experience (default: the strategy's, "
-                                   "else 2)", min=0, max=10000)
+                                   "else 3)", min=0, max=10000)
     batch_size: int | None = opt(None, "training mini-batch size (default: the strategy's, "
                                        "else 32)", min=1, max=65536)
-    lr: float | None = opt(None, "learning rate (default: the strategy's, else 0.01)",
+    lr: float | None = opt(None, "learning rate (default: the strategy's, else 0.003)",
                            min=0, max=100)
     seed: int = opt(0, "seed of Python, NumPy, torch and of the stream", min=0, max=2**31 - 1)
     device: str = opt("auto", "where to train", choices=("auto", "cpu", "cuda"))
     out: str = opt(DEFAULT_OUT, "folder that receives the run directory")
 
 
-GLOBAL_TRAIN_DEFAULTS = {"epochs": 2, "batch_size": 32, "lr": 0.01}
+GLOBAL_TRAIN_DEFAULTS = {"epochs": 3, "batch_size": 32, "lr": 0.003}
 
 
 @dataclass

@@ -53,11 +53,15 @@ def to_float_images(images: np.ndarray, scale: float = 255.0) -> torch.Tensor:
 
 
 def classification_dataset(x: torch.Tensor, y: torch.Tensor):
-    """An Avalanche ``ClassificationDataset`` over tensors, with targets and task labels 0."""
+    """An Avalanche classification dataset over tensors, with targets and task labels 0.
+
+    Task-aware (``task_set``), as Avalanche's regularisation strategies (LwF, ...) expect.
+    """
     from avalanche.benchmarks.utils import DataAttribute
-    from avalanche.benchmarks.utils.classification_dataset import ClassificationDataset
+    from avalanche.benchmarks.utils.classification_dataset import (
+        TaskAwareSupervisedClassificationDataset)
     y = y.long()
-    return ClassificationDataset(
+    return TaskAwareSupervisedClassificationDataset(
         [TensorDataset(x, y)],
         data_attributes=[DataAttribute(y.tolist(), "targets"),
                          DataAttribute([0] * len(y), "targets_task_labels",
