@@ -44,6 +44,8 @@ def cli():
 
     \b
     clplat run --strategy naive          train and evaluate one strategy on a stream
+    clplat compare runs/                 compare the runs in a folder (table + HTML)
+    clplat report runs/<id>              report on one run
     clplat list strategies -v            what can be run, with every hyper-parameter
     clplat pretrain                      build the default backbone vit-glyphs
     """
@@ -108,6 +110,73 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
     else:
         from reports.tables import run_summary_text
         click.echo(run_summary_text(result))
+
+
+def _report_options(fn):
+    for decorator in reversed([
+        click.argument("runs", nargs=-1, required=True, metavar="RUNS..."),
+        click.option("--out", metavar="FILE", help="HTML file to write"),
+        click.option("--group-by", default="label", show_default=True,
+                     metavar="label|strategy|backbone|seed",
+                     help="rows of the comparison: label = strategy plus the "
+                          "hyper-parameters that differ from its defaults"),
+        click.option("--export", metavar="DIR",
+                     help="also write the merged tables (runs, accuracy, experiences) to DIR"),
+        click.option("--export-format", default="csv", show_default=True,
+                     metavar="csv|parquet", help="format of --export"),
+        click.option("--include-incomplete", is_flag=True,
+                     help="also report runs that failed or were interrupted"),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
+def _report(runs, out, group_by, export, export_format, include_incomplete, default_out,
+            title):
+    from reports import EXPORT_FORMATS, build_report, comparison_text, export_tables
+    if export_format not in EXPORT_FORMATS:
+        raise UserError(f"invalid --export-format {export_format!r}: choose from "
+                        f"{', '.join(EXPORT_FORMATS)}")
+    loaded, path = build_report(runs, out or default_out(runs), title, group_by,
+                                include_incomplete)
+    click.echo(comparison_text(loaded.table, group_by))
+    for skipped, status in loaded.skipped:
+        click.echo(f"skipped {skipped} ({status}; see --include-incomplete)", err=True)
+    if export:
+        for written in export_tables(loaded, export, export_format):
+            click.echo(f"exported {written}")
+    click.echo(f"report: {path}")
+
+
+@cli.command("report")
+@_report_options
+def report_command(runs, out, group_by, export, export_format, include_incomplete):
+    """Report on one or more runs: summary table and a self-contained HTML file.
+
+    RUNS are run directories or folders holding them. With one run directory, the HTML
+    report goes to RUN_DIR/report.html unless --out says otherwise.
+    """
+    from pathlib import Path
+
+    def default_out(paths):
+        single = Path(paths[0])
+        return single / "report.html" if len(paths) == 1 and (single / "run.json").is_file() \
+            else Path("report.html")
+    _report(runs, out, group_by, export, export_format, include_incomplete, default_out,
+            "clplatform report")
+
+
+@cli.command("compare")
+@_report_options
+def compare_command(runs, out, group_by, export, export_format, include_incomplete):
+    """Compare strategies over runs and seeds: table (mean ± std) and HTML report.
+
+    RUNS are run directories or folders holding them (e.g. `clplat compare runs/`). Runs of
+    different streams are compared separately, one section per stream. Writes
+    comparison.html unless --out says otherwise.
+    """
+    _report(runs, out, group_by, export, export_format, include_incomplete,
+            lambda paths: "comparison.html", "clplatform comparison")
 
 
 @cli.command("list")

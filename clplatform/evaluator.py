@@ -7,9 +7,17 @@ evaluates the initial model (row ``train_exp = -1``, for forward transfer).
 
 Records (see ``shared/specs/metrics.md``):
 - accuracy rows: train_exp, eval_exp, accuracy, class_mean_accuracy, loss, n_samples, seen
-- experience rows: train_exp, train_seconds, eval_seconds, params_total, params_trainable,
-  params_frozen, experience_size, plus ``<strategy>.<field>`` columns from the strategy's
-  optional ``experience_extras()``.
+- experience rows: train_exp, train_seconds, eval_seconds, train_flops,
+  inference_flops_per_sample, peak_memory_bytes, params_total, params_trainable,
+  params_frozen, params_added (since the start), modules_added, stored_bytes, experience_size.
+
+Strategy-specific columns (the one hook): a strategy object may define
+``experience_extras() -> dict``, called after each trained experience. The keys
+``modules_added``, ``stored_bytes`` and ``labels_queried`` fill the standard columns (a
+strategy knows best what it added and must keep); any other key becomes a column named
+``<strategy>.<key>`` (e.g. ``sema.adapters_added``). Without the hook, ``modules_added`` is 0
+and ``stored_bytes`` is the growth of the model's state plus the buffers, importances and
+old-model copies that Avalanche's strategies keep.
 """
 from __future__ import annotations
 
@@ -19,6 +27,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .compute import (FlopMeter, avalanche_state_bytes, inference_flops_per_sample,
+                      iteration_key, peak_memory_bytes, reset_peak_memory, tensor_bytes)
 from .pretrain import dataset_tensors
 
 INITIAL = -1  # train_exp of the evaluation before any training
@@ -72,25 +82,32 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
             "loss": loss_sum / len(y), "n_samples": len(y)}
 
 
-class Evaluator(_plugin_base()):
-    """Records accuracy after every training call; see the module docstring."""
+RESERVED_EXTRAS = ("modules_added", "stored_bytes", "labels_queried")
 
-    def __init__(self, test_stream, train_stream, num_classes: int, batch_size: int = 256,
-                 strategy_name: str = ""):
+
+class Evaluator(_plugin_base()):
+    """Records accuracy and costs after every training call; see the module docstring."""
+
+    def __init__(self, test_stream, num_classes: int, batch_size: int = 256,
+                 strategy_name: str = "", flops: str = "sampled"):
         super().__init__()
         self.num_classes = num_classes
         self.test = [dataset_tensors(exp.dataset) for exp in test_stream]
-        self.experience_sizes = [len(exp.dataset) for exp in train_stream]
         self.batch_size = batch_size
         self.prefix = strategy_name
+        self.meter = FlopMeter(flops)
         self.accuracy_rows: list[dict[str, Any]] = []
         self.experience_rows: list[dict[str, Any]] = []
         self.train_exp = 0
+        self.experience_size = 0
         self._t0 = 0.0
+        self._params_at_start: int | None = None
+        self._state_bytes_at_start = 0
 
-    def expect(self, train_exp: int) -> None:
-        """The index of the experience the next ``train`` call learns (set by the runner)."""
+    def expect(self, train_exp: int, experience_size: int) -> None:
+        """What the next ``train`` call learns (set by the runner): its index and size."""
         self.train_exp = train_exp
+        self.experience_size = experience_size
 
     def _evaluate_all(self, model, device, train_exp: int) -> None:
         for eval_exp, (x, y) in enumerate(self.test):
@@ -98,24 +115,50 @@ class Evaluator(_plugin_base()):
             self.accuracy_rows.append({"train_exp": train_exp, "eval_exp": eval_exp, **row,
                                        "seen": train_exp >= eval_exp})
 
+    # ------------------------------------------------------------------ Avalanche hooks
     def before_training(self, strategy, **kwargs):
-        if not self.accuracy_rows:
+        if self._params_at_start is None:
             strategy.model.to(strategy.device)
+            self._params_at_start = count_parameters(strategy.model)["params_total"]
+            self._state_bytes_at_start = tensor_bytes(strategy.model)
             self._evaluate_all(strategy.model, strategy.device, INITIAL)
+        reset_peak_memory(strategy.device)
         _sync(strategy.device)
         self._t0 = time.perf_counter()
+        self.meter.start()
+
+    def before_training_iteration(self, strategy, **kwargs):
+        self.meter.before_iteration(iteration_key(strategy))
+
+    def after_training_iteration(self, strategy, **kwargs):
+        self.meter.after_iteration()
 
     def after_training(self, strategy, **kwargs):
+        train_flops = self.meter.stop()
         _sync(strategy.device)
         train_seconds = time.perf_counter() - self._t0
-        row: dict[str, Any] = {"train_exp": self.train_exp, "train_seconds": train_seconds,
-                               **count_parameters(strategy.model)}
+        model = strategy.model
+        # count before evaluating: Avalanche's dynamic heads also grow during evaluation
+        params = count_parameters(model)
+        row: dict[str, Any] = {
+            "train_exp": self.train_exp, "train_seconds": train_seconds,
+            "train_flops": train_flops if self.meter.mode != "off" else None,
+            "peak_memory_bytes": peak_memory_bytes(strategy.device),
+            **params, "params_added": params["params_total"] - self._params_at_start,
+            "modules_added": 0,
+            "stored_bytes": (max(tensor_bytes(model) - self._state_bytes_at_start, 0)
+                             + avalanche_state_bytes(strategy)),
+            "experience_size": self.experience_size,
+        }
         extras = getattr(strategy, "experience_extras", None)
-        if callable(extras):
-            row.update({f"{self.prefix}.{k}": v for k, v in extras().items()})
+        for key, value in (extras() if callable(extras) else {}).items():
+            row[key if key in RESERVED_EXTRAS else f"{self.prefix}.{key}"] = value
+        x_probe = self.test[-1][0][:16]
+        row["inference_flops_per_sample"] = (
+            inference_flops_per_sample(model, x_probe, strategy.device)
+            if self.meter.mode != "off" else None)
         t0 = time.perf_counter()
-        self._evaluate_all(strategy.model, strategy.device, self.train_exp)
+        self._evaluate_all(model, strategy.device, self.train_exp)
         _sync(strategy.device)
         row["eval_seconds"] = time.perf_counter() - t0
-        row["experience_size"] = self.experience_sizes[self.train_exp]
         self.experience_rows.append(row)

@@ -2,8 +2,8 @@
 
 Notation: a[i, j] = accuracy on test experience j after training experience i; T = the last
 trained experience; b[j] = accuracy of the initial model (row ``train_exp = -1``).
-Every function takes the accuracy DataFrame (columns train_exp, eval_exp, accuracy,
-n_samples, ...) and returns a float; NaN where the records cannot define the metric (e.g.
+Accuracy metrics take the accuracy DataFrame (columns train_exp, eval_exp, accuracy,
+n_samples, ...), cost metrics the experience DataFrame; each returns a float; NaN where the records cannot define the metric (e.g.
 forgetting with a single trained experience, or a joint run trained only once).
 """
 from __future__ import annotations
@@ -45,27 +45,40 @@ def _complete(a: pd.DataFrame, t: int) -> bool:
     return list(a.index) == list(range(t + 1))
 
 
+def incremental_accuracies(acc: pd.DataFrame) -> pd.Series:
+    """A_i = mean over j <= i of a[i, j], for every trained i (the accuracy curve)."""
+    a = accuracy_matrix(acc)
+    return pd.Series({i: a.loc[i, [j for j in a.columns if j <= i]].mean() for i in a.index},
+                     dtype=float)
+
+
 def average_incremental_accuracy(acc: pd.DataFrame) -> float:
     """mean over i <= T of A_i, with A_i = mean over j <= i of a[i, j]."""
     a = accuracy_matrix(acc)
     if not _complete(a, _last(acc)):
         return math.nan
-    return float(np.mean([a.loc[i, [j for j in a.columns if j <= i]].mean() for i in a.index]))
+    return float(incremental_accuracies(acc).mean())
 
 
 def _diagonal(a: pd.DataFrame, js) -> pd.Series:
     return pd.Series({j: a.loc[j, j] if j in a.index else math.nan for j in js})
 
 
-def forgetting(acc: pd.DataFrame) -> float:
-    """mean over j < T of (max over j <= i < T of a[i, j]) - a[T, j] (Chaudhry et al.)."""
+def forgetting_per_experience(acc: pd.DataFrame) -> pd.Series:
+    """f_j = (max over j <= i < T of a[i, j]) - a[T, j], for every j < T (Chaudhry et al.)."""
     a = accuracy_matrix(acc)
     t = _last(acc)
-    values = []
+    values = {}
     for j in [j for j in a.columns if j < t]:
         before = a.loc[[i for i in a.index if j <= i < t], j]
-        values.append(before.max() - a.loc[t, j] if len(before) else math.nan)
-    return float(np.mean(values)) if values else math.nan
+        values[j] = before.max() - a.loc[t, j] if len(before) else math.nan
+    return pd.Series(values, dtype=float)
+
+
+def forgetting(acc: pd.DataFrame) -> float:
+    """Average forgetting: mean over j < T of f_j."""
+    values = forgetting_per_experience(acc)
+    return float(values.mean(skipna=False)) if len(values) else math.nan
 
 
 def bwt(acc: pd.DataFrame) -> float:
@@ -95,8 +108,45 @@ def plasticity(acc: pd.DataFrame) -> float:
     return float(_diagonal(a, [j for j in a.columns if j <= _last(acc)]).mean(skipna=False))
 
 
-def summarize(acc: pd.DataFrame) -> dict[str, float]:
-    """The summary of a run: every accuracy-derived metric above."""
+def params_growth_ratio(exps: pd.DataFrame) -> float:
+    """params_T / params_0: parameters after the last experience over those before training."""
+    start = exps["params_total"].iloc[0] - exps["params_added"].iloc[0]
+    return float(exps["params_total"].iloc[-1] / start)
+
+
+def per_experience(exps: pd.DataFrame, column: str) -> float:
+    """Mean growth of a cumulative column (params_added, modules_added) per trained experience."""
+    return float(exps[column].iloc[-1] / len(exps))
+
+
+def total(exps: pd.DataFrame, column: str) -> float:
+    values = exps[column]
+    return math.nan if values.isna().any() else float(values.sum())
+
+
+def summarize_experiences(exps: pd.DataFrame) -> dict[str, float]:
+    """Cost and expansion metrics from the experience records."""
+    return {
+        "params_growth_ratio": params_growth_ratio(exps),
+        "params_added_per_experience": per_experience(exps, "params_added"),
+        "modules_added_per_experience": per_experience(exps, "modules_added"),
+        "final_params_total": float(exps["params_total"].iloc[-1]),
+        "final_stored_bytes": float(exps["stored_bytes"].iloc[-1]),
+        "total_train_flops": total(exps, "train_flops"),
+        "inference_flops_per_sample": float(exps["inference_flops_per_sample"].iloc[-1]),
+        "peak_memory_bytes": float(exps["peak_memory_bytes"].max()),
+        "train_seconds": total(exps, "train_seconds"),
+        "eval_seconds": total(exps, "eval_seconds"),
+    }
+
+
+def summarize(acc: pd.DataFrame, exps: pd.DataFrame | None = None) -> dict[str, float]:
+    """The summary of a run: every accuracy-derived metric, and costs if ``exps`` is given."""
+    costs = summarize_experiences(exps) if exps is not None and len(exps) else {}
+    return {**_accuracy_summary(acc), **costs}
+
+
+def _accuracy_summary(acc: pd.DataFrame) -> dict[str, float]:
     return {
         "final_accuracy": final_accuracy(acc),
         "final_stream_accuracy": final_stream_accuracy(acc),

@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import os
 import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,9 @@ class TrainOptions:
     seed: int = opt(0, "seed of Python, NumPy, torch and of the stream", min=0, max=2**31 - 1)
     device: str = opt("auto", "where to train", choices=("auto", "cpu", "cuda"))
     out: str = opt(DEFAULT_OUT, "folder that receives the run directory")
+    flops: str = opt("sampled", "training FLOP counting: each distinct iteration once "
+                     "(sampled), every operation (full), or none (off)",
+                     choices=("sampled", "full", "off"))
 
 
 GLOBAL_TRAIN_DEFAULTS = {"epochs": 3, "batch_size": 32, "lr": 0.003}
@@ -156,8 +160,8 @@ class Prepared:
         self.backbone = backbone_entry.builder(backbone_options)
         self.info = self.benchmark.info
         self.joint = bool(strategy_entry.extra.get("joint"))
-        self.evaluator = Evaluator(self.benchmark.test_stream, self.benchmark.train_stream,
-                                   self.info.num_classes, settings.eval_batch_size, spec.strategy)
+        self.evaluator = Evaluator(self.benchmark.test_stream, self.info.num_classes,
+                                   settings.eval_batch_size, spec.strategy, flops=train.flops)
         self.progress = ProgressPlugin(enabled=progress)
         context = StrategyContext(self.backbone, self.info, settings,
                                   plugins=[self.progress, self.evaluator])
@@ -173,7 +177,7 @@ class Prepared:
                        "experiences_in_stream": len(self.benchmark.train_stream)},
             "backbone": {"name": spec.backbone, **options_dict(backbone_options)},
             "train": {**dataclasses.asdict(settings), "out": train.out,
-                      "device_requested": train.device},
+                      "device_requested": train.device, "flops": train.flops},
         }
         self.label = f"{spec.strategy}-{spec.stream}-s{settings.seed}"
 
@@ -181,12 +185,12 @@ class Prepared:
         """Train experience by experience (joint: once on the whole stream)."""
         stream = self.benchmark.train_stream
         if self.joint:
-            self.evaluator.expect(len(stream) - 1)
+            self.evaluator.expect(len(stream) - 1, sum(len(exp.dataset) for exp in stream))
             self.progress.start_experience(0, 1, "joint")
             self.strategy.train(list(stream), eval_streams=[])
             return
         for i, experience in enumerate(stream):
-            self.evaluator.expect(i)
+            self.evaluator.expect(i, len(experience.dataset))
             self.progress.start_experience(i, len(stream))
             self.strategy.train(experience, eval_streams=[])
         self.progress.close()
@@ -211,14 +215,14 @@ def execute(spec: RunSpec, progress: bool = False):
     write_json(run_dir / RUN_FILE, record)
     write_json(run_dir / CONFIG_FILE, prepared.config)
     try:
+        started = time.perf_counter()
         prepared.fit()
+        wall_seconds = time.perf_counter() - started
         accuracy = pd.DataFrame(prepared.evaluator.accuracy_rows)
         experiences = pd.DataFrame(prepared.evaluator.experience_rows)
         write_table(run_dir / ACCURACY_FILE, accuracy)
         write_table(run_dir / EXPERIENCES_FILE, experiences)
-        summary = metrics.summarize(accuracy)
-        summary["train_seconds"] = float(experiences["train_seconds"].sum())
-        summary["eval_seconds"] = float(experiences["eval_seconds"].sum())
+        summary = {**metrics.summarize(accuracy, experiences), "wall_seconds": wall_seconds}
         write_json(run_dir / SUMMARY_FILE, json_safe(summary))
         record["status"] = "complete"
     except BaseException as exc:
@@ -229,7 +233,18 @@ def execute(spec: RunSpec, progress: bool = False):
     finally:
         record["ended"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
         write_json(run_dir / RUN_FILE, record)
+    write_single_report(run_dir)
     return load_run(run_dir)
+
+
+def write_single_report(run_dir: Path) -> None:
+    """The run's own HTML report (report.html); a failure here never fails the run."""
+    try:
+        from reports import build_report
+        build_report([run_dir], run_dir / "report.html", title=f"clplatform run {run_dir.name}")
+    except Exception as exc:  # noqa: BLE001  (the records are complete and safe)
+        print(f"clplat: warning: could not write {run_dir / 'report.html'}: {exc}",
+              file=sys.stderr)
 
 
 def run(strategy: str | None = None, stream: str | None = None, *,

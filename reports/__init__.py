@@ -1,4 +1,62 @@
-"""Reports built from the records of runs: tables now; plots and HTML comparisons next."""
-from .tables import run_summary_text
+"""Reports built only from the records of runs: terminal tables, a self-contained HTML file
+with figures, and CSV/Parquet exports of the merged tables.
 
-__all__ = ["run_summary_text"]
+``build_report(paths, out)`` is what ``clplat report``/``clplat compare`` and ``clplat run``
+call.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from clplatform.errors import UserError
+
+from .collect import RunSet, find_run_dirs, load_runs
+from .tables import comparison_table, comparison_text, run_summary_text
+
+GROUP_BY = ("label", "strategy", "backbone", "seed")
+EXPORT_FORMATS = ("csv", "parquet")
+
+
+def export_tables(runs: RunSet, folder: str | Path, fmt: str = "csv") -> list[Path]:
+    """Write the merged tables (runs, accuracy, experiences) into ``folder``."""
+    from clplatform.cache import atomic_path
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UserError("--export-format parquet needs pyarrow (pip install pyarrow)") \
+                from None
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create export folder {folder}: {exc.strerror}") from None
+    written = []
+    for name, frame in (("runs", runs.table), ("accuracy", runs.accuracy),
+                        ("experiences", runs.experiences)):
+        path = folder / f"{name}.{fmt}"
+        with atomic_path(path) as tmp:
+            if fmt == "csv":
+                frame.to_csv(tmp, index=False)
+            else:
+                frame.to_parquet(tmp, index=False)
+        written.append(path)
+    return written
+
+
+def build_report(paths, out: str | Path, title: str = "clplatform comparison",
+                 group_by: str = "label", include_incomplete: bool = False) -> tuple[RunSet, Path]:
+    """Load the runs under ``paths`` and write the HTML report to ``out``."""
+    from .html import write_report
+    if group_by not in GROUP_BY:
+        raise UserError(f"invalid --group-by {group_by!r}: choose from {', '.join(GROUP_BY)}")
+    runs = load_runs(list(paths), include_incomplete=include_incomplete)
+    try:
+        path = write_report(runs, out, title, group_by)
+    except OSError as exc:
+        raise UserError(f"cannot write report {out}: {exc.strerror}") from None
+    return runs, path
+
+
+__all__ = ["RunSet", "build_report", "comparison_table", "comparison_text", "export_tables",
+           "find_run_dirs", "load_runs", "run_summary_text", "GROUP_BY", "EXPORT_FORMATS"]

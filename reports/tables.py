@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
+
 from clplatform.metrics import accuracy_matrix
 
 # summary keys shown as percentages, in this order, with their labels
@@ -42,3 +44,52 @@ def run_summary_text(run) -> str:
         lines += ["", "accuracy (%) on each test experience after each trained one:",
                   matrix.to_string()]
     return "\n".join(lines)
+
+
+# columns of the comparison table: summary key -> (header, scale, format)
+COMPARISON_COLUMNS = {
+    "final_accuracy": ("A_T (%)", 100, "{:.1f}"),
+    "average_incremental_accuracy": ("avg inc acc (%)", 100, "{:.1f}"),
+    "forgetting": ("forgetting (%)", 100, "{:.1f}"),
+    "bwt": ("BWT (%)", 100, "{:.1f}"),
+    "plasticity": ("plasticity (%)", 100, "{:.1f}"),
+    "final_params_total": ("params (M)", 1e-6, "{:.3f}"),
+    "params_growth_ratio": ("growth x", 1, "{:.3f}"),
+    "total_train_flops": ("train TFLOPs", 1e-12, "{:.2f}"),
+    "inference_flops_per_sample": ("inf MFLOPs/sample", 1e-6, "{:.1f}"),
+    "train_seconds": ("train s", 1, "{:.1f}"),
+}
+
+
+def _mean_std(values: pd.Series, scale: float, fmt: str) -> str:
+    values = values.dropna().astype(float) * scale
+    if values.empty:
+        return "n/a"
+    if len(values) == 1:
+        return fmt.format(values.iloc[0])
+    return f"{fmt.format(values.mean())} ± {fmt.format(values.std(ddof=1))}"
+
+
+def comparison_table(table: pd.DataFrame, group_by: str = "label") -> pd.DataFrame:
+    """Groups x metrics, each cell 'mean ± std' over the runs (seeds) of the group.
+
+    One table per stream is expected: the caller splits runs of different streams.
+    """
+    rows = []
+    for group, runs in table.groupby(group_by, sort=True):
+        row = {group_by: group, "runs": len(runs),
+               "seeds": ",".join(str(s) for s in sorted(runs["seed"].unique()))}
+        for key, (header, scale, fmt) in COMPARISON_COLUMNS.items():
+            if key in runs.columns:
+                row[header] = _mean_std(runs[key], scale, fmt)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def comparison_text(table: pd.DataFrame, group_by: str = "label") -> str:
+    """One block per stream: the comparison table as aligned text."""
+    blocks = []
+    for stream, runs in table.groupby("stream", sort=True):
+        frame = comparison_table(runs, group_by)
+        blocks.append(f"stream {stream} ({len(runs)} runs)\n" + frame.to_string(index=False))
+    return "\n\n".join(blocks)

@@ -53,6 +53,13 @@ def _simplecil_class():
                     features = self.model.forward_features(self.mb_x)
                     self.model.head.add(features, self.mb_y)
 
+        def experience_extras(self) -> dict:
+            head = self.model.head
+            seen = int((head.counts > 0).sum())
+            # what must be kept: one prototype (and its count) per class seen so far
+            return {"stored_bytes": seen * (head.sums.shape[1] + 1) * head.sums.element_size(),
+                    "classes_seen": seen}
+
     return SimpleCIL
 
 

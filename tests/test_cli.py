@@ -32,6 +32,7 @@ def test_run_json_prints_exactly_one_json_object(runs_dir, pretrained_backbone):
     run_dir = payload["run_dir"]
     assert os.path.dirname(run_dir) == str(runs_dir)
     assert sorted(os.listdir(run_dir)) == ["accuracy.csv", "config.json", "experiences.csv",
+                                           "report.html",
                                            "run.json", "summary.json"]
     assert 0 < payload["summary"]["final_accuracy"] <= 1
     with open(os.path.join(run_dir, "summary.json")) as fh:

@@ -1,0 +1,174 @@
+"""Compute accounting: training FLOPs, inference FLOPs per sample, peak memory, stored bytes.
+
+FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (Avalanche's MAC metric
+undercounts ViTs badly). Counting every operation costs Python dispatch time, so by default
+the meter is *sampled*: inside one experience, a training iteration's FLOPs depend only on
+the mini-batch shape and on which parameters exist and train, so each distinct
+(batch shape, parameter count, trainable count) is counted once and re-used for every
+further iteration with the same key. Everything outside the iterations (EWC importances,
+prototype passes, expansion scans, ...) is always counted in full. ``full`` counts every
+operation (the reference the sampled figure is tested against); ``off`` counts nothing.
+"""
+from __future__ import annotations
+
+import resource
+import sys
+from typing import Any, Hashable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+FLOP_MODES = ("sampled", "full", "off")
+
+
+class FlopMeter:
+    """Training FLOPs of one ``train`` call; see the module docstring for the modes."""
+
+    def __init__(self, mode: str = "sampled"):
+        if mode not in FLOP_MODES:
+            raise ValueError(f"flop mode must be one of {FLOP_MODES}, got {mode!r}")
+        self.mode = mode
+        self.total = 0
+        self._counter: FlopCounterMode | None = None
+        self._cache: dict[Hashable, int] = {}
+        self._key: Hashable = None
+        self._measuring = False
+        self.iterations_counted = 0
+        self.iterations_reused = 0
+
+    def _open(self) -> None:
+        self._counter = FlopCounterMode(display=False)
+        self._counter.__enter__()
+
+    def _close(self) -> int:
+        counter, self._counter = self._counter, None
+        counter.__exit__(None, None, None)
+        flops = int(counter.get_total_flops())
+        self.total += flops
+        return flops
+
+    def start(self) -> None:
+        self.total = 0
+        self._cache.clear()
+        self.iterations_counted = self.iterations_reused = 0
+        if self.mode != "off":
+            self._open()
+
+    def stop(self) -> int:
+        if self._counter is not None:
+            self._close()
+        return self.total
+
+    def before_iteration(self, key: Hashable) -> None:
+        if self.mode != "sampled" or self._counter is None:
+            return
+        self._close()  # pause the counter of the work outside iterations
+        self._key = key
+        self._measuring = key not in self._cache
+        if self._measuring:
+            self._open()
+
+    def after_iteration(self) -> None:
+        if self.mode != "sampled" or self._key is None:
+            return
+        if self._measuring:
+            self._cache[self._key] = self._close()
+            self.iterations_counted += 1
+        else:
+            self.total += self._cache[self._key]
+            self.iterations_reused += 1
+        self._key = None
+        self._open()  # resume counting outside iterations
+
+
+def iteration_key(strategy: Any) -> Hashable:
+    """What an iteration's FLOPs depend on: batch shape and the (trainable) parameters."""
+    params = list(strategy.model.parameters())
+    shape = tuple(strategy.mb_x.shape) if torch.is_tensor(strategy.mb_x) else None
+    return (shape, sum(p.numel() for p in params),
+            sum(p.numel() for p in params if p.requires_grad))
+
+
+@torch.inference_mode()
+def inference_flops_per_sample(model: torch.nn.Module, x: torch.Tensor,
+                               device: torch.device | str) -> float:
+    """FLOPs of one evaluation forward pass, per sample (``x``: a few test samples)."""
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
+        model(x.to(device))
+    model.train(was_training)
+    return counter.get_total_flops() / len(x)
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    """Start a new peak: CUDA allocator stats, or the process's peak RSS on Linux."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM (peak resident set size)
+    except OSError:
+        pass
+
+
+def peak_memory_bytes(device: torch.device | str) -> int:
+    """Peak memory since the last reset: device memory on GPU, resident set size on CPU."""
+    if torch.device(device).type == "cuda":
+        return int(torch.cuda.max_memory_allocated())
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # never reset: process peak
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in ``obj`` (a tensor, module, dict, list or tuple of them)."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, torch.nn.Module):
+        return sum(tensor_bytes(t) for t in obj.state_dict().values())
+    if torch.is_tensor(getattr(obj, "data", None)):  # Avalanche's ParamData
+        return tensor_bytes(obj.data)
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def dataset_bytes(dataset: Any) -> int:
+    """Bytes a dataset of samples occupies: size x bytes of one (input, label) sample."""
+    if dataset is None or len(dataset) == 0:
+        return 0
+    sample = dataset[0]
+    per_sample = sum(tensor_bytes(v) if torch.is_tensor(v) else 8 for v in sample[:2])
+    return len(dataset) * per_sample
+
+
+def avalanche_state_bytes(strategy: Any) -> int:
+    """Bytes of the state Avalanche's strategies keep between experiences.
+
+    Rehearsal buffers (Replay, AGEM, Cumulative's growing dataset), EWC's saved parameters
+    and importances, SI's parameter snapshots and importances, LwF's copy of the old model.
+    """
+    total = dataset_bytes(getattr(strategy, "dataset", None)) if hasattr(
+        strategy, "dataset") and not callable(getattr(strategy, "dataset")) else 0
+    for plugin in getattr(strategy, "plugins", []):
+        policy = getattr(plugin, "storage_policy", None)
+        if policy is not None:
+            total += dataset_bytes(getattr(policy, "buffer", None))
+        for buffer in getattr(plugin, "buffers", None) or []:
+            total += dataset_bytes(buffer)
+        for name in ("saved_params", "importances", "ewc_data", "syn_data"):
+            total += tensor_bytes(getattr(plugin, name, None))
+        lwf = getattr(plugin, "lwf", None)
+        if lwf is not None and getattr(lwf, "prev_model", None) is not None:
+            total += tensor_bytes(lwf.prev_model)
+    return total

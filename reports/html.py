@@ -1,0 +1,117 @@
+"""One self-contained HTML report: tables and figures (PNG, base64-embedded), no scripts,
+no external files."""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from clplatform.cache import write_text
+
+from . import plots
+from .collect import RunSet
+from .tables import comparison_table
+
+STYLE = """
+body { font-family: 'DejaVu Sans', Arial, sans-serif; margin: 2em auto; max-width: 1200px;
+       color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; }
+figcaption { font-size: 0.85em; color: #555; }
+.swatch { display: inline-block; width: 0.9em; height: 0.9em; margin-right: 0.4em;
+          vertical-align: middle; border: 1px solid #444; }
+.note { color: #555; font-size: 0.9em; }
+"""
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _figure(fig, caption: str) -> str:
+    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,'
+            f'{_png(fig)}"><figcaption>{html.escape(caption)}</figcaption></figure>')
+
+
+def _table(frame: pd.DataFrame, colors: dict | None = None, key: str | None = None) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = []
+    for _, row in frame.iterrows():
+        cells = []
+        for column in frame.columns:
+            text = html.escape(str(row[column]))
+            if colors and column == key and row[column] in colors:
+                r, g, b, _a = colors[row[column]]
+                text = (f'<span class="swatch" style="background: rgb({int(255 * r)},'
+                        f'{int(255 * g)},{int(255 * b)})"></span>{text}')
+            cells.append(f"<td>{text}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<table class="comparison"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def _stream_section(stream: str, runs: RunSet, group_by: str) -> str:
+    table = runs.table[runs.table["stream"] == stream]
+    accuracy = runs.accuracy[runs.accuracy["stream"] == stream]
+    experiences = (runs.experiences[runs.experiences["stream"] == stream]
+                   if not runs.experiences.empty else runs.experiences)
+    colors = plots.group_colors(table[group_by])
+    parts = [f"<h2>Stream {html.escape(stream)}</h2>",
+             f'<p class="note">{len(table)} runs; cells are mean ± standard deviation over '
+             f"the runs (seeds) of each {html.escape(group_by)}.</p>",
+             _table(comparison_table(table, group_by), colors, group_by),
+             _figure(plots.accuracy_matrices(accuracy, group_by),
+                     "Accuracy matrix: accuracy (%) on test experience j after training "
+                     "experience i, mean over runs."),
+             _figure(plots.accuracy_over_experiences(accuracy, group_by, colors),
+                     "Mean accuracy over the experiences seen so far (A_i)."),
+             _figure(plots.forgetting_per_experience_plot(accuracy, group_by, colors),
+                     "Forgetting of each experience after the last one (Chaudhry et al.).")]
+    if not experiences.empty:
+        parts += [_figure(plots.parameter_growth(experiences, group_by, colors),
+                          "Parameters after each experience, and parameters added since "
+                          "the start."),
+                  _figure(plots.compute_per_experience(experiences, group_by, colors),
+                          "Training FLOPs (FlopCounterMode) and seconds per experience."),
+                  _figure(plots.accuracy_vs_cost(table, group_by, colors),
+                          "Final accuracy against parameters and training FLOPs; the dashed "
+                          "line joins the groups no other group beats at lower cost.")]
+    listing = table[["run", "strategy", "seed", "final_accuracy"]].assign(
+        final_accuracy=lambda f: (100 * f["final_accuracy"]).round(2))
+    parts += ["<h3>Runs</h3>", _table(listing.rename(columns={"final_accuracy": "A_T (%)"}))]
+    return "\n".join(parts)
+
+
+def report_html(runs: RunSet, title: str, group_by: str = "label") -> str:
+    """The whole report as one HTML string."""
+    sections = [_stream_section(stream, runs, group_by)
+                for stream in sorted(runs.table["stream"].unique())]
+    skipped = ""
+    if runs.skipped:
+        items = "".join(f"<li>{html.escape(str(p))}: {html.escape(s)}</li>"
+                        for p, s in runs.skipped)
+        skipped = f"<h2>Skipped runs</h2><ul>{items}</ul>"
+    stamp = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p class=\"note\">clplatform report, {stamp}. "
+            f"Formulas: accuracy a[i, j]; A_T = mean_j a[T, j]; forgetting (Chaudhry et al.); "
+            f"BWT = mean_j (a[T, j] - a[j, j]).</p>"
+            + "\n".join(sections) + skipped + "</body></html>\n")
+
+
+def write_report(runs: RunSet, path: str | Path, title: str, group_by: str = "label") -> Path:
+    path = Path(path)
+    write_text(path, report_html(runs, title, group_by))
+    return path
