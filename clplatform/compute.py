@@ -4,8 +4,9 @@ FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (Avalanche's
 undercounts ViTs badly). Counting every operation costs Python dispatch time, so by default
 the meter is *sampled*: inside one experience, a training iteration's FLOPs depend only on
 the mini-batch shape and on which parameters exist and train, so each distinct
-(batch shape, parameter count, trainable count) is counted once and re-used for every
-further iteration with the same key. Everything outside the iterations (EWC importances,
+(batch shape, parameter count, trainable count) is counted twice and, if both counts agree,
+re-used for every further iteration with the same key; a key whose counts differ (e.g.
+AGEM, whose memory batch varies) is counted in full from then on. Everything outside the iterations (EWC importances,
 prototype passes, expansion scans, ...) is always counted in full. ``full`` counts every
 operation (the reference the sampled figure is tested against); ``off`` counts nothing.
 """
@@ -30,7 +31,8 @@ class FlopMeter:
         self.mode = mode
         self.total = 0
         self._counter: FlopCounterMode | None = None
-        self._cache: dict[Hashable, int] = {}
+        self._cache: dict[Hashable, int | None] = {}  # None: unstable, always count
+        self._seen: dict[Hashable, int] = {}          # first count of a key
         self._key: Hashable = None
         self._measuring = False
         self.iterations_counted = 0
@@ -50,6 +52,7 @@ class FlopMeter:
     def start(self) -> None:
         self.total = 0
         self._cache.clear()
+        self._seen.clear()
         self.iterations_counted = self.iterations_reused = 0
         if self.mode != "off":
             self._open()
@@ -64,7 +67,7 @@ class FlopMeter:
             return
         self._close()  # pause the counter of the work outside iterations
         self._key = key
-        self._measuring = key not in self._cache
+        self._measuring = self._cache.get(key) is None
         if self._measuring:
             self._open()
 
@@ -72,8 +75,13 @@ class FlopMeter:
         if self.mode != "sampled" or self._key is None:
             return
         if self._measuring:
-            self._cache[self._key] = self._close()
+            flops = self._close()
             self.iterations_counted += 1
+            if self._key not in self._cache:  # not yet known to be unstable
+                if self._key not in self._seen:
+                    self._seen[self._key] = flops
+                else:
+                    self._cache[self._key] = flops if self._seen[self._key] == flops else None
         else:
             self.total += self._cache[self._key]
             self.iterations_reused += 1

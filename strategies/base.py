@@ -38,6 +38,7 @@ class StrategyContext:
     info: Any                      # streams.common.StreamInfo
     train: TrainSettings
     plugins: list = field(default_factory=list)
+    avalanche_evaluator: Any = None  # an EvaluationPlugin; default: none (no Avalanche metrics)
 
     def classifier(self, freeze_backbone: bool = False) -> ClassifierModel:
         """Backbone + Avalanche ``IncrementalClassifier`` (grows with the classes seen)."""
@@ -58,7 +59,7 @@ class StrategyContext:
                 "eval_mb_size": self.train.eval_batch_size, "device": self.train.device,
                 "plugins": list(self.plugins),
                 # no Avalanche metrics or loggers: clplatform's evaluator records everything
-                "evaluator": EvaluationPlugin(loggers=[])}
+                "evaluator": self.avalanche_evaluator or EvaluationPlugin(loggers=[])}
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

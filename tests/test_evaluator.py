@@ -1,0 +1,92 @@
+"""The evaluator's records against Avalanche's own metrics and against a full FLOP count."""
+import pandas as pd
+import pytest
+
+import clplatform
+from clplatform.evaluator import Evaluator
+from clplatform.metrics import bwt, summarize
+from clplatform.registry import create_backbone, create_strategy, create_stream
+from strategies.base import StrategyContext, TrainSettings
+
+from conftest import TINY_GLYPHS
+
+
+def test_accuracy_and_forgetting_agree_with_avalanche(pretrained_backbone):
+    from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
+    from avalanche.training.plugins import EvaluationPlugin
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    evaluator = Evaluator(bm.test_stream, bm.info.num_classes)
+    avalanche_eval = EvaluationPlugin(accuracy_metrics(experience=True, stream=True),
+                                      forgetting_metrics(experience=True, stream=True),
+                                      loggers=[])
+    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings(epochs=2),
+                          plugins=[evaluator], avalanche_evaluator=avalanche_eval)
+    strategy = create_strategy("naive", ctx)
+    for i, exp in enumerate(bm.train_stream):
+        evaluator.expect(i, len(exp.dataset))
+        strategy.train(exp, eval_streams=[])
+        strategy.eval(bm.test_stream)
+    ours = pd.DataFrame(evaluator.accuracy_rows)
+    theirs = avalanche_eval.get_all_metrics()
+    for j in range(3):
+        _, values = theirs[f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{j:03d}"]
+        mine = ours[(ours["eval_exp"] == j) & (ours["train_exp"] >= 0)].sort_values("train_exp")
+        assert values == pytest.approx(list(mine["accuracy"]), abs=1e-6)
+    _, stream_acc = theirs["Top1_Acc_Stream/eval_phase/test_stream/Task000"]
+    assert stream_acc[-1] == pytest.approx(summarize(ours)["final_stream_accuracy"], abs=1e-6)
+    _, stream_forgetting = theirs["StreamForgetting/eval_phase/test_stream"]
+    assert stream_forgetting[-1] == pytest.approx(-bwt(ours), abs=1e-6)
+    assert bwt(ours) < 0  # the comparison is not trivially 0 == 0
+
+
+@pytest.mark.parametrize("strategy", ["naive", "ewc", "lwf", "si", "replay", "agem",
+                                      "cumulative", "joint", "linear-probe", "simplecil"])
+def test_sampled_flops_within_3_percent_of_a_full_count(strategy, runs_dir,
+                                                        pretrained_backbone):
+    runs = {mode: clplatform.run(strategy, "glyphs", stream_options=TINY_GLYPHS, epochs=2,
+                                 seed=0, out=runs_dir, flops=mode)
+            for mode in ("sampled", "full")}
+    sampled = runs["sampled"].experiences["train_flops"]
+    full = runs["full"].experiences["train_flops"]
+    assert (full > 0).all()
+    assert ((sampled - full).abs() / full).max() <= 0.03, (list(sampled), list(full))
+    # the same training happened: same records apart from timings
+    pd.testing.assert_frame_equal(runs["sampled"].accuracy, runs["full"].accuracy)
+
+
+def test_flops_per_sample_match_the_architecture(runs_dir, pretrained_backbone):
+    """Inference FLOPs of vit-glyphs, recomputed by hand from its layer shapes."""
+    run = clplatform.run("simplecil", "glyphs", stream_options=TINY_GLYPHS, seed=0,
+                         out=runs_dir)
+    d, tokens, depth, hidden = 96, 17, 6, 384
+    stem = 2 * (32 * 32 * 32 * 1 * 9 + 16 * 16 * 64 * 32 * 9 + 8 * 8 * 96 * 64 * 9)
+    patch = 2 * 16 * 96 * 96 * 4                       # 2x2 projection of 96 channels
+    attention = 2 * tokens * d * 3 * d + 2 * 2 * tokens * tokens * d + 2 * tokens * d * d
+    mlp = 2 * 2 * tokens * d * hidden
+    expected = stem + patch + depth * (attention + mlp)
+    measured = run.experiences["inference_flops_per_sample"].iloc[-1]
+    # plus the cosine head: 62 prototypes x 96
+    assert measured == pytest.approx(expected + 2 * 62 * 96, rel=0.01)
+    # training = one forward pass over the experience, nothing else
+    exps = run.experiences
+    assert exps["train_flops"].iloc[0] == pytest.approx(
+        (expected + 2 * 62 * 96 - 2 * 62 * 96) * exps["experience_size"].iloc[0], rel=0.01)
+
+
+def test_expansion_and_storage_columns(runs_dir, pretrained_backbone):
+    run = clplatform.run("replay", "glyphs", stream_options=TINY_GLYPHS, epochs=1, seed=0,
+                         out=runs_dir, strategy_options={"mem_size": 50})
+    exps = run.experiences
+    # the head grows by (d + 1) per class: 21, 21, 20 classes
+    assert list(exps["params_added"]) == [97 * 21 - 97, 97 * 42 - 97, 97 * 62 - 97]
+    sample_bytes = 32 * 32 * 4 + 8
+    head_bytes = [(97 * n - 97) * 4 + (n - 1) for n in (21, 42, 62)]  # weights + int8 mask
+    assert list(exps["stored_bytes"]) == [50 * sample_bytes + h for h in head_bytes]
+    assert (exps["modules_added"] == 0).all()
+    assert (exps["peak_memory_bytes"] > 50e6).all()
+    s = run.summary
+    assert s["total_train_flops"] == pytest.approx(exps["train_flops"].sum())
+    assert s["params_growth_ratio"] == pytest.approx(
+        exps["params_total"].iloc[-1] / (exps["params_total"].iloc[0] - exps["params_added"].iloc[0]))
+    assert s["wall_seconds"] >= s["train_seconds"] + s["eval_seconds"] - 1e-6
+    assert run.record["status"] == "complete"
