@@ -4,9 +4,11 @@ FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (Avalanche's
 undercounts ViTs badly). Counting every operation costs Python dispatch time, so by default
 the meter is *sampled*: inside one experience, a training iteration's FLOPs depend only on
 the mini-batch shape and on which parameters exist and train, so each distinct
-(batch shape, parameter count, trainable count) is counted twice and, if both counts agree,
-re-used for every further iteration with the same key; a key whose counts differ (e.g.
-AGEM, whose memory batch varies) is counted in full from then on. Everything outside the iterations (EWC importances,
+(batch shape, parameter count, trainable count) is counted once and re-used for every
+further iteration with the same key; between iterations (data loading) nothing is counted.
+A strategy whose iterations cost different amounts at
+the same key (AGEM draws a memory batch of varying size inside each iteration) is
+registered with ``varying_iteration_cost=True``; its iterations are all counted. Everything outside the iterations (EWC importances,
 prototype passes, expansion scans, ...) is always counted in full. ``full`` counts every
 operation (the reference the sampled figure is tested against); ``off`` counts nothing.
 """
@@ -31,8 +33,8 @@ class FlopMeter:
         self.mode = mode
         self.total = 0
         self._counter: FlopCounterMode | None = None
-        self._cache: dict[Hashable, int | None] = {}  # None: unstable, always count
-        self._seen: dict[Hashable, int] = {}          # first count of a key
+        self._cache: dict[Hashable, int] = {}
+        self.count_every_iteration = False
         self._key: Hashable = None
         self._measuring = False
         self.iterations_counted = 0
@@ -52,7 +54,6 @@ class FlopMeter:
     def start(self) -> None:
         self.total = 0
         self._cache.clear()
-        self._seen.clear()
         self.iterations_counted = self.iterations_reused = 0
         if self.mode != "off":
             self._open()
@@ -62,12 +63,23 @@ class FlopMeter:
             self._close()
         return self.total
 
+    def pause(self) -> None:
+        """Entering an epoch (sampled mode): only its iterations are counted, not the data
+        loading between them, whose indexing operations cost dispatch time and no FLOPs."""
+        if self.mode == "sampled" and self._counter is not None:
+            self._close()
+
+    def resume(self) -> None:
+        """Leaving an epoch: count everything again."""
+        if self.mode == "sampled" and self._counter is None:
+            self._open()
+
     def before_iteration(self, key: Hashable) -> None:
-        if self.mode != "sampled" or self._counter is None:
+        if self.mode != "sampled":
             return
-        self._close()  # pause the counter of the work outside iterations
+        self.pause()  # in case iterations run outside an epoch
         self._key = key
-        self._measuring = self._cache.get(key) is None
+        self._measuring = self.count_every_iteration or key not in self._cache
         if self._measuring:
             self._open()
 
@@ -75,18 +87,12 @@ class FlopMeter:
         if self.mode != "sampled" or self._key is None:
             return
         if self._measuring:
-            flops = self._close()
+            self._cache[self._key] = self._close()
             self.iterations_counted += 1
-            if self._key not in self._cache:  # not yet known to be unstable
-                if self._key not in self._seen:
-                    self._seen[self._key] = flops
-                else:
-                    self._cache[self._key] = flops if self._seen[self._key] == flops else None
         else:
             self.total += self._cache[self._key]
             self.iterations_reused += 1
         self._key = None
-        self._open()  # resume counting outside iterations
 
 
 def iteration_key(strategy: Any) -> Hashable:

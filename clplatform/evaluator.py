@@ -127,6 +127,12 @@ class Evaluator(_plugin_base()):
         self._t0 = time.perf_counter()
         self.meter.start()
 
+    def before_training_epoch(self, strategy, **kwargs):
+        self.meter.pause()
+
+    def after_training_epoch(self, strategy, **kwargs):
+        self.meter.resume()
+
     def before_training_iteration(self, strategy, **kwargs):
         self.meter.before_iteration(iteration_key(strategy))
 

@@ -119,8 +119,14 @@ def per_experience(exps: pd.DataFrame, column: str) -> float:
     return float(exps[column].iloc[-1] / len(exps))
 
 
+def _numbers(exps: pd.DataFrame, column: str) -> pd.Series:
+    """A column as floats; missing values (e.g. FLOPs not counted) become NaN."""
+    return pd.to_numeric(exps[column], errors="coerce").astype(float)
+
+
 def total(exps: pd.DataFrame, column: str) -> float:
-    values = exps[column]
+    """Sum of a per-experience column; NaN if any experience lacks it."""
+    values = _numbers(exps, column)
     return math.nan if values.isna().any() else float(values.sum())
 
 
@@ -133,7 +139,8 @@ def summarize_experiences(exps: pd.DataFrame) -> dict[str, float]:
         "final_params_total": float(exps["params_total"].iloc[-1]),
         "final_stored_bytes": float(exps["stored_bytes"].iloc[-1]),
         "total_train_flops": total(exps, "train_flops"),
-        "inference_flops_per_sample": float(exps["inference_flops_per_sample"].iloc[-1]),
+        "inference_flops_per_sample": float(_numbers(exps, "inference_flops_per_sample")
+                                            .iloc[-1]),
         "peak_memory_bytes": float(exps["peak_memory_bytes"].max()),
         "train_seconds": total(exps, "train_seconds"),
         "eval_seconds": total(exps, "eval_seconds"),

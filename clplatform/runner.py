@@ -162,6 +162,8 @@ class Prepared:
         self.joint = bool(strategy_entry.extra.get("joint"))
         self.evaluator = Evaluator(self.benchmark.test_stream, self.info.num_classes,
                                    settings.eval_batch_size, spec.strategy, flops=train.flops)
+        self.evaluator.meter.count_every_iteration = bool(
+            strategy_entry.extra.get("varying_iteration_cost"))
         self.progress = ProgressPlugin(enabled=progress)
         context = StrategyContext(self.backbone, self.info, settings,
                                   plugins=[self.progress, self.evaluator])

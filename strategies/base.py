@@ -6,6 +6,11 @@ called as ``builder(context, options)``; it returns an Avalanche training templa
 context carries the backbone, the stream's metadata, the training settings and the plugins
 (the evaluator among them) that the template must be given.
 
+Registration flags (keyword arguments of ``@register_strategy``): ``train_defaults`` (dict of
+epochs/batch_size/lr used when the user sets none), ``joint=True`` (trained once on the whole
+stream), ``varying_iteration_cost=True`` (iterations with the same batch shape can cost
+different FLOPs, so the evaluator counts every iteration instead of one per shape).
+
 Strategy-specific record columns: a template may define ``experience_extras() -> dict``; the
 evaluator calls it after each trained experience and stores the values in the experience
 records, prefixed with the strategy's name (e.g. ``sema.adapters_added``).

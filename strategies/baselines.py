@@ -96,7 +96,7 @@ class AGEMOptions:
     sample_size: int = opt(64, "memory samples drawn to compute the reference gradient", min=1)
 
 
-@register_strategy("agem", options=AGEMOptions,
+@register_strategy("agem", options=AGEMOptions, varying_iteration_cost=True,
                    help="averaged gradient episodic memory (Chaudhry et al. 2019)")
 def agem(ctx: StrategyContext, opts: AGEMOptions):
     from avalanche.training import AGEM

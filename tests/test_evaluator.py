@@ -90,3 +90,11 @@ def test_expansion_and_storage_columns(runs_dir, pretrained_backbone):
         exps["params_total"].iloc[-1] / (exps["params_total"].iloc[0] - exps["params_added"].iloc[0]))
     assert s["wall_seconds"] >= s["train_seconds"] + s["eval_seconds"] - 1e-6
     assert run.record["status"] == "complete"
+
+
+def test_flop_counting_can_be_switched_off(runs_dir, pretrained_backbone):
+    run = clplatform.run("linear-probe", "glyphs", stream_options=TINY_GLYPHS, epochs=1,
+                         seed=0, out=runs_dir, flops="off")
+    assert run.experiences["train_flops"].isna().all()
+    assert run.summary["total_train_flops"] is None and run.summary["final_accuracy"] > 0
+    assert run.config["train"]["flops"] == "off"
