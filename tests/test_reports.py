@@ -1,0 +1,198 @@
+"""Reports: tables, HTML, exports, bad input, and a real browser rendering the HTML."""
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import clplatform
+from clplatform.cli import cli
+
+from conftest import TINY_GLYPHS
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="clplat")
+
+
+@pytest.fixture(scope="module")
+def runs_folder(tmp_path_factory, pretrained_backbone):
+    out = tmp_path_factory.mktemp("report-runs")
+    for strategy in ("simplecil", "linear-probe"):
+        for seed in (0, 1):
+            clplatform.run(strategy, "glyphs", stream_options=TINY_GLYPHS, epochs=1,
+                           seed=seed, out=out / "glyphs")
+    clplatform.run("simplecil", "digits", seed=0, out=out / "digits")
+    return out
+
+
+def test_compare_table_mean_and_std_over_seeds(runs_folder, tmp_path):
+    html_path = tmp_path / "cmp.html"
+    result = invoke("compare", runs_folder / "glyphs", "--out", html_path,
+                    "--export", tmp_path / "export")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "stream glyphs (4 runs)"
+    rows = {line.split()[0]: line for line in lines[2:4]}
+    assert set(rows) == {"linear-probe", "simplecil"}
+    # recompute the mean and std of final accuracy from the exported per-run table
+    runs = pd.read_csv(tmp_path / "export" / "runs.csv")
+    simplecil = 100 * runs[runs["strategy"] == "simplecil"]["final_accuracy"]
+    assert f"{simplecil.mean():.1f} ± {simplecil.std():.1f}" in rows["simplecil"]
+    # exports hold every record of every run
+    accuracy = pd.read_csv(tmp_path / "export" / "accuracy.csv")
+    assert len(accuracy) == 4 * 4 * 3 and set(accuracy["seed"]) == {0, 1}
+    assert len(pd.read_csv(tmp_path / "export" / "experiences.csv")) == 4 * 3
+    # each run's stored summary equals the recomputation from its records
+    for run_dir in (runs_folder / "glyphs").iterdir():
+        stored = json.loads((run_dir / "summary.json").read_text())
+        row = runs[runs["run"] == run_dir.name].iloc[0]
+        assert stored["final_accuracy"] == pytest.approx(row["final_accuracy"])
+        assert stored["average_incremental_accuracy"] == pytest.approx(
+            row["average_incremental_accuracy"])
+
+
+def test_html_is_self_contained_with_every_figure(runs_folder, tmp_path):
+    html_path = tmp_path / "cmp.html"
+    assert invoke("compare", runs_folder, "--out", html_path).exit_code == 0
+    text = html_path.read_text()
+    assert "<script" not in text and not re.search(r'(src|href)="(?!data:)', text)
+    # two streams, compared separately: 6 figures each
+    assert text.count("<h2>Stream ") == 2
+    assert text.count('src="data:image/png;base64,') == 12
+    assert text.count("<tr>") >= 2 + 1  # comparison rows of glyphs, digits
+
+
+def test_different_streams_are_grouped_separately(runs_folder):
+    result = invoke("compare", runs_folder, "--out", runs_folder / "all.html")
+    assert result.exit_code == 0
+    assert "stream digits (1 runs)" in result.stdout
+    assert "stream glyphs (4 runs)" in result.stdout
+
+
+def test_report_single_run_writes_into_the_run_directory(runs_folder):
+    run_dir = next((runs_folder / "digits").iterdir())
+    (run_dir / "report.html").unlink()
+    result = invoke("report", run_dir)
+    assert result.exit_code == 0, result.stderr
+    assert (run_dir / "report.html").is_file() and "simplecil" in result.stdout
+
+
+def _fake_incomplete(runs_folder, tmp_path) -> Path:
+    source = next((runs_folder / "digits").iterdir())
+    target = tmp_path / "runs" / "broken"
+    shutil.copytree(source, target)
+    record = json.loads((target / "run.json").read_text())
+    record["status"] = "failed"
+    (target / "run.json").write_text(json.dumps(record))
+    return target
+
+
+def test_incomplete_runs_are_skipped_unless_asked(runs_folder, tmp_path):
+    target = _fake_incomplete(runs_folder, tmp_path)
+    result = invoke("compare", target.parent, "--out", tmp_path / "x.html")
+    assert result.exit_code == 2 and "no complete run to report" in result.stderr
+    result = invoke("compare", target.parent, "--out", tmp_path / "x.html",
+                    "--include-incomplete")
+    assert result.exit_code == 0 and "stream digits (1 runs)" in result.stdout
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no such run directory or folder"),
+    ("empty", "no run directory in"),
+    ("file", "not a directory"),
+    ("corrupt-csv", "corrupt records file"),
+    ("corrupt-json", "corrupt file"),
+    ("group", "invalid --group-by 'colour'"),
+])
+def test_report_bad_input(case, message, runs_folder, tmp_path):
+    source = next((runs_folder / "digits").iterdir())
+    args = []
+    if case == "missing":
+        target = tmp_path / "nope"
+    elif case == "empty":
+        target = tmp_path / "empty"
+        target.mkdir()
+    elif case == "file":
+        target = tmp_path / "file.txt"
+        target.write_text("x")
+    else:
+        target = tmp_path / "run"
+        shutil.copytree(source, target)
+        if case == "corrupt-csv":
+            (target / "accuracy.csv").write_text("garbage,\n\x00\x01")
+            message = f"corrupt records file {target / 'accuracy.csv'}"
+        elif case == "corrupt-json":
+            (target / "config.json").write_text("{not json")
+        else:
+            args = ["--group-by", "colour"]
+    result = invoke("compare", target, "--out", tmp_path / "out.html", *args)
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    assert not (tmp_path / "out.html").exists()
+
+
+CHECK_SCRIPT = """
+<script>
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const rows = Array.from(document.querySelector("table.comparison")
+                          .querySelectorAll("tbody tr")).map(r => r.cells[0].textContent);
+  const out = document.createElement("pre");
+  out.id = "check";
+  out.textContent = JSON.stringify({
+    images: images.length,
+    // a broken or undecodable image has no natural size once the page has loaded
+    decoded: images.filter(img => img.complete && img.naturalWidth > 100).length,
+    rows: rows});
+  document.body.appendChild(out);
+});
+</script>
+"""
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or \
+        shutil.which("google-chrome")
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium installed")
+def test_real_browser_renders_the_report(runs_folder, tmp_path):
+    html_path = tmp_path / "report.html"
+    assert invoke("compare", runs_folder / "glyphs", "--out", html_path).exit_code == 0
+    # a copy with a checking script: the report itself carries none
+    browser = _chromium()
+    common = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
+
+    def check(text: str) -> dict:
+        probe = tmp_path / "probe.html"
+        probe.write_text(text.replace("</body>", CHECK_SCRIPT + "</body>"))
+        dom = subprocess.run([browser, *common, "--virtual-time-budget=10000", "--dump-dom",
+                              probe.as_uri()], capture_output=True, text=True, timeout=120)
+        found = re.search(r'<pre id="check">(.*?)</pre>', dom.stdout)
+        assert found, dom.stderr[-2000:]
+        return json.loads(found.group(1).replace("&quot;", '"'))
+
+    text = html_path.read_text()
+    result = check(text)
+    assert result["images"] == 6 and result["decoded"] == 6
+    assert result["rows"] == ["linear-probe", "simplecil"]
+    # the check notices a figure that does not decode
+    broken = text.replace('src="data:image/png;base64,iVBOR', 'src="data:image/png;base64,AAAA', 1)
+    assert check(broken)["decoded"] == 5
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    subprocess.run([browser, *common, "--window-size=1280,4000", f"--screenshot={shot}",
+                    html_path.as_uri()], capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 50_000
