@@ -132,14 +132,18 @@ def _report_options(fn):
 
 
 def _report(runs, out, group_by, export, export_format, include_incomplete, default_out,
-            title):
+            title, detail_single_run=False):
     from reports import EXPORT_FORMATS, build_report, comparison_text, export_tables
     if export_format not in EXPORT_FORMATS:
         raise UserError(f"invalid --export-format {export_format!r}: choose from "
                         f"{', '.join(EXPORT_FORMATS)}")
     loaded, path = build_report(runs, out or default_out(runs), title, group_by,
                                 include_incomplete)
-    click.echo(comparison_text(loaded.table, group_by))
+    if detail_single_run and len(loaded.runs) == 1:
+        from reports.tables import run_summary_text
+        click.echo(run_summary_text(loaded.runs[0]))
+    else:
+        click.echo(comparison_text(loaded.table, group_by))
     for skipped, status in loaded.skipped:
         click.echo(f"skipped {skipped} ({status}; see --include-incomplete)", err=True)
     if export:
@@ -163,7 +167,7 @@ def report_command(runs, out, group_by, export, export_format, include_incomplet
         return single / "report.html" if len(paths) == 1 and (single / "run.json").is_file() \
             else Path("report.html")
     _report(runs, out, group_by, export, export_format, include_incomplete, default_out,
-            "clplatform report")
+            "clplatform report", detail_single_run=True)
 
 
 @cli.command("compare")

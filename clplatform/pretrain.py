@@ -72,7 +72,7 @@ def pretrain_glyph_vit(recipe: PretrainRecipe = PretrainRecipe(), out: Path | No
     generator = torch.Generator().manual_seed(recipe.seed)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     bar = tqdm(range(recipe.epochs), desc="pre-training vit-glyphs", unit="epoch",
-               disable=not progress, file=sys.stderr, leave=False)
+               disable=None if progress else True, file=sys.stderr, leave=False)
     for _epoch in bar:
         model.train()
         order = torch.randperm(len(x_train), generator=generator)

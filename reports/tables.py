@@ -32,12 +32,21 @@ def run_summary_text(run) -> str:
              f"strategy   {cfg['strategy']['name']}   stream {cfg['stream']['name']}   "
              f"backbone {cfg['backbone']['name']}   seed {cfg['train']['seed']}   "
              f"status {run.status}", ""]
-    width = max(map(len, PERCENT_METRICS.values()))
+    width = 40
     for key, label in PERCENT_METRICS.items():
         lines.append(f"  {label:<{width}}  {_fmt_percent(run.summary.get(key))}")
-    for key in ("train_seconds", "eval_seconds"):
-        if run.summary.get(key) is not None:
-            lines.append(f"  {key.replace('_', ' '):<{width}}  {run.summary[key]:8.1f}")
+    costs = {"final_params_total": ("parameters after the last experience", 1, "{:,.0f}"),
+             "params_growth_ratio": ("parameter growth ratio", 1, "{:.4f}"),
+             "total_train_flops": ("training FLOPs (total, GFLOPs)", 1e-9, "{:,.1f}"),
+             "inference_flops_per_sample": ("inference MFLOPs per sample", 1e-6, "{:.2f}"),
+             "peak_memory_bytes": ("peak memory (MiB)", 1 / 2**20, "{:,.0f}"),
+             "train_seconds": ("train seconds", 1, "{:.1f}"),
+             "eval_seconds": ("eval seconds", 1, "{:.1f}"),
+             "wall_seconds": ("wall seconds", 1, "{:.1f}")}
+    for key, (label, scale, fmt) in costs.items():
+        value = run.summary.get(key)
+        if value is not None:
+            lines.append(f"  {label:<{width}}  {fmt.format(value * scale):>8}")
     if not run.accuracy.empty:
         matrix = (100 * accuracy_matrix(run.accuracy)).round(1)
         matrix.index.name, matrix.columns.name = "after exp", "test exp"
