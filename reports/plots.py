@@ -42,6 +42,14 @@ def _band(ax, series: list[pd.Series], color, label: str, scale: float = 1.0) ->
         ax.fill_between(mean.index, mean - std, mean + std, color=color, alpha=0.2, lw=0)
 
 
+def _legend(axes) -> None:
+    """A legend on the first panel that has labelled artists (a panel may be empty)."""
+    for ax in np.atleast_1d(axes):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+            return
+
+
 def _finish(fig, axes, title: str):
     for ax in np.atleast_1d(axes):
         ax.grid(alpha=0.3)
@@ -109,28 +117,11 @@ def forgetting_per_experience_plot(accuracy: pd.DataFrame, group_by: str, colors
     return _finish(fig, ax, "Forgetting per experience")
 
 
-def parameter_growth(experiences: pd.DataFrame, group_by: str, colors):
-    """Total parameters and parameters added since the start, after each experience."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for column, ax, label in (("params_total", axes[0], "total parameters (millions)"),
-                              ("params_added", axes[1], "parameters added (thousands)")):
-        scale = 1e-6 if column == "params_total" else 1e-3
-        for group, series in _per_run(
-                experiences, group_by,
-                lambda r, c=column: r.set_index("train_exp")[c].astype(float)).items():
-            _band(ax, series, colors[group], str(group), scale=scale)
-        ax.set_xlabel("after training experience i")
-        ax.set_ylabel(label)
-    axes[0].legend(fontsize=8)
-    return _finish(fig, axes, "Parameter growth")
-
-
-def compute_per_experience(experiences: pd.DataFrame, group_by: str, colors):
-    """Training FLOPs and training seconds spent on each experience."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for column, ax, label, scale in (
-            ("train_flops", axes[0], "training FLOPs (GFLOPs)", 1e-9),
-            ("train_seconds", axes[1], "training time (s)", 1.0)):
+def _per_experience_panels(experiences: pd.DataFrame, group_by: str, colors, title: str,
+                           xlabel: str, panels: list[tuple[str, str, float]]):
+    """One panel per (column, axis label, scale) of the experience records, vs experience."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
+    for ax, (column, label, scale) in zip(axes, panels):
         if column not in experiences or experiences[column].isna().all():
             ax.text(0.5, 0.5, "not recorded", ha="center", transform=ax.transAxes)
             continue
@@ -138,10 +129,26 @@ def compute_per_experience(experiences: pd.DataFrame, group_by: str, colors):
                 experiences, group_by,
                 lambda r, c=column: r.set_index("train_exp")[c].astype(float)).items():
             _band(ax, series, colors[group], str(group), scale=scale)
-        ax.set_xlabel("training experience i")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
-    axes[0].legend(fontsize=8)
-    return _finish(fig, axes, "Compute per experience")
+    _legend(axes)
+    return _finish(fig, axes, title)
+
+
+def parameter_growth(experiences: pd.DataFrame, group_by: str, colors):
+    """Total parameters and parameters added since the start, after each experience."""
+    return _per_experience_panels(
+        experiences, group_by, colors, "Parameter growth", "after training experience i",
+        [("params_total", "total parameters (millions)", 1e-6),
+         ("params_added", "parameters added (thousands)", 1e-3)])
+
+
+def compute_per_experience(experiences: pd.DataFrame, group_by: str, colors):
+    """Training FLOPs and training seconds spent on each experience."""
+    return _per_experience_panels(
+        experiences, group_by, colors, "Compute per experience", "training experience i",
+        [("train_flops", "training FLOPs (GFLOPs)", 1e-9),
+         ("train_seconds", "training time (s)", 1.0)])
 
 
 def _pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
@@ -177,5 +184,5 @@ def accuracy_vs_cost(table: pd.DataFrame, group_by: str, colors):
         ax.plot(front["cost"], front["acc"], "k--", lw=1, label="Pareto front", zorder=2)
         ax.set_xlabel(label)
         ax.set_ylabel("final accuracy A_T (%)")
-    axes[0].legend(fontsize=8)
+    _legend(axes)
     return _finish(fig, axes, "Accuracy vs cost")

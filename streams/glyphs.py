@@ -110,13 +110,10 @@ def glyphs_domains(opts: GlyphsDomainsOptions):
 
 
 @dataclass
-class GlyphsPretrainOptions:
+class GlyphsPretrainOptions(GlyphsOptions):
     experiences: int = opt(1, "number of experiences", min=1, max=70)
     samples_per_class: int = opt(80, "training images per class", min=1, max=10000)
     test_samples_per_class: int = opt(20, "test images per class", min=1, max=10000)
-    image_size: int = opt(32, "image side in pixels", min=8, max=64)
-    jitter: float = opt(1.0, "strength of the random affine jitter (0 = none)", min=0, max=2)
-    seed: Optional[int] = opt(None, "seed of the data and the class order (default: run seed)")
 
 
 @register_stream("glyphs-pretrain", options=GlyphsPretrainOptions,
