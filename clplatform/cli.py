@@ -133,10 +133,9 @@ def _report_options(fn):
 
 def _report(runs, out, group_by, export, export_format, include_incomplete, default_out,
             title, detail_single_run=False):
-    from reports import EXPORT_FORMATS, build_report, comparison_text, export_tables
-    if export_format not in EXPORT_FORMATS:
-        raise UserError(f"invalid --export-format {export_format!r}: choose from "
-                        f"{', '.join(EXPORT_FORMATS)}")
+    from reports import build_report, check_export_format, comparison_text, export_tables
+    if export:
+        check_export_format(export_format)
     loaded, path = build_report(runs, out or default_out(runs), title, group_by,
                                 include_incomplete)
     if detail_single_run and len(loaded.runs) == 1:

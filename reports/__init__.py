@@ -17,15 +17,23 @@ GROUP_BY = ("label", "strategy", "backbone", "seed")
 EXPORT_FORMATS = ("csv", "parquet")
 
 
-def export_tables(runs: RunSet, folder: str | Path, fmt: str = "csv") -> list[Path]:
-    """Write the merged tables (runs, accuracy, experiences) into ``folder``."""
-    from clplatform.cache import atomic_path
+def check_export_format(fmt: str) -> None:
+    """Refuse an export format that cannot be written, before anything is written."""
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"invalid --export-format {fmt!r}: choose from "
+                        f"{', '.join(EXPORT_FORMATS)}")
     if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401
         except ImportError:
             raise UserError("--export-format parquet needs pyarrow (pip install pyarrow)") \
                 from None
+
+
+def export_tables(runs: RunSet, folder: str | Path, fmt: str = "csv") -> list[Path]:
+    """Write the merged tables (runs, accuracy, experiences) into ``folder``."""
+    from clplatform.cache import atomic_path
+    check_export_format(fmt)
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -58,5 +66,5 @@ def build_report(paths, out: str | Path, title: str = "clplatform comparison",
     return runs, path
 
 
-__all__ = ["RunSet", "build_report", "comparison_table", "comparison_text", "export_tables",
+__all__ = ["RunSet", "build_report", "check_export_format", "comparison_table", "comparison_text", "export_tables",
            "find_run_dirs", "load_runs", "run_summary_text", "GROUP_BY", "EXPORT_FORMATS"]

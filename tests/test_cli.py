@@ -155,3 +155,24 @@ def test_real_subprocess_run_json(runs_dir, pretrained_backbone):
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [
         bad.stderr.strip()] and "unknown strategy 'x'" in bad.stderr
+
+
+def test_timm_backbone_with_local_weights_end_to_end(tmp_path, runs_dir):
+    import timm
+    import torch
+    weights = tmp_path / "vit_tiny.pth"
+    torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32)
+               .state_dict(), weights)
+    result = invoke("run", "--strategy", "linear-probe", "--backbone",
+                    "timm:vit_tiny_patch16_224", "--backbone-weights", str(weights),
+                    "--backbone-opt", "img_size=32", *TINY, "--out", str(runs_dir), "--json")
+    assert result.exit_code == 0, result.stderr
+    run_dir = json.loads(result.stdout)["run_dir"]
+    with open(os.path.join(run_dir, "config.json")) as fh:
+        backbone = json.load(fh)["backbone"]
+    assert backbone["name"] == "timm:vit_tiny_patch16_224"
+    assert backbone["weights"] == str(weights) and backbone["img_size"] == 32
+    with open(os.path.join(run_dir, "experiences.csv")) as fh:
+        header = fh.readline().split(",")
+        first = dict(zip(header, fh.readline().split(",")))
+    assert int(first["params_frozen"]) > 5_000_000  # ViT-Tiny's 5.5M frozen parameters
