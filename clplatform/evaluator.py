@@ -13,7 +13,8 @@ Records (see ``shared/specs/metrics.md``):
 
 Strategy-specific columns (the one hook): a strategy object may define
 ``experience_extras() -> dict``, called after each trained experience. The keys
-``modules_added``, ``stored_bytes`` and ``labels_queried`` fill the standard columns (a
+``modules_added``, ``params_added``, ``stored_bytes`` and ``labels_queried`` (cumulative since
+the start) fill the standard columns (a
 strategy knows best what it added and must keep); any other key becomes a column named
 ``<strategy>.<key>`` (e.g. ``sema.adapters_added``). Without the hook, ``modules_added`` is 0
 and ``stored_bytes`` is the growth of the model's state plus the buffers, importances and
@@ -82,7 +83,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
             "loss": loss_sum / len(y), "n_samples": len(y)}
 
 
-RESERVED_EXTRAS = ("modules_added", "stored_bytes", "labels_queried")
+RESERVED_EXTRAS = ("modules_added", "params_added", "stored_bytes", "labels_queried")
 
 
 class Evaluator(_plugin_base()):

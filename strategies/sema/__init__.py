@@ -1,0 +1,22 @@
+"""SEMA: self-expanding mixture of adapters (Wang et al., CVPR 2025), from
+``shared/specs/sema.md``: ``config.py`` (hyper-parameters), ``layer.py`` (adapters,
+descriptors, router, block), ``model.py`` (injection into a timm ViT), ``strategy.py``
+(expansion and training as an Avalanche template)."""
+from clplatform.registry import register_strategy
+
+from .config import SEMAOptions
+from .layer import Adapter, LossStatistics, RepresentationDescriptor, SEMABlock, SoftRouter
+from .model import SEMAModel
+
+
+@register_strategy("sema", options=SEMAOptions,
+                   help="self-expanding mixture of adapters with representation descriptors "
+                        "(Wang et al. 2025)")
+def sema(ctx, opts: SEMAOptions):
+    from .strategy import _template
+    model = SEMAModel(ctx.backbone, ctx.info.num_classes, opts)
+    return _template()(model, opts, **ctx.template_kwargs())
+
+
+__all__ = ["SEMAOptions", "SEMAModel", "SEMABlock", "Adapter", "RepresentationDescriptor",
+           "LossStatistics", "SoftRouter"]

@@ -1,0 +1,33 @@
+"""SEMA's hyper-parameters, defaults from the released code (``shared/specs/sema.md``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from clplatform.options import opt
+
+
+@dataclass
+class SEMAOptions:
+    expand: str = opt("auto", "auto: expand on representation shift (SEMA); every: add "
+                      "adapters at every experience (naive expansion); never: adapt in "
+                      "the first experience only", choices=("auto", "every", "never"))
+    expandable_layers: int = opt(3, "the last N transformer blocks can expand", min=1)
+    bottleneck: Optional[int] = opt(None, "adapter bottleneck r (default: 16 x d / 768, "
+                                          "at least 2)", min=1)
+    rd_hidden: Optional[int] = opt(None, "descriptor autoencoder width (default: 128 x d / "
+                                         "768, at least 4)", min=1)
+    threshold: float = opt(2.0, "expansion threshold tau on the mean |z| of the batch "
+                                "(2: CIFAR-100, ImageNet-R; 1: ImageNet-A, VTAB)", min=0)
+    buffer_size: int = opt(500, "losses kept per descriptor for mu and sigma", min=3)
+    functional_epochs: int = opt(5, "epochs of the adapter/router/head phase", min=0)
+    rd_epochs: int = opt(20, "epochs of the descriptor phase", min=0)
+    lr: float = opt(0.005, "learning rate of the functional phase (SGD)", min=0)
+    rd_lr: float = opt(0.01, "learning rate of the descriptor phase (SGD)", min=0)
+    momentum: float = opt(0.9, "SGD momentum", min=0, max=1)
+    weight_decay: float = opt(5e-4, "SGD weight decay", min=0)
+    batch_size: int = opt(32, "mini-batch size of both phases", min=1)
+    scan_batch_size: int = opt(128, "mini-batch size of the expansion scan", min=1)
+    z_mode: str = opt("batch-abs", "novelty statistic: batch mean of |z|, min over "
+                      "descriptors (code); or signed per-sample z (paper)",
+                      choices=("batch-abs", "signed"))

@@ -1,0 +1,81 @@
+"""Injecting SEMA blocks into a timm VisionTransformer instance, and running it in pieces so
+the strategy can cache what is frozen."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clplatform.backbones import Backbone
+from clplatform.errors import UserError
+
+from .config import SEMAOptions
+from .layer import SEMABlock
+
+
+class SEMAModel(nn.Module):
+    """Frozen ViT with SEMA blocks + a linear head over the classes seen so far.
+
+    ``forward(x)`` is the single inference pass (all adapters, soft routers). The pieces
+    ``embed``, ``run_blocks`` and ``pool`` let the strategy start from cached tokens.
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, opts: SEMAOptions):
+        super().__init__()
+        vit = backbone.model
+        if not hasattr(vit, "blocks") or not hasattr(vit, "patch_embed"):
+            raise UserError(f"sema needs a timm VisionTransformer backbone; "
+                            f"{backbone.name} is a {type(vit).__name__}")
+        backbone.requires_grad_(False)
+        self.backbone = backbone
+        dim = backbone.num_features
+        depth = len(vit.blocks)
+        if opts.expandable_layers > depth:
+            raise UserError(f"expandable_layers={opts.expandable_layers} but the backbone has "
+                            f"{depth} blocks")
+        bottleneck = opts.bottleneck or max(2, round(16 * dim / 768))
+        rd_hidden = opts.rd_hidden or max(4, round(128 * dim / 768))
+        self.first_expandable = depth - opts.expandable_layers
+        vit.blocks = nn.Sequential(*[
+            SEMABlock(block, dim, bottleneck, i >= self.first_expandable, rd_hidden,
+                      opts.buffer_size)
+            for i, block in enumerate(vit.blocks)])
+        self.head = nn.Linear(dim, num_classes)
+        self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
+
+    @property
+    def vit(self) -> nn.Module:
+        return self.backbone.model
+
+    @property
+    def blocks(self) -> list[SEMABlock]:
+        return list(self.vit.blocks)
+
+    @property
+    def expandable(self) -> list[SEMABlock]:
+        return self.blocks[self.first_expandable:]
+
+    def train(self, mode: bool = True) -> "SEMAModel":
+        super().train(mode)
+        self.backbone.eval()  # frozen backbone: no dropout, no statistics updates
+        return self
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        vit = self.vit
+        tokens = vit.patch_embed(self.backbone.prepare(x))
+        return vit.norm_pre(vit.patch_drop(vit._pos_embed(tokens)))
+
+    def run_blocks(self, tokens: torch.Tensor, start: int = 0, end: int | None = None):
+        for block in self.blocks[start:end]:
+            tokens = block(tokens)
+        return tokens
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.vit.forward_head(self.vit.norm(tokens), pre_logits=True)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Prediction logits: classes not seen yet are masked out."""
+        logits = self.logits(self.pool(self.run_blocks(self.embed(x))))
+        return logits.masked_fill(~self.seen, -1000.0)

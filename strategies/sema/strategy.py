@@ -1,0 +1,222 @@
+"""SEMA as an Avalanche template: expansion scan, functional phase, descriptor phase.
+
+Everything the spec calls frozen is frozen, and the frozen part of the network is cached
+inside an experience (no augmentation here, so caching is exact): the functional phase starts
+from the tokens before the first block that trains, a head-only phase from pooled features,
+the descriptor phase from the token means it reconstructs. The training iterations go
+through Avalanche's plugin hooks, so the evaluator counts their FLOPs and time.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clplatform.pretrain import dataset_tensors
+
+from .config import SEMAOptions
+from .model import SEMAModel
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                         current: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the current experience's classes only (others at -inf)."""
+    return F.cross_entropy(logits.masked_fill(~current, float("-inf")), labels)
+
+
+def _template():
+    from avalanche.training.templates import SupervisedTemplate
+
+    class SEMA(SupervisedTemplate):
+        def __init__(self, model: SEMAModel, opts: SEMAOptions, **kwargs):
+            optimizer = torch.optim.SGD(model.head.parameters(), lr=opts.lr)
+            super().__init__(model=model, optimizer=optimizer,
+                             criterion=nn.CrossEntropyLoss(), **kwargs)
+            self.opts = opts
+            self.experiences_seen = 0
+            self.adapters_added = 0
+            self._record: dict = {}
+
+        # ----------------------------------------------------------------- helpers
+        @property
+        def sema(self) -> SEMAModel:
+            return self.model
+
+        def _batches(self, n: int, batch_size: int, shuffle: bool):
+            order = torch.randperm(n) if shuffle else torch.arange(n)
+            return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+        @torch.no_grad()
+        def _map(self, fn: Callable, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+            return torch.cat([fn(x[i:i + batch_size].to(self.device))
+                              for i in range(0, len(x), batch_size)])
+
+        def _fit(self, params: list[nn.Parameter], inputs: torch.Tensor,
+                 labels: torch.Tensor | None, loss_fn: Callable, epochs: int, lr: float):
+            """SGD + cosine schedule over (inputs, labels), through Avalanche's hooks."""
+            if epochs == 0 or not params:
+                return
+            self.optimizer = torch.optim.SGD(params, lr=lr, momentum=self.opts.momentum,
+                                             weight_decay=self.opts.weight_decay)
+            batches_per_epoch = len(self._batches(len(inputs), self.opts.batch_size, False))
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.optimizer, T_max=epochs * batches_per_epoch)
+            task = torch.zeros(0, dtype=torch.long)
+            for _epoch in range(epochs):
+                self._before_training_epoch()
+                for idx in self._batches(len(inputs), self.opts.batch_size, True):
+                    x = inputs[idx].to(self.device)
+                    y = labels[idx].to(self.device) if labels is not None else task
+                    self.mbatch = [x, y, task]
+                    self._before_training_iteration()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.loss = loss_fn(x, y)
+                    self.loss.backward()
+                    self.optimizer.step()
+                    schedule.step()
+                    self._after_training_iteration()
+                self._after_training_epoch()
+
+        # ----------------------------------------------------------------- phases
+        def _functional_phase(self, params: list[nn.Parameter], start: int,
+                              x: torch.Tensor, y: torch.Tensor, current: torch.Tensor):
+            """Train new adapters/router columns + head from cached tokens before ``start``."""
+            model = self.sema
+            tokens = self._map(lambda b: model.run_blocks(model.embed(b), 0, start), x)
+
+            def loss(t, labels):
+                logits = model.logits(model.pool(model.run_blocks(t, start)))
+                return masked_cross_entropy(logits, labels, current)
+            self._fit(params + list(model.head.parameters()), tokens, y, loss,
+                      self.opts.functional_epochs, self.opts.lr)
+
+        def _head_phase(self, x: torch.Tensor, y: torch.Tensor, current: torch.Tensor):
+            model = self.sema
+            features = self._map(lambda b: model.pool(model.run_blocks(model.embed(b))), x)
+            self._fit(list(model.head.parameters()), features, y,
+                      lambda f, labels: masked_cross_entropy(model.logits(f), labels, current),
+                      self.opts.functional_epochs, self.opts.lr)
+
+        def _descriptor_phase(self, blocks: list, x: torch.Tensor):
+            """Train the newest descriptor of each block in ``blocks`` (jointly) on cached
+            token means; their loss statistics fill while they train."""
+            model = self.sema
+            if not blocks:
+                return
+            order = [model.blocks.index(b) for b in blocks]
+
+            def means(batch):
+                model.run_blocks(model.embed(batch))
+                return torch.cat([model.blocks[i].last_mean for i in order], dim=1)
+            cached = self._map(means, x)
+            dim = blocks[0].dim
+            descriptors = [b.descriptors[-1] for b in blocks]
+            params = [p for d in descriptors for p in d.encode.parameters()] + \
+                     [p for d in descriptors for p in d.decode.parameters()]
+
+            def loss(m, _labels):
+                total = 0.0
+                for k, d in enumerate(descriptors):
+                    per_sample = d.losses(m[:, k * dim:(k + 1) * dim])
+                    d.stats.add(per_sample)
+                    total = total + per_sample.mean()
+                return total
+            self._fit(params, cached, None, loss, self.opts.rd_epochs, self.opts.rd_lr)
+
+        def _freeze_all(self):
+            for block in self.sema.blocks:
+                block.adapters.requires_grad_(False)
+                block.descriptors.requires_grad_(False)
+                for d in block.descriptors:
+                    d.stats.frozen = True
+                if block.router is not None:
+                    block.router.merge()
+
+        def _expand(self, blocks: list, x, y, current):
+            """Add an adapter at each block, train it (functional, then descriptor phase)."""
+            model = self.sema
+            params = [p for b in blocks for p in b.add_adapter()]
+            self.adapters_added += len(blocks)
+            start = min(model.blocks.index(b) for b in blocks)
+            self._functional_phase(params, start, x, y, current)
+            self._descriptor_phase([b for b in blocks if b.expandable], x)
+            self._freeze_all()
+
+        @torch.no_grad()
+        def _scan(self, x: torch.Tensor, expanded: set[int]) -> tuple[int, float] | None:
+            """One forward-only pass; the first (shallowest) block whose every descriptor
+            finds a batch novel, with the deciding score; None if no block does."""
+            model = self.sema
+            model.eval()
+            for idx in self._batches(len(x), self.opts.scan_batch_size, False):
+                tokens = model.embed(x[idx].to(self.device))
+                for i, block in enumerate(model.blocks):
+                    tokens = block(tokens)
+                    if not block.expandable or i in expanded or not block.descriptors:
+                        continue
+                    score = min(self._novelty(d, block.last_mean) for d in block.descriptors)
+                    if score > self.opts.threshold:
+                        return i, score
+            return None
+
+        def _novelty(self, descriptor, mean: torch.Tensor) -> float:
+            losses = descriptor.losses(mean)
+            if self.opts.z_mode == "signed":
+                if len(descriptor.stats.values) <= 2:
+                    return 0.0
+                z = (losses - descriptor.stats.mean) / max(descriptor.stats.std, 1e-12)
+            else:
+                z = descriptor.stats.z_scores(losses)
+            return float(z.mean())
+
+        # ----------------------------------------------------------------- Avalanche
+        def _train_exp(self, experience, eval_streams=None, **kwargs):
+            model = self.sema
+            x, y = dataset_tensors(experience.dataset)
+            classes = sorted(set(y.tolist()))
+            current = torch.zeros_like(model.seen)
+            current[classes] = True
+            model.seen[classes] = True
+            expanded, scores = [], []
+            if self.experiences_seen == 0:
+                self._expand(model.blocks, x, y, current)
+                expanded = list(range(len(model.blocks)))
+            elif self.opts.expand == "every":
+                self._expand(model.expandable, x, y, current)
+                expanded = [model.blocks.index(b) for b in model.expandable]
+            elif self.opts.expand == "auto":
+                # scan, expand where a layer triggers, scan again: until a full pass adds nothing
+                while (hit := self._scan(x, set(expanded))) is not None:
+                    layer, score = hit
+                    self._expand([model.blocks[layer]], x, y, current)
+                    expanded.append(layer)
+                    scores.append(round(score, 4))
+            if self.experiences_seen > 0 and not expanded:
+                self._head_phase(x, y, current)
+            model.train()
+            self.experiences_seen += 1
+            self._record = {"layers_expanded": ";".join(map(str, sorted(expanded))),
+                            "z_scores": ";".join(map(str, scores))}
+
+        def experience_extras(self) -> dict:
+            model = self.sema
+            adapters = sum(p.numel() for b in model.blocks for p in b.adapters.parameters())
+            descriptors = sum(p.numel() for b in model.blocks
+                              for p in b.descriptors.parameters())
+            routers = sum(p.numel() for b in model.expandable for p in b.router.parameters())
+            seen = int(model.seen.sum())
+            head = seen * (model.head.in_features + 1)
+            stats = sum(d.stats.values.numel() for b in model.expandable for d in b.descriptors)
+            return {
+                "modules_added": self.adapters_added,
+                "params_added": adapters + head,
+                "stored_bytes": 4 * (adapters + head + descriptors + routers + stats),
+                "adapters_per_layer": ";".join(str(len(b.adapters)) for b in model.expandable),
+                "adapter_params": adapters, "head_params": head,
+                "descriptor_params": descriptors, "router_params": routers,
+                **self._record,
+            }
+
+    return SEMA
