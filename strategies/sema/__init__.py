@@ -15,7 +15,7 @@ from .model import SEMAModel
 def sema(ctx, opts: SEMAOptions):
     from .strategy import _template
     model = SEMAModel(ctx.backbone, ctx.info.num_classes, opts)
-    return _template()(model, opts, **ctx.template_kwargs())
+    return _template()(model=model, opts=opts, **ctx.template_kwargs())
 
 
 __all__ = ["SEMAOptions", "SEMAModel", "SEMABlock", "Adapter", "RepresentationDescriptor",

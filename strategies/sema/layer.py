@@ -161,6 +161,8 @@ class SEMABlock(nn.Module):
 
     def add_adapter(self) -> list[nn.Parameter]:
         """Add adapter (+ descriptor and router column); returns its functional parameters."""
+        if self.adapters and not self.expandable:
+            raise RuntimeError("a block that cannot expand holds exactly one adapter")
         device = next(self.block.parameters()).device
         adapter = Adapter(self.dim, self.bottleneck).to(device)
         self.adapters.append(adapter)

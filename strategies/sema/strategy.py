@@ -30,7 +30,7 @@ def _template():
     from avalanche.training.templates import SupervisedTemplate
 
     class SEMA(SupervisedTemplate):
-        def __init__(self, model: SEMAModel, opts: SEMAOptions, **kwargs):
+        def __init__(self, *, model: SEMAModel, opts: SEMAOptions, **kwargs):
             optimizer = torch.optim.SGD(model.head.parameters(), lr=opts.lr)
             super().__init__(model=model, optimizer=optimizer,
                              criterion=nn.CrossEntropyLoss(), **kwargs)
