@@ -50,7 +50,7 @@ def test_run_prints_a_readable_summary(runs_dir, pretrained_backbone):
 def test_list_shows_hyper_parameters_with_defaults_and_help():
     result = invoke("list", "strategies", "-v")
     assert result.exit_code == 0
-    assert "ewc_lambda = 100.0" in result.stdout and "mem_size = 200" in result.stdout
+    assert "ewc_lambda = 1.0" in result.stdout and "mem_size = 200" in result.stdout
     assert "weight of the quadratic penalty" in result.stdout
     short = invoke("list", "strategies").stdout
     assert "simplecil" in short and "ewc_lambda" not in short
