@@ -88,7 +88,7 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
     \b
     Examples:
       clplat run --strategy naive
-      clplat run --strategy ewc --set ewc_lambda=1000 --stream digits --epochs 3
+      clplat run --strategy ewc --set ewc_lambda=0.5 --stream digits --epochs 3
       clplat run --config experiment.toml --seed 1 --json
     """
     from .options import parse_assignments
