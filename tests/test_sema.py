@@ -151,3 +151,13 @@ def test_expansion_shows_up_in_the_records(runs_dir, pretrained_backbone):
     never = clplatform.run("sema", "glyphs", stream_options=TINY_GLYPHS, seed=0,
                            out=runs_dir, strategy_options={**FAST, "expand": "never"})
     assert list(never.experiences["modules_added"]) == [6, 6, 6]
+
+
+def test_prototype_head_variant(runs_dir, pretrained_backbone):
+    import clplatform
+    run = clplatform.run("sema", "glyphs", stream_options=TINY_GLYPHS, seed=0, out=runs_dir,
+                         strategy_options={**FAST, "head": "prototype"})
+    assert run.config["strategy"]["head"] == "prototype"
+    acc = run.accuracy
+    assert (acc[(acc["train_exp"] >= 0) & ~acc["seen"]]["accuracy"] == 0).all()
+    assert run.summary["final_accuracy"] > 0.3  # prototypes of pre-trained features

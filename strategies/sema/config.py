@@ -28,6 +28,10 @@ class SEMAOptions:
     weight_decay: float = opt(5e-4, "SGD weight decay", min=0)
     batch_size: int = opt(32, "mini-batch size of both phases", min=1)
     scan_batch_size: int = opt(128, "mini-batch size of the expansion scan", min=1)
+    head: str = opt("linear", "prediction head: linear (trained with masked cross-entropy, as "
+                    "in the paper and code) or prototype (cosine to class-mean features, a "
+                    "variant; the linear head still trains the adapters)",
+                    choices=("linear", "prototype"))
     z_mode: str = opt("batch-abs", "novelty statistic: batch mean of |z|, min over "
                       "descriptors (code); or signed per-sample z (paper)",
                       choices=("batch-abs", "signed"))

@@ -8,6 +8,7 @@ from torch import nn
 from clplatform.backbones import Backbone
 from clplatform.errors import UserError
 
+from ..simplecil import PrototypeHead
 from .config import SEMAOptions
 from .layer import SEMABlock
 
@@ -41,6 +42,8 @@ class SEMAModel(nn.Module):
             for i, block in enumerate(vit.blocks)])
         self.head = nn.Linear(dim, num_classes)
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
+        # variant: predict with class prototypes of the final features (SimpleCIL's head)
+        self.prototypes = PrototypeHead(dim, num_classes) if opts.head == "prototype" else None
 
     @property
     def vit(self) -> nn.Module:
@@ -75,7 +78,12 @@ class SEMAModel(nn.Module):
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.run_blocks(self.embed(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Prediction logits: classes not seen yet are masked out."""
-        logits = self.logits(self.pool(self.run_blocks(self.embed(x))))
-        return logits.masked_fill(~self.seen, -1000.0)
+        features = self.features(x)
+        if self.prototypes is not None:
+            return self.prototypes(features)
+        return self.logits(features).masked_fill(~self.seen, -1000.0)

@@ -94,7 +94,7 @@ def _template():
 
         def _head_phase(self, x: torch.Tensor, y: torch.Tensor, current: torch.Tensor):
             model = self.sema
-            features = self._map(lambda b: model.pool(model.run_blocks(model.embed(b))), x)
+            features = self._map(model.features, x)
             self._fit(list(model.head.parameters()), features, y,
                       lambda f, labels: masked_cross_entropy(model.logits(f), labels, current),
                       self.opts.functional_epochs, self.opts.lr)
@@ -195,6 +195,9 @@ def _template():
                     scores.append(round(score, 4))
             if self.experiences_seen > 0 and not expanded:
                 self._head_phase(x, y, current)
+            if model.prototypes is not None:  # variant: prototypes of the final features
+                model.eval()
+                model.prototypes.add(self._map(model.features, x), y.to(self.device))
             model.train()
             self.experiences_seen += 1
             self._record = {"layers_expanded": ";".join(map(str, sorted(expanded))),
