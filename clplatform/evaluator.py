@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .compute import (FlopMeter, avalanche_state_bytes, inference_flops_per_sample,
                       iteration_key, peak_memory_bytes, reset_peak_memory, tensor_bytes)
-from .pretrain import dataset_tensors
+from .data import dataset_tensors
 
 INITIAL = -1  # train_exp of the evaluation before any training
 

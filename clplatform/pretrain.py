@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .cache import atomic_path, cache_dir, stable_hash
+from .data import dataset_tensors
 
 
 @dataclass(frozen=True)
@@ -28,16 +29,6 @@ class PretrainRecipe:
     samples_per_class: int = 80
     test_samples_per_class: int = 20
     seed: int = 0
-
-
-def dataset_tensors(dataset, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """All (x, y) of an Avalanche/torch dataset as two tensors, read once in order."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    xs, ys = [], []
-    for batch in loader:
-        xs.append(batch[0])
-        ys.append(batch[1])
-    return torch.cat(xs), torch.cat(ys).long()
 
 
 def _cache_path(recipe: PretrainRecipe) -> Path:

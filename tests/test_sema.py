@@ -131,7 +131,7 @@ def test_shift_triggers_expansion_and_a_repeat_does_not(pretrained_backbone):
     strategy = _strategy(bm)
     first = bm.train_stream[0]
     strategy.train(first, eval_streams=[])
-    from clplatform.pretrain import dataset_tensors
+    from clplatform.data import dataset_tensors
     x, _ = dataset_tensors(first.dataset)
     assert strategy._scan(x, set()) is None                 # the same data: nothing novel
     layer, score = strategy._scan(1.0 - x, set())          # inverted images: novel

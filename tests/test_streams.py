@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from clplatform.errors import UserError
-from clplatform.pretrain import dataset_tensors
+from clplatform.data import dataset_tensors
 from clplatform.registry import create_stream
 from streams.common import classes_per_experience
 from streams.render import LATIN

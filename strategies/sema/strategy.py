@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clplatform.pretrain import dataset_tensors
+from clplatform.data import dataset_tensors
 
 from .config import SEMAOptions
 from .model import SEMAModel
