@@ -223,8 +223,8 @@ def pretrain_command(force, out, quiet):
     """
     import shutil
 
-    from .pretrain import PretrainRecipe, _cache_path, pretrain_glyph_vit
-    path = _cache_path(PretrainRecipe())
+    from .pretrain import PretrainRecipe, cached_weights_path, pretrain_glyph_vit
+    path = cached_weights_path(PretrainRecipe())
     if force or not path.is_file():
         path, accuracy = pretrain_glyph_vit(progress=not quiet)
         click.echo(f"vit-glyphs: {accuracy:.1%} test accuracy on glyphs-pretrain")

@@ -31,7 +31,8 @@ class PretrainRecipe:
     seed: int = 0
 
 
-def _cache_path(recipe: PretrainRecipe) -> Path:
+def cached_weights_path(recipe: PretrainRecipe) -> Path:
+    """Where the weights of ``recipe`` are cached (a hash of architecture and recipe)."""
     from streams.render import RENDER_VERSION
     from .backbones import GlyphViTArch
     key = {"arch": dataclasses.asdict(GlyphViTArch()), "recipe": dataclasses.asdict(recipe),
@@ -80,7 +81,7 @@ def pretrain_glyph_vit(recipe: PretrainRecipe = PretrainRecipe(), out: Path | No
         pred = torch.cat([model(x_test[i:i + 512]).argmax(1) for i in range(0, len(x_test), 512)])
     accuracy = (pred == y_test).float().mean().item()
 
-    out = Path(out) if out else _cache_path(recipe)
+    out = Path(out) if out else cached_weights_path(recipe)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
     with atomic_path(out) as tmp:
         torch.save({"state_dict": state, "recipe": dataclasses.asdict(recipe),
@@ -91,7 +92,7 @@ def pretrain_glyph_vit(recipe: PretrainRecipe = PretrainRecipe(), out: Path | No
 
 def pretrained_glyph_vit_path() -> Path:
     """The cached pre-trained weights, built now (with a note on stderr) if missing."""
-    path = _cache_path(PretrainRecipe())
+    path = cached_weights_path(PretrainRecipe())
     if not path.is_file():
         print("building the default backbone vit-glyphs (first use, about a minute)...",
               file=sys.stderr)

@@ -186,16 +186,19 @@ class Prepared:
     def fit(self) -> None:
         """Train experience by experience (joint: once on the whole stream)."""
         stream = self.benchmark.train_stream
-        if self.joint:
-            self.evaluator.expect(len(stream) - 1, sum(len(exp.dataset) for exp in stream))
-            self.progress.start_experience(0, 1, "joint")
-            self.strategy.train(list(stream), eval_streams=[])
-            return
-        for i, experience in enumerate(stream):
-            self.evaluator.expect(i, len(experience.dataset))
-            self.progress.start_experience(i, len(stream))
-            self.strategy.train(experience, eval_streams=[])
-        self.progress.close()
+        try:
+            if self.joint:
+                self.evaluator.expect(len(stream) - 1,
+                                      sum(len(exp.dataset) for exp in stream))
+                self.progress.start_experience(0, 1, "joint")
+                self.strategy.train(list(stream), eval_streams=[])
+                return
+            for i, experience in enumerate(stream):
+                self.evaluator.expect(i, len(experience.dataset))
+                self.progress.start_experience(i, len(stream))
+                self.strategy.train(experience, eval_streams=[])
+        finally:
+            self.progress.close()
 
 
 def execute(spec: RunSpec, progress: bool = False):

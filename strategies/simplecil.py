@@ -10,11 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clplatform.evaluator import MASK_VALUE
 from clplatform.registry import register_strategy
 
 from .base import StrategyContext
-
-MASK_VALUE = -1000.0  # same convention as Avalanche's IncrementalClassifier
 
 
 class PrototypeHead(nn.Module):

@@ -7,6 +7,7 @@ from torch import nn
 
 from clplatform.backbones import Backbone
 from clplatform.errors import UserError
+from clplatform.evaluator import MASK_VALUE
 
 from ..simplecil import PrototypeHead
 from .config import SEMAOptions
@@ -86,4 +87,4 @@ class SEMAModel(nn.Module):
         features = self.features(x)
         if self.prototypes is not None:
             return self.prototypes(features)
-        return self.logits(features).masked_fill(~self.seen, -1000.0)
+        return self.logits(features).masked_fill(~self.seen, MASK_VALUE)
