@@ -6,7 +6,9 @@ and unseen, in one pass over tensors read once at start-up. Before the first tra
 evaluates the initial model (row ``train_exp = -1``, for forward transfer).
 
 Records (see ``shared/specs/metrics.md``):
-- accuracy rows: train_exp, eval_exp, accuracy, class_mean_accuracy, loss, n_samples, seen
+- accuracy rows: train_exp, eval_exp, accuracy, class_mean_accuracy, task_accuracy (the
+  prediction restricted to the classes of experience j: task id known at test time), loss,
+  n_samples, seen
 - experience rows: train_exp, train_seconds, eval_seconds, train_flops,
   inference_flops_per_sample, peak_memory_bytes, params_total, params_trainable,
   params_frozen, params_added (since the start), modules_added, stored_bytes, experience_size.
@@ -58,7 +60,8 @@ MASK_VALUE = -1000.0  # logit of a class the head has no unit for (as Avalanche 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
              device: torch.device | str, num_classes: int) -> dict[str, float]:
-    """Accuracy (sample-weighted), per-class-mean accuracy and mean loss of ``model``.
+    """Accuracy (sample-weighted), per-class-mean accuracy, task-aware accuracy (argmax over
+    the classes present in ``y`` only) and mean loss of ``model``.
 
     A head that has not grown to ``num_classes`` yet scores the missing classes MASK_VALUE,
     exactly as Avalanche's ``IncrementalClassifier`` scores classes it has not trained.
@@ -66,6 +69,11 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     was_training = model.training
     model.eval()
     correct = torch.zeros(len(y), dtype=torch.bool)
+    task_correct = torch.zeros(len(y), dtype=torch.bool)
+    classes = y.unique()
+    outside = torch.ones(num_classes, dtype=torch.bool)
+    outside[classes] = False
+    outside = outside.to(device)
     loss_sum = 0.0
     for start in range(0, len(y), batch_size):
         xb = x[start:start + batch_size].to(device, non_blocking=True)
@@ -75,11 +83,13 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
             logits = F.pad(logits, (0, num_classes - logits.shape[1]), value=MASK_VALUE)
         loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
         correct[start:start + len(yb)] = (logits.argmax(1) == yb).cpu()
+        task_correct[start:start + len(yb)] = (
+            logits.masked_fill(outside, float("-inf")).argmax(1) == yb).cpu()
     model.train(was_training)
-    classes = y.unique()
     per_class = torch.stack([correct[y == c].float().mean() for c in classes])
     return {"accuracy": correct.float().mean().item(),
             "class_mean_accuracy": per_class.mean().item(),
+            "task_accuracy": task_correct.float().mean().item(),
             "loss": loss_sum / len(y), "n_samples": len(y)}
 
 

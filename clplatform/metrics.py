@@ -26,9 +26,12 @@ def _last(acc: pd.DataFrame) -> int:
     return int(acc.loc[acc["train_exp"] != INITIAL, "train_exp"].max())
 
 
-def final_accuracy(acc: pd.DataFrame) -> float:
-    """A_T = mean over j <= T of a[T, j] (experiences weighted equally)."""
-    a = accuracy_matrix(acc)
+def final_accuracy(acc: pd.DataFrame, column: str = "accuracy") -> float:
+    """A_T = mean over j <= T of a[T, j] (experiences weighted equally); with
+    ``column="task_accuracy"`` the task-aware A_T (NaN for records without that column)."""
+    if column not in acc:
+        return math.nan
+    a = accuracy_matrix(acc, column)
     t = _last(acc)
     return float(a.loc[t, [j for j in a.columns if j <= t]].mean())
 
@@ -157,6 +160,7 @@ def _accuracy_summary(acc: pd.DataFrame) -> dict[str, float]:
     return {
         "final_accuracy": final_accuracy(acc),
         "final_stream_accuracy": final_stream_accuracy(acc),
+        "final_task_accuracy": final_accuracy(acc, "task_accuracy"),
         "average_incremental_accuracy": average_incremental_accuracy(acc),
         "forgetting": forgetting(acc),
         "bwt": bwt(acc),

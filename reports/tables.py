@@ -11,6 +11,7 @@ from clplatform.metrics import accuracy_matrix
 PERCENT_METRICS = {
     "final_accuracy": "final accuracy A_T",
     "final_stream_accuracy": "final stream accuracy (sample-weighted)",
+    "final_task_accuracy": "final task-aware accuracy (task id given)",
     "average_incremental_accuracy": "average incremental accuracy",
     "forgetting": "forgetting",
     "bwt": "backward transfer (BWT)",
@@ -58,6 +59,7 @@ def run_summary_text(run) -> str:
 # columns of the comparison table: summary key -> (header, scale, format)
 COMPARISON_COLUMNS = {
     "final_accuracy": ("A_T (%)", 100, "{:.1f}"),
+    "final_task_accuracy": ("task-aware A_T (%)", 100, "{:.1f}"),
     "average_incremental_accuracy": ("avg inc acc (%)", 100, "{:.1f}"),
     "forgetting": ("forgetting (%)", 100, "{:.1f}"),
     "bwt": ("BWT (%)", 100, "{:.1f}"),

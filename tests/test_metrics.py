@@ -24,6 +24,10 @@ def test_metrics_match_the_formulas_of_the_spec():
     s = metrics.summarize(_records())
     assert s["final_accuracy"] == pytest.approx((0.70 + 0.50 + 0.85) / 3)
     assert s["final_stream_accuracy"] == pytest.approx((70 + 25 + 42.5) / 200)
+    assert math.isnan(s["final_task_accuracy"])  # records without the column
+    records = _records().assign(task_accuracy=lambda d: d["accuracy"] / 2)
+    assert metrics.summarize(records)["final_task_accuracy"] == pytest.approx(
+        (0.70 + 0.50 + 0.85) / 6)
     assert s["average_incremental_accuracy"] == pytest.approx(
         (0.90 + (0.60 + 0.80) / 2 + (0.70 + 0.50 + 0.85) / 3) / 3)
     # f_0 = max(0.9, 0.6) - 0.7, f_1 = 0.8 - 0.5
@@ -72,3 +76,8 @@ def test_evaluate_weights_samples_and_classes():
     # per class: class 0: 2/3, class 1: 1/1, class 2: 0/2
     assert r["class_mean_accuracy"] == pytest.approx((2 / 3 + 1 + 0) / 3)
     assert r["n_samples"] == 6 and r["loss"] > 0
+    assert r["task_accuracy"] == pytest.approx(3 / 6)  # all classes present: same argmax
+    # only class 0 in this experience: predicting class 1 is wrong, but task-aware it is right
+    r = evaluate(_Fixed(), torch.tensor([[1.], [4.], [0.]]), torch.tensor([0, 0, 0]),
+                 batch_size=2, device="cpu", num_classes=3)
+    assert r["accuracy"] == pytest.approx(1 / 3) and r["task_accuracy"] == 1.0

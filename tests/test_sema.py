@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from clplatform.registry import create_backbone, create_strategy, create_stream
 from strategies.base import StrategyContext, TrainSettings
 from strategies.sema import SEMAModel, SEMAOptions, SoftRouter
-from strategies.sema.layer import Adapter
+from strategies.sema.layer import Adapter, LossStatistics
 from strategies.sema.strategy import masked_cross_entropy
 
 from conftest import TINY_GLYPHS
@@ -62,6 +62,45 @@ def test_router_weights_sum_to_one():
     assert torch.equal(SoftRouter(16)(mean, 1), torch.ones(5, 1))
     assert [p.requires_grad for p in router.frozen.parameters()] == [False, False]
     assert router.new is not None and router.new.weight.requires_grad
+
+
+def test_per_token_router_variant():
+    """Paper variant: weights per token (sum to one), differing across the tokens of an image;
+    still an exact no-op while the adapters are new."""
+    model = _model(router="token").eval()
+    block = model.expandable[0]
+    for _ in range(2):
+        block.add_adapter()
+    with torch.no_grad():
+        for adapter in block.adapters:
+            adapter.up.weight.normal_()
+    tokens = torch.randn(2, 5, 96)
+    weights = block.router(tokens, 2)
+    assert weights.shape == (2, 5, 2) and torch.allclose(weights.sum(-1), torch.ones(2, 5))
+    assert not torch.allclose(weights[0, 0], weights[0, 1])
+    image = _model().expandable[0]
+    for _ in range(2):
+        image.add_adapter()
+    image.load_state_dict(block.state_dict())
+    assert not torch.allclose(block(tokens), image(tokens))  # same modules, other routing
+
+
+@pytest.mark.parametrize("running", [False, True])
+def test_loss_statistics_window_and_running(running):
+    stats = LossStatistics(size=4, running=running)
+    assert float(stats.z_scores(torch.tensor([5.0]))) == 0.0  # too few values yet
+    values = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0, 3.0])
+    stats.add(values[:2])
+    stats.add(values[2:])
+    kept = values if running else values[-4:]
+    assert stats.count == len(kept)
+    assert stats.mean == pytest.approx(float(kept.mean()))
+    assert stats.std == pytest.approx(float(kept.std(unbiased=True)))
+    z = stats.z_scores(torch.tensor([0.0]), signed=True)
+    assert float(z) == pytest.approx(-float(kept.mean() / kept.std(unbiased=True)), rel=1e-5)
+    stats.frozen = True
+    stats.add(torch.tensor([100.0]))
+    assert stats.count == len(kept)
 
 
 def test_masked_cross_entropy_ignores_old_classes():
@@ -161,3 +200,18 @@ def test_prototype_head_variant(runs_dir, pretrained_backbone):
     acc = run.accuracy
     assert (acc[(acc["train_exp"] >= 0) & ~acc["seen"]]["accuracy"] == 0).all()
     assert run.summary["final_accuracy"] > 0.3  # prototypes of pre-trained features
+
+
+def test_paper_variants_end_to_end(runs_dir, pretrained_backbone):
+    """Signed per-sample z, running statistics and per-token routing together, on the tiny
+    stream: the run completes, learns, and the records say which variant ran."""
+    import clplatform
+    variant = {"z_mode": "signed", "statistics": "running", "router": "token"}
+    run = clplatform.run("sema", "glyphs", stream_options=TINY_GLYPHS, seed=0, out=runs_dir,
+                         strategy_options={**FAST, **variant, "expand": "every",
+                                           "functional_epochs": 4, "lr": 0.05})
+    assert {k: run.config["strategy"][k] for k in variant} == variant
+    assert list(run.experiences["sema.adapters_per_layer"]) == ["1;1;1", "2;2;2", "3;3;3"]
+    exps = run.experiences
+    assert run.summary["final_accuracy"] > 0.2
+    assert int(exps["sema.router_params"].iloc[-1]) == 3 * 3 * 97

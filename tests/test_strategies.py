@@ -32,6 +32,9 @@ def test_baseline_end_to_end(strategy, runs_dir, pretrained_backbone):
     assert sorted(acc["train_exp"].unique()) == trained
     assert len(acc) == len(trained) * n_exp
     assert acc["accuracy"].between(0, 1).all() and acc["class_mean_accuracy"].between(0, 1).all()
+    # restricting the argmax to the experience's classes can only help
+    assert (acc["task_accuracy"] >= acc["accuracy"]).all()
+    assert run.summary["final_task_accuracy"] >= run.summary["final_accuracy"]
     assert (acc["seen"] == (acc["train_exp"] >= acc["eval_exp"])).all()
     assert (acc.groupby("train_exp")["n_samples"].sum() == 62 * TINY_GLYPHS["test_samples_per_class"]).all()
     exps = run.experiences

@@ -35,3 +35,8 @@ class SEMAOptions:
     z_mode: str = opt("batch-abs", "novelty statistic: batch mean of |z|, min over "
                       "descriptors (code); or signed per-sample z (paper)",
                       choices=("batch-abs", "signed"))
+    router: str = opt("image", "router input: image (token mean, one weight vector per image, "
+                      "code) or token (per-token weights, paper)", choices=("image", "token"))
+    statistics: str = opt("window", "descriptor loss statistics: window (mu and sigma of the "
+                          "last buffer_size training losses, code) or running (over all "
+                          "training losses, paper)", choices=("window", "running"))

@@ -35,46 +35,73 @@ class Adapter(nn.Module):
 
 
 class LossStatistics(nn.Module):
-    """FIFO buffer of the last ``size`` per-sample reconstruction losses of one descriptor.
+    """Per-sample reconstruction losses of one descriptor seen while it trains.
 
-    Kept as a buffer (saved with the model's state); frozen once the descriptor is frozen.
+    ``window`` (the released code): a FIFO buffer of the last ``size`` losses. ``running``
+    (the paper): count, sum and sum of squares over every loss. Kept as buffers (saved with
+    the model's state); frozen once the descriptor is frozen.
     """
 
-    def __init__(self, size: int = 500):
+    def __init__(self, size: int = 500, running: bool = False):
         super().__init__()
-        self.size = size
+        self.size, self.running = size, running
         self.register_buffer("values", torch.zeros(0))
+        self.register_buffer("moments", torch.zeros(3, dtype=torch.float64))  # n, sum, sum sq
         self.frozen = False
 
     @torch.no_grad()
     def add(self, losses: torch.Tensor) -> None:
         if self.frozen:
             return
-        self.values = torch.cat([self.values, losses.detach().float().flatten()])[-self.size:]
+        losses = losses.detach().flatten()
+        if self.running:
+            l64 = losses.double()
+            self.moments += torch.stack([l64.new_tensor(len(l64)), l64.sum(), l64.pow(2).sum()])
+        else:
+            self.values = torch.cat([self.values, losses.float()])[-self.size:]
+
+    @property
+    def count(self) -> int:
+        return int(self.moments[0]) if self.running else len(self.values)
+
+    @property
+    def numel(self) -> int:
+        """Numbers stored for the statistics."""
+        return self.moments.numel() if self.running else self.values.numel()
 
     @property
     def mean(self) -> float:
+        if self.running:
+            n, total, _ = self.moments.tolist()
+            return total / n if n else 0.0
         return float(self.values.mean()) if len(self.values) else 0.0
 
     @property
     def std(self) -> float:
+        """Unbiased standard deviation."""
+        if self.running:
+            n, total, squares = self.moments.tolist()
+            return math.sqrt(max(squares - total * total / n, 0.0) / (n - 1)) if n > 1 else 0.0
         return float(self.values.std(unbiased=True)) if len(self.values) > 1 else 0.0
 
-    def z_scores(self, losses: torch.Tensor) -> torch.Tensor:
-        """|loss - mu| / sigma per sample; 0 while the buffer holds 2 values or fewer."""
-        if len(self.values) <= 2:
+    def z_scores(self, losses: torch.Tensor, signed: bool = False) -> torch.Tensor:
+        """(loss - mu) / sigma per sample (absolute unless ``signed``); 0 while the
+        statistics hold 2 values or fewer."""
+        if self.count <= 2:
             return torch.zeros_like(losses)
-        return (losses - self.mean).abs() / max(self.std, 1e-12)
+        z = (losses - self.mean) / max(self.std, 1e-12)
+        return z if signed else z.abs()
 
 
 class RepresentationDescriptor(nn.Module):
     """A linear autoencoder d -> h -> d on the token mean of the block's residual stream."""
 
-    def __init__(self, dim: int, hidden: int, buffer_size: int = 500):
+    def __init__(self, dim: int, hidden: int, buffer_size: int = 500,
+                 running_stats: bool = False):
         super().__init__()
         self.encode = nn.Linear(dim, hidden)
         self.decode = nn.Linear(hidden, dim)
-        self.stats = LossStatistics(buffer_size)
+        self.stats = LossStatistics(buffer_size, running_stats)
 
     def losses(self, x_mean: torch.Tensor) -> torch.Tensor:
         """Per-sample mean squared reconstruction error."""
@@ -128,32 +155,37 @@ class SoftRouter(nn.Module):
         merged.requires_grad_(False)
         self.frozen, self.new = merged, None
 
-    def forward(self, x_mean: torch.Tensor, num_adapters: int) -> torch.Tensor:
-        """Weights [B, K] for ``num_adapters`` adapters (K = 1: all ones)."""
+    def forward(self, x: torch.Tensor, num_adapters: int) -> torch.Tensor:
+        """Weights [..., K] for ``num_adapters`` adapters from ``x`` [..., d] (the token mean
+        [B, d], or the tokens [B, N, d] for the per-token variant); K = 1: all ones."""
         if num_adapters == 1:
-            return x_mean.new_ones(len(x_mean), 1)
-        logits = torch.cat([m(x_mean) for m in (self.frozen, self.new) if m is not None], dim=1)
-        if logits.shape[1] != num_adapters:
-            raise RuntimeError(f"router has {logits.shape[1]} columns for {num_adapters} adapters")
-        return logits.softmax(dim=1)
+            return x.new_ones(*x.shape[:-1], 1)
+        logits = torch.cat([m(x) for m in (self.frozen, self.new) if m is not None], dim=-1)
+        if logits.shape[-1] != num_adapters:
+            raise RuntimeError(f"router has {logits.shape[-1]} columns for {num_adapters} "
+                               "adapters")
+        return logits.softmax(dim=-1)
 
 
 class SEMABlock(nn.Module):
     """A timm ViT block with SEMA's adapters in parallel to its MLP.
 
     ``x_mid = x + attn(norm1(x))``; output ``x_mid + mlp(norm2(x_mid)) + sum_k w_k f_k(x_mid)``.
-    In an expandable block the weights come from the soft router and every adapter has a
+    In an expandable block the weights come from the soft router (on the token mean, or per
+    token in the paper's variant) and every adapter has a
     representation descriptor; otherwise the block holds exactly one adapter (weight 1).
     ``self.last_mean`` keeps the token mean of ``x_mid`` of the last forward (for the RDs).
     """
 
     def __init__(self, block: nn.Module, dim: int, bottleneck: int, expandable: bool,
-                 rd_hidden: int, buffer_size: int):
+                 rd_hidden: int, buffer_size: int, running_stats: bool = False,
+                 token_router: bool = False):
         super().__init__()
         self.block = block
         self.dim, self.bottleneck = dim, bottleneck
         self.expandable = expandable
         self.rd_hidden, self.buffer_size = rd_hidden, buffer_size
+        self.running_stats, self.token_router = running_stats, token_router
         self.adapters = nn.ModuleList()
         self.descriptors = nn.ModuleList()
         self.router = SoftRouter(dim) if expandable else None
@@ -169,7 +201,7 @@ class SEMABlock(nn.Module):
         params = list(adapter.parameters())
         if self.expandable:
             self.descriptors.append(RepresentationDescriptor(
-                self.dim, self.rd_hidden, self.buffer_size).to(device))
+                self.dim, self.rd_hidden, self.buffer_size, self.running_stats).to(device))
             column = self.router.add_column()
             if len(self.adapters) > 1:  # a single adapter's weight is 1: nothing to learn
                 params += list(column.parameters())
@@ -186,6 +218,9 @@ class SEMABlock(nn.Module):
         self.last_mean = mean
         if len(self.adapters) == 1:
             return out + self.adapters[0](x_mid)
-        weights = self.router(mean, len(self.adapters))             # [B, K]
-        mixed = torch.stack([a(x_mid) for a in self.adapters], -1)  # [B, N, d, K]
-        return out + (mixed * weights[:, None, None, :]).sum(-1)
+        if self.token_router:                                            # [B, N, K]
+            weights = self.router(x_mid, len(self.adapters))
+        else:                                                            # [B, 1, K]
+            weights = self.router(mean, len(self.adapters))[:, None]
+        mixed = torch.stack([a(x_mid) for a in self.adapters], -1)       # [B, N, d, K]
+        return out + (mixed * weights[:, :, None, :]).sum(-1)

@@ -39,7 +39,8 @@ class SEMAModel(nn.Module):
         self.first_expandable = depth - opts.expandable_layers
         vit.blocks = nn.Sequential(*[
             SEMABlock(block, dim, bottleneck, i >= self.first_expandable, rd_hidden,
-                      opts.buffer_size)
+                      opts.buffer_size, running_stats=opts.statistics == "running",
+                      token_router=opts.router == "token")
             for i, block in enumerate(vit.blocks)])
         self.head = nn.Linear(dim, num_classes)
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))

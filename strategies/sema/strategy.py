@@ -162,13 +162,8 @@ def _template():
             return None
 
         def _novelty(self, descriptor, mean: torch.Tensor) -> float:
-            losses = descriptor.losses(mean)
-            if self.opts.z_mode == "signed":
-                if len(descriptor.stats.values) <= 2:
-                    return 0.0
-                z = (losses - descriptor.stats.mean) / max(descriptor.stats.std, 1e-12)
-            else:
-                z = descriptor.stats.z_scores(losses)
+            z = descriptor.stats.z_scores(descriptor.losses(mean),
+                                          signed=self.opts.z_mode == "signed")
             return float(z.mean())
 
         # ----------------------------------------------------------------- Avalanche
@@ -211,7 +206,7 @@ def _template():
             routers = sum(p.numel() for b in model.expandable for p in b.router.parameters())
             seen = int(model.seen.sum())
             head = seen * (model.head.in_features + 1)
-            stats = sum(d.stats.values.numel() for b in model.expandable for d in b.descriptors)
+            stats = sum(d.stats.numel for b in model.expandable for d in b.descriptors)
             return {
                 "modules_added": self.adapters_added,
                 "params_added": adapters + head,
