@@ -69,3 +69,39 @@ class StrategyContext:
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def batch_indices(n: int, batch_size: int, shuffle: bool) -> list[torch.Tensor]:
+    """Index tensors of the mini-batches over ``n`` samples (a fresh permutation if shuffled)."""
+    order = torch.randperm(n) if shuffle else torch.arange(n)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def fit_on_tensors(strategy, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+                   labels: torch.Tensor | None, loss_fn, epochs: int, batch_size: int,
+                   scheduler=None) -> None:
+    """Mini-batch training on in-memory tensors through an Avalanche template's plugin hooks.
+
+    For strategies that train from cached tensors (frozen parts of the network computed
+    once): every iteration still runs ``before/after_training_iteration`` and every epoch
+    ``before/after_training_epoch``, so the evaluator measures their time and FLOPs.
+    ``loss_fn(x, y)`` returns the loss of a batch; ``scheduler`` steps once per iteration.
+    Sets ``strategy.optimizer`` (rebuilt by the caller whenever modules were added).
+    """
+    strategy.optimizer = optimizer
+    no_task = torch.zeros(0, dtype=torch.long)
+    for _epoch in range(epochs):
+        strategy._before_training_epoch()
+        for idx in batch_indices(len(inputs), batch_size, shuffle=True):
+            x = inputs[idx].to(strategy.device)
+            y = labels[idx].to(strategy.device) if labels is not None else no_task
+            strategy.mbatch = [x, y, no_task]
+            strategy._before_training_iteration()
+            optimizer.zero_grad(set_to_none=True)
+            strategy.loss = loss_fn(x, y)
+            strategy.loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            strategy._after_training_iteration()
+        strategy._after_training_epoch()

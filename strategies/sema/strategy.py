@@ -16,6 +16,7 @@ from torch import nn
 
 from clplatform.data import dataset_tensors
 
+from ..base import batch_indices, fit_on_tensors
 from .config import SEMAOptions
 from .model import SEMAModel
 
@@ -44,10 +45,6 @@ def _template():
         def sema(self) -> SEMAModel:
             return self.model
 
-        def _batches(self, n: int, batch_size: int, shuffle: bool):
-            order = torch.randperm(n) if shuffle else torch.arange(n)
-            return [order[i:i + batch_size] for i in range(0, n, batch_size)]
-
         @torch.no_grad()
         def _map(self, fn: Callable, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
             return torch.cat([fn(x[i:i + batch_size].to(self.device))
@@ -55,29 +52,17 @@ def _template():
 
         def _fit(self, params: list[nn.Parameter], inputs: torch.Tensor,
                  labels: torch.Tensor | None, loss_fn: Callable, epochs: int, lr: float):
-            """SGD + cosine schedule over (inputs, labels), through Avalanche's hooks."""
+            """SGD + cosine schedule to 0 over (inputs, labels), optimizer rebuilt for
+            exactly ``params``."""
             if epochs == 0 or not params:
                 return
-            self.optimizer = torch.optim.SGD(params, lr=lr, momentum=self.opts.momentum,
-                                             weight_decay=self.opts.weight_decay)
-            batches_per_epoch = len(self._batches(len(inputs), self.opts.batch_size, False))
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
-                self.optimizer, T_max=epochs * batches_per_epoch)
-            task = torch.zeros(0, dtype=torch.long)
-            for _epoch in range(epochs):
-                self._before_training_epoch()
-                for idx in self._batches(len(inputs), self.opts.batch_size, True):
-                    x = inputs[idx].to(self.device)
-                    y = labels[idx].to(self.device) if labels is not None else task
-                    self.mbatch = [x, y, task]
-                    self._before_training_iteration()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.loss = loss_fn(x, y)
-                    self.loss.backward()
-                    self.optimizer.step()
-                    schedule.step()
-                    self._after_training_iteration()
-                self._after_training_epoch()
+            optimizer = torch.optim.SGD(params, lr=lr, momentum=self.opts.momentum,
+                                        weight_decay=self.opts.weight_decay)
+            steps = len(batch_indices(len(inputs), self.opts.batch_size, False))
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer,
+                                                                  T_max=epochs * steps)
+            fit_on_tensors(self, optimizer, inputs, labels, loss_fn, epochs,
+                           self.opts.batch_size, schedule)
 
         # ----------------------------------------------------------------- phases
         def _functional_phase(self, params: list[nn.Parameter], start: int,
@@ -150,7 +135,7 @@ def _template():
             finds a batch novel, with the deciding score; None if no block does."""
             model = self.sema
             model.eval()
-            for idx in self._batches(len(x), self.opts.scan_batch_size, False):
+            for idx in batch_indices(len(x), self.opts.scan_batch_size, shuffle=False):
                 tokens = model.embed(x[idx].to(self.device))
                 for i, block in enumerate(model.blocks):
                     tokens = block(tokens)
