@@ -8,7 +8,7 @@ evaluates the initial model (row ``train_exp = -1``, for forward transfer).
 Records (see ``shared/specs/metrics.md``):
 - accuracy rows: train_exp, eval_exp, accuracy, class_mean_accuracy, task_accuracy (the
   prediction restricted to the classes of experience j: task id known at test time), loss,
-  n_samples, seen
+  n_samples, seen; task_selection_accuracy for models that choose a per-experience module
 - experience rows: train_exp, train_seconds, eval_seconds, train_flops,
   inference_flops_per_sample, peak_memory_bytes, params_total, params_trainable,
   params_frozen, params_added (since the start), modules_added, stored_bytes, experience_size.
@@ -59,12 +59,16 @@ MASK_VALUE = -1000.0  # logit of a class the head has no unit for (as Avalanche 
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-             device: torch.device | str, num_classes: int) -> dict[str, float]:
+             device: torch.device | str, num_classes: int,
+             experience: int | None = None) -> dict[str, float]:
     """Accuracy (sample-weighted), per-class-mean accuracy, task-aware accuracy (argmax over
     the classes present in ``y`` only) and mean loss of ``model``.
 
     A head that has not grown to ``num_classes`` yet scores the missing classes MASK_VALUE,
     exactly as Avalanche's ``IncrementalClassifier`` scores classes it has not trained.
+    A model that picks a per-experience module for each sample (prompt methods) exposes the
+    choice as ``model.selected_experience`` after its forward; with ``experience`` given the
+    result then includes ``task_selection_accuracy`` (how often it picked that experience).
     """
     was_training = model.training
     model.eval()
@@ -75,6 +79,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     outside[classes] = False
     outside = outside.to(device)
     loss_sum = 0.0
+    selected_right, selected_seen = 0, 0
     for start in range(0, len(y), batch_size):
         xb = x[start:start + batch_size].to(device, non_blocking=True)
         yb = y[start:start + batch_size].to(device, non_blocking=True)
@@ -82,15 +87,22 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
         if logits.shape[1] < num_classes:
             logits = F.pad(logits, (0, num_classes - logits.shape[1]), value=MASK_VALUE)
         loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+        selected = getattr(model, "selected_experience", None)
+        if selected is not None and experience is not None:
+            selected_right += int((selected == experience).sum())
+            selected_seen += len(selected)
         correct[start:start + len(yb)] = (logits.argmax(1) == yb).cpu()
         task_correct[start:start + len(yb)] = (
             logits.masked_fill(outside, float("-inf")).argmax(1) == yb).cpu()
     model.train(was_training)
     per_class = torch.stack([correct[y == c].float().mean() for c in classes])
-    return {"accuracy": correct.float().mean().item(),
-            "class_mean_accuracy": per_class.mean().item(),
-            "task_accuracy": task_correct.float().mean().item(),
-            "loss": loss_sum / len(y), "n_samples": len(y)}
+    result = {"accuracy": correct.float().mean().item(),
+              "class_mean_accuracy": per_class.mean().item(),
+              "task_accuracy": task_correct.float().mean().item(),
+              "loss": loss_sum / len(y), "n_samples": len(y)}
+    if selected_seen:
+        result["task_selection_accuracy"] = selected_right / selected_seen
+    return result
 
 
 RESERVED_EXTRAS = ("modules_added", "params_added", "stored_bytes", "labels_queried")
@@ -122,7 +134,7 @@ class Evaluator(_plugin_base()):
 
     def _evaluate_all(self, model, device, train_exp: int) -> None:
         for eval_exp, (x, y) in enumerate(self.test):
-            row = evaluate(model, x, y, self.batch_size, device, self.num_classes)
+            row = evaluate(model, x, y, self.batch_size, device, self.num_classes, eval_exp)
             self.accuracy_rows.append({"train_exp": train_exp, "eval_exp": eval_exp, **row,
                                        "seen": train_exp >= eval_exp})
 
@@ -178,4 +190,10 @@ class Evaluator(_plugin_base()):
         self._evaluate_all(model, strategy.device, self.train_exp)
         _sync(strategy.device)
         row["eval_seconds"] = time.perf_counter() - t0
+        seen = [r for r in self.accuracy_rows if r["train_exp"] == self.train_exp and r["seen"]
+                and "task_selection_accuracy" in r]
+        if seen:  # over the test samples of the experiences seen so far
+            row["task_selection_accuracy"] = (
+                sum(r["task_selection_accuracy"] * r["n_samples"] for r in seen)
+                / sum(r["n_samples"] for r in seen))
         self.experience_rows.append(row)

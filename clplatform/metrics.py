@@ -147,6 +147,10 @@ def summarize_experiences(exps: pd.DataFrame) -> dict[str, float]:
         "peak_memory_bytes": float(exps["peak_memory_bytes"].max()),
         "train_seconds": total(exps, "train_seconds"),
         "eval_seconds": total(exps, "eval_seconds"),
+        # prompt methods: how often the right per-experience module was chosen, at the end
+        "final_task_selection_accuracy": (float(_numbers(exps, "task_selection_accuracy")
+                                                .iloc[-1])
+                                          if "task_selection_accuracy" in exps else math.nan),
     }
 
 

@@ -12,6 +12,7 @@ PERCENT_METRICS = {
     "final_accuracy": "final accuracy A_T",
     "final_stream_accuracy": "final stream accuracy (sample-weighted)",
     "final_task_accuracy": "final task-aware accuracy (task id given)",
+    "final_task_selection_accuracy": "final task-selection accuracy",
     "average_incremental_accuracy": "average incremental accuracy",
     "forgetting": "forgetting",
     "bwt": "backward transfer (BWT)",
@@ -60,6 +61,7 @@ def run_summary_text(run) -> str:
 COMPARISON_COLUMNS = {
     "final_accuracy": ("A_T (%)", 100, "{:.1f}"),
     "final_task_accuracy": ("task-aware A_T (%)", 100, "{:.1f}"),
+    "final_task_selection_accuracy": ("task selection (%)", 100, "{:.1f}"),
     "average_incremental_accuracy": ("avg inc acc (%)", 100, "{:.1f}"),
     "forgetting": ("forgetting (%)", 100, "{:.1f}"),
     "bwt": ("BWT (%)", 100, "{:.1f}"),
@@ -94,7 +96,9 @@ def comparison_table(table: pd.DataFrame, group_by: str = "label") -> pd.DataFra
             if key in runs.columns:
                 row[header] = _mean_std(runs[key], scale, fmt)
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    # a metric no run defines (e.g. task selection without prompt methods) is left out
+    return frame.loc[:, [c for c in frame.columns if not (frame[c] == "n/a").all()]]
 
 
 def comparison_text(table: pd.DataFrame, group_by: str = "label") -> str:

@@ -71,6 +71,14 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                         current: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the current experience's classes only (the others at -inf), as
+    SEMA and the prompt methods train their linear heads."""
+    return torch.nn.functional.cross_entropy(logits.masked_fill(~current, float("-inf")),
+                                             labels)
+
+
 def batch_indices(n: int, batch_size: int, shuffle: bool) -> list[torch.Tensor]:
     """Index tensors of the mini-batches over ``n`` samples (a fresh permutation if shuffled)."""
     order = torch.randperm(n) if shuffle else torch.arange(n)

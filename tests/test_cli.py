@@ -105,6 +105,9 @@ BAD_INPUTS = [
     (["--bogus-flag"], "No such option"),
     (["--backbone-weights", "missing.pt"], "backbone weights file not found: missing.pt"),
     (["--stream-opt", "experiences=100"], "must be <= 62"),
+    (["--strategy", "qprompt", "--set", "bits=3"], "invalid value 3 for bits"),
+    (["--strategy", "prompt", "--set", "e_layers=6"], "g_layers + e_layers = 8 but the "
+                                                      "backbone has 6 blocks"),
 ]
 
 

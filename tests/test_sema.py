@@ -9,7 +9,7 @@ from clplatform.registry import create_backbone, create_strategy, create_stream
 from strategies.base import StrategyContext, TrainSettings
 from strategies.sema import SEMAModel, SEMAOptions, SoftRouter
 from strategies.sema.layer import Adapter, LossStatistics
-from strategies.sema.strategy import masked_cross_entropy
+from strategies.base import masked_cross_entropy
 
 from conftest import TINY_GLYPHS
 

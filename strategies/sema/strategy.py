@@ -11,20 +11,13 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from clplatform.data import dataset_tensors
 
-from ..base import batch_indices, fit_on_tensors
+from ..base import batch_indices, fit_on_tensors, masked_cross_entropy
 from .config import SEMAOptions
 from .model import SEMAModel
-
-
-def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
-                         current: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the current experience's classes only (others at -inf)."""
-    return F.cross_entropy(logits.masked_fill(~current, float("-inf")), labels)
 
 
 def _template():

@@ -1,0 +1,47 @@
+"""Hyper-parameters of the prompt strategies (``shared/specs/qprompt.md``).
+
+``prompt`` is the full-precision DualPrompt-style baseline; ``qprompt`` the same with
+quantization-aware training of the prompts (2 bits, k-means codebooks, constrained adaptive
+re-clustering). Every ablation of the spec is one ``--set`` away.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clplatform.options import opt
+
+QUANTIZERS = ("none", "kmeans", "uniform")
+QUANTIZER_HELP = ("prompt quantizer: none (full precision, stored as fp16), kmeans (normalise "
+                  "-> 1-D k-means -> straight-through) or uniform (min-max levels, "
+                  "straight-through)")
+
+
+@dataclass
+class PromptOptions:
+    g_layers: int = opt(2, "first blocks that get the shared G-prompt", min=0)
+    g_length: int = opt(5, "G-prompt length (prefix tokens per block)", min=1)
+    e_layers: int = opt(3, "blocks after the G-prompt blocks that get the experience's E-prompt",
+                        min=1)
+    e_length: int = opt(5, "E-prompt length (5; 20 for harder data)", min=1)
+    key_weight: float = opt(1.0, "weight of the key-matching loss 1 - cos(query, key)", min=0)
+    quantizer: str = opt("none", QUANTIZER_HELP, choices=QUANTIZERS)
+    bits: int = opt(2, "bits per quantized value (2^bits centroids)", choices=(1, 2, 4))
+    schedule: str = opt("qat", "qat: quantize from the first step; ptq: train in full precision "
+                        "and quantize once at the end of the experience", choices=("qat", "ptq"))
+    refit: str = opt("cac", "cac: re-run k-means only after min_interval steps and when the "
+                     "assignment histogram moved by more than kl_threshold; every: each step",
+                     choices=("cac", "every"))
+    min_interval: int = opt(50, "CAC: training steps between two k-means fits, at least", min=1)
+    kl_threshold: float = opt(0.01, "CAC: KL divergence of the assignment histograms that "
+                                    "triggers a re-fit", min=0)
+    standardize: bool = opt(True, "standardise each tensor by its own mean and std before "
+                                  "clustering")
+    noise: float = opt(0.0, "std of Gaussian noise added to the prompts in training (an "
+                            "ablation: noise instead of quantization error)", min=0)
+    quantize_keys: bool = opt(False, "quantize the task keys too")
+    quantize_head: bool = opt(False, "quantize the head rows of each experience's classes too")
+
+
+@dataclass
+class QPromptOptions(PromptOptions):
+    quantizer: str = opt("kmeans", QUANTIZER_HELP, choices=QUANTIZERS)

@@ -1,0 +1,126 @@
+"""Prefix injection into a timm ViT's attention, and one trainable prompt tensor.
+
+``PrefixAttention`` wraps the ``attn`` module of a timm block instance: it reuses that
+module's own projections and norms and only concatenates prefix keys/values in front of the
+sequence's (DualPrompt's prefix tuning); without a prefix it calls the wrapped module as is.
+``PromptTensor`` is one (prompt, layer) tensor: its full-precision latent, its quantizer and,
+once stored, the b-bit form that inference uses.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clplatform.errors import UserError
+
+from .quantizer import StoredTensor, TensorQuantizer
+
+
+class PrefixAttention(nn.Module):
+    """timm ``Attention`` + prefix keys/values set in ``self.prefix`` ([B or 1, 2, L, d])."""
+
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        missing = [a for a in ("qkv", "num_heads", "head_dim", "proj") if not hasattr(attn, a)]
+        if missing or getattr(attn, "gate", None) is not None:
+            raise UserError(f"prompts need timm's standard ViT attention; "
+                            f"{type(attn).__name__} is not supported")
+        self.attn = attn
+        self.prefix: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+        if self.prefix is None:
+            return self.attn(x, attn_mask=attn_mask, is_causal=is_causal)
+        if attn_mask is not None or is_causal:
+            raise RuntimeError("prefix attention does not take attention masks")
+        a = self.attn
+        batch, tokens, _ = x.shape
+        heads, head_dim = a.num_heads, a.head_dim
+        q, k, v = a.qkv(x).reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        q, k = a.q_norm(q), a.k_norm(k)
+        prefix = self.prefix.expand(batch, -1, -1, -1)                 # [B, 2, L, d]
+        length = prefix.shape[2]
+        pk, pv = (prefix[:, i].reshape(batch, length, heads, head_dim).transpose(1, 2)
+                  for i in (0, 1))
+        k = torch.cat([a.k_norm(pk), k], dim=2)
+        v = torch.cat([pv, v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v,
+                                             dropout_p=a.attn_drop.p if self.training else 0.0)
+        out = a.norm(out.transpose(1, 2).reshape(batch, tokens, heads * head_dim))
+        return a.proj_drop(a.proj(out))
+
+
+class PromptTensor(nn.Module):
+    """One prompt (or key) tensor: latent parameter, optional quantizer, stored form.
+
+    ``forward()`` gives the tensor the network uses: in training, the latent (plus Gaussian
+    noise if asked) through the quantizer when quantization-aware; otherwise — and always once
+    frozen — exactly the stored tensor.
+    """
+
+    def __init__(self, shape: tuple[int, ...], quantizer: TensorQuantizer | None,
+                 qat: bool = True, noise: float = 0.0):
+        super().__init__()
+        self.latent = nn.Parameter(torch.empty(shape).uniform_(-1, 1))
+        self.quantizer = quantizer
+        self.qat, self.noise = qat, noise
+        self.stored: StoredTensor | None = None
+
+    @property
+    def frozen(self) -> bool:
+        return not self.latent.requires_grad
+
+    def forward(self) -> torch.Tensor:
+        if self.stored is not None and (self.frozen or not self.training):
+            return self.stored.dequantize()
+        w = self.latent
+        if self.training and self.noise > 0:
+            w = w + self.noise * torch.randn_like(w)
+        if self.quantizer is not None and self.qat:
+            w = self.quantizer(w)
+        return w
+
+    @torch.no_grad()
+    def store(self) -> None:
+        """Keep the stored form of the current latent (b-bit or fp16)."""
+        if self.quantizer is None:
+            self.stored = StoredTensor(self.latent)
+        else:
+            self.stored = self.quantizer.freeze(self.latent)
+
+    def freeze(self) -> None:
+        self.store()
+        self.latent.requires_grad_(False)
+
+    @property
+    def stored_bits(self) -> int:
+        return self.stored.stored_bits if self.stored is not None else 0
+
+
+class HeadRows(nn.Module):
+    """The head rows of one experience's classes, quantized as one tensor (``quantize_head``).
+
+    While the experience trains, ``apply`` swaps those rows of the head's weight for their
+    quantized value (straight-through); ``freeze`` writes the stored form into the head.
+    """
+
+    def __init__(self, classes: torch.Tensor, quantizer: TensorQuantizer, qat: bool = True):
+        super().__init__()
+        self.register_buffer("classes", classes.clone())
+        self.quantizer, self.qat = quantizer, qat
+        self.stored: StoredTensor | None = None
+
+    def apply(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.stored is not None or not self.qat:
+            return weight
+        return weight.index_copy(0, self.classes, self.quantizer(weight[self.classes]))
+
+    @torch.no_grad()
+    def freeze(self, weight: torch.Tensor) -> None:
+        self.stored = self.quantizer.freeze(weight[self.classes])
+        weight[self.classes] = self.stored.dequantize()
+
+    @property
+    def stored_bits(self) -> int:
+        return self.stored.stored_bits if self.stored is not None else 0

@@ -1,0 +1,157 @@
+"""A frozen timm ViT with DualPrompt-style G- and E-prompts, task keys and a linear head."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clplatform.backbones import Backbone
+from clplatform.errors import UserError
+from clplatform.evaluator import MASK_VALUE
+
+from .config import PromptOptions
+from .layer import HeadRows, PrefixAttention, PromptTensor
+from .quantizer import TensorQuantizer
+
+
+class PromptModel(nn.Module):
+    """``forward(x)``: query from an un-prompted pass, the E-prompt whose key is closest to
+    the query (cosine) among the experiences seen, then the prompted pass; logits of classes
+    not seen yet are masked. ``selected_experience`` keeps the last choice per sample (the
+    evaluator reads it for task-selection accuracy)."""
+
+    def __init__(self, backbone: Backbone, num_classes: int, opts: PromptOptions):
+        super().__init__()
+        vit = backbone.model
+        if not hasattr(vit, "blocks") or not hasattr(vit, "patch_embed"):
+            raise UserError(f"prompts need a timm VisionTransformer backbone; "
+                            f"{backbone.name} is a {type(vit).__name__}")
+        depth = len(vit.blocks)
+        if opts.g_layers + opts.e_layers > depth:
+            raise UserError(f"g_layers + e_layers = {opts.g_layers + opts.e_layers} but the "
+                            f"backbone has {depth} blocks")
+        backbone.requires_grad_(False)
+        self.backbone, self.opts = backbone, opts
+        self.dim = dim = backbone.num_features
+        self.attentions = []
+        for block in list(vit.blocks)[:opts.g_layers + opts.e_layers]:
+            block.attn = PrefixAttention(block.attn)
+            self.attentions.append(block.attn)
+        self.g_prompts = nn.ModuleList(
+            self._tensor((2, opts.g_length, dim), opts.quantizer) for _ in range(opts.g_layers))
+        self.e_prompts = nn.ModuleList()  # one ModuleList of e_layers tensors per experience
+        self.keys = nn.ModuleList()
+        self.head = nn.Linear(dim, num_classes)
+        self.head_rows = nn.ModuleList()  # quantize_head: one HeadRows per experience
+        self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
+        self.selected_experience: torch.Tensor | None = None
+
+    def _quantizer(self, method: str) -> TensorQuantizer | None:
+        o = self.opts
+        return None if method == "none" else TensorQuantizer(
+            o.bits, method, o.standardize, o.refit, o.min_interval, o.kl_threshold)
+
+    def _tensor(self, shape, method: str) -> PromptTensor:
+        return PromptTensor(shape, self._quantizer(method), qat=self.opts.schedule == "qat",
+                            noise=self.opts.noise).to(self._device())
+
+    def _device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    @property
+    def vit(self) -> nn.Module:
+        return self.backbone.model
+
+    def train(self, mode: bool = True) -> "PromptModel":
+        super().train(mode)
+        self.backbone.eval()  # frozen backbone: no dropout, no statistics updates
+        return self
+
+    # ------------------------------------------------------------------ growth
+    def add_experience(self) -> list[nn.Parameter]:
+        """A new E-prompt and key; returns the parameters to train in this experience."""
+        o = self.opts
+        self.e_prompts.append(nn.ModuleList(
+            self._tensor((2, o.e_length, self.dim), o.quantizer) for _ in range(o.e_layers)))
+        self.keys.append(self._tensor((self.dim,), o.quantizer if o.quantize_keys else "none"))
+        params = [t.latent for t in self.e_prompts[-1]] + [self.keys[-1].latent]
+        return params + [t.latent for t in self.g_prompts] + list(self.head.parameters())
+
+    def start_head_rows(self, classes: torch.Tensor) -> None:
+        """quantize_head: the head rows of this experience's classes become one tensor."""
+        if self.opts.quantize_head and self.opts.quantizer != "none":
+            self.head_rows.append(HeadRows(classes.to(self._device()),
+                                           self._quantizer(self.opts.quantizer),
+                                           qat=self.opts.schedule == "qat"))
+
+    def head_weight(self) -> torch.Tensor:
+        """The head's weight, the training experience's rows quantized (quantize_head)."""
+        weight = self.head.weight
+        return self.head_rows[-1].apply(weight) if len(self.head_rows) else weight
+
+    @torch.no_grad()
+    def finish_experience(self) -> None:
+        """Freeze this experience's E-prompt and key to their stored form; store the G-prompt
+        (it keeps training later; inference uses the stored copy) and the head rows."""
+        for tensor in [*self.e_prompts[-1], self.keys[-1]]:
+            tensor.freeze()
+        for tensor in self.g_prompts:
+            tensor.store()
+        if len(self.head_rows):
+            self.head_rows[-1].freeze(self.head.weight)
+
+    # ------------------------------------------------------------------ forward pieces
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        vit = self.vit
+        tokens = vit.patch_embed(self.backbone.prepare(x))
+        return vit.norm_pre(vit.patch_drop(vit._pos_embed(tokens)))
+
+    def _pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        for block in self.vit.blocks:
+            tokens = block(tokens)
+        return self.vit.forward_head(self.vit.norm(tokens), pre_logits=True)
+
+    @torch.no_grad()
+    def query(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[CLS]/pooled feature of the un-prompted pass."""
+        for attn in self.attentions:
+            attn.prefix = None
+        return self._pool(tokens)
+
+    def prompted(self, tokens: torch.Tensor, e_prompts: list[torch.Tensor]) -> torch.Tensor:
+        """Features of the prompted pass; ``e_prompts[l]``: [B or 1, 2, L, d] per E-layer."""
+        g = [t()[None] for t in self.g_prompts]
+        for attn, prefix in zip(self.attentions, g + list(e_prompts)):
+            attn.prefix = prefix
+        try:
+            return self._pool(tokens)
+        finally:
+            for attn in self.attentions:
+                attn.prefix = None
+
+    def current_e_prompts(self) -> list[torch.Tensor]:
+        return [t()[None] for t in self.e_prompts[-1]]
+
+    def key_matrix(self) -> torch.Tensor:
+        return torch.stack([k() for k in self.keys])
+
+    def select(self, queries: torch.Tensor) -> torch.Tensor:
+        """Index of the experience whose key is most cosine-similar to each query."""
+        sims = F.normalize(queries, dim=1) @ F.normalize(self.key_matrix(), dim=1).T
+        return sims.argmax(dim=1)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return F.linear(features, self.head_weight(), self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x)
+        if not len(self.keys):
+            features = self.query(tokens)
+            self.selected_experience = None
+        else:
+            chosen = self.select(self.query(tokens))
+            self.selected_experience = chosen
+            per_layer = [torch.stack([e[layer]() for e in self.e_prompts])[chosen]
+                         for layer in range(self.opts.e_layers)]
+            features = self.prompted(tokens, per_layer)
+        return self.logits(features).masked_fill(~self.seen, MASK_VALUE)

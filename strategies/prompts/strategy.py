@@ -1,0 +1,104 @@
+"""The prompt strategies as an Avalanche template.
+
+Per experience: a new E-prompt and key; the frozen backbone's token embedding and the
+un-prompted query of every training sample are computed once (exact: frozen, no
+augmentation); Adam at a constant learning rate trains the E-prompt, its key, the G-prompt and
+the head on cross-entropy masked to the experience's classes plus the key-matching loss. The
+iterations run through Avalanche's plugin hooks (the evaluator times them, counts FLOPs).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clplatform.data import dataset_tensors
+
+from ..base import TrainSettings, fit_on_tensors, masked_cross_entropy
+from .config import PromptOptions
+from .model import PromptModel
+
+TOKEN_CACHE_BYTES = 2 ** 30  # cache embedded tokens of an experience up to this size
+
+
+def _template():
+    from avalanche.training.templates import SupervisedTemplate
+
+    class PromptStrategy(SupervisedTemplate):
+        def __init__(self, *, model: PromptModel, opts: PromptOptions, train: TrainSettings,
+                     **kwargs):
+            optimizer = torch.optim.Adam(model.head.parameters(), lr=train.lr)
+            super().__init__(model=model, optimizer=optimizer,
+                             criterion=nn.CrossEntropyLoss(), **kwargs)
+            self.opts, self.settings = opts, train
+            self._fits_before = 0
+            self._refits_before = 0
+
+        @property
+        def prompts(self) -> PromptModel:
+            return self.model
+
+        @torch.no_grad()
+        def _map(self, fn, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+            return torch.cat([fn(x[i:i + batch_size].to(self.device))
+                              for i in range(0, len(x), batch_size)])
+
+        def _train_exp(self, experience, eval_streams=None, **kwargs):
+            model = self.prompts
+            x, y = dataset_tensors(experience.dataset)
+            classes = torch.tensor(sorted(set(y.tolist())))
+            current = torch.zeros_like(model.seen)
+            current[classes] = True
+            model.seen[classes] = True
+            params = model.add_experience()
+            model.start_head_rows(classes)
+            self._fits_before, self._refits_before = self._kmeans_counts()
+            model.train()
+            token_bytes = len(x) * 4 * model.dim * (model.embed(x[:1].to(self.device)).shape[1])
+            tokens = self._map(model.embed, x) if token_bytes <= TOKEN_CACHE_BYTES else None
+            queries = self._map(lambda b: model.query(model.embed(b)), x)
+            y = y.to(self.device)
+
+            def loss(idx, labels):
+                t = tokens[idx] if tokens is not None else model.embed(x[idx.cpu()].to(
+                    self.device))
+                logits = model.logits(model.prompted(t, model.current_e_prompts()))
+                key = model.keys[-1]()
+                match = 1 - F.cosine_similarity(queries[idx], key[None], dim=1)
+                return masked_cross_entropy(logits, labels, current) + \
+                    self.opts.key_weight * match.mean()
+            optimizer = torch.optim.Adam(params, lr=self.settings.lr)
+            fit_on_tensors(self, optimizer, torch.arange(len(x)), y, loss,
+                           self.settings.epochs, self.settings.batch_size)
+            model.finish_experience()
+            model.eval()
+
+        def _kmeans_counts(self) -> tuple[int, int]:
+            quantizers = [m for m in self.prompts.modules() if hasattr(m, "refits")]
+            return sum(q.fits for q in quantizers), sum(q.refits for q in quantizers)
+
+        def experience_extras(self) -> dict:
+            model = self.prompts
+            prompt_bits = sum(t.stored_bits for t in model.g_prompts) + \
+                sum(t.stored_bits for e in model.e_prompts for t in e)
+            key_bits = sum(k.stored_bits for k in model.keys)
+            seen = int(model.seen.sum())
+            quantized_rows = sum(len(r.classes) for r in model.head_rows)
+            head_bits = sum(r.stored_bits for r in model.head_rows) + \
+                16 * (seen - quantized_rows) * model.dim + 16 * seen  # fp16 rows and biases
+            prompt_values = sum(t.latent.numel() for t in model.g_prompts) + \
+                sum(t.latent.numel() for e in model.e_prompts for t in e)
+            fits, refits = self._kmeans_counts()
+            prompt_bytes, key_bytes, head_bytes = (b / 8 for b in (prompt_bits, key_bits,
+                                                                   head_bits))
+            return {
+                "modules_added": len(model.e_prompts) + (1 if len(model.g_prompts) else 0),
+                "params_added": prompt_values + len(model.keys) * model.dim +
+                seen * (model.dim + 1),
+                "stored_bytes": prompt_bytes + key_bytes + head_bytes,
+                "prompt_bytes": prompt_bytes, "key_bytes": key_bytes, "head_bytes": head_bytes,
+                "kmeans_fits": fits - self._fits_before,
+                "kmeans_refits": refits - self._refits_before,
+            }
+
+    return PromptStrategy
