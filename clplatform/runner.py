@@ -148,6 +148,12 @@ class Prepared:
             stream_opts.seed = train.seed
         backbone_options = backbone_entry.make_options(backbone_opts,
                                                        f"backbone {spec.backbone!r}")
+        unused = [k for k in strategy_entry.extra.get("unused_train", ())
+                  if getattr(train, k) is not None]
+        if unused:  # a warning, not an error: sweeps set them for every strategy at once
+            print(f"clplat: warning: strategy {spec.strategy!r} does not use "
+                  f"{', '.join(unused)}; its own hyper-parameters are set with --set "
+                  f"(clplat list strategies -v)", file=sys.stderr)
         defaults = {**GLOBAL_TRAIN_DEFAULTS, **strategy_entry.extra.get("train_defaults", {})}
         settings = TrainSettings(
             epochs=train.epochs if train.epochs is not None else defaults["epochs"],

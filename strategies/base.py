@@ -9,7 +9,9 @@ context carries the backbone, the stream's metadata, the training settings and t
 Registration flags (keyword arguments of ``@register_strategy``): ``train_defaults`` (dict of
 epochs/batch_size/lr used when the user sets none), ``joint=True`` (trained once on the whole
 stream), ``varying_iteration_cost=True`` (iterations with the same batch shape can cost
-different FLOPs, so the evaluator counts every iteration instead of one per shape).
+different FLOPs, so the evaluator counts every iteration instead of one per shape),
+``unused_train=("epochs", ...)`` (training settings the strategy does not read: setting them
+prints a warning instead of being silently ignored).
 
 Strategy-specific record columns: a template may define ``experience_extras() -> dict``; the
 evaluator calls it after each trained experience and stores the values in the experience

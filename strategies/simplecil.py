@@ -63,6 +63,7 @@ def _simplecil_class():
 
 
 @register_strategy("simplecil", train_defaults={"epochs": 1, "batch_size": 128},
+                   unused_train=("epochs", "lr"),
                    help="class prototypes on frozen features, cosine classifier, no training")
 def simplecil(ctx: StrategyContext, opts: None):
     from clplatform.backbones import ClassifierModel

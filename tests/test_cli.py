@@ -179,3 +179,11 @@ def test_timm_backbone_with_local_weights_end_to_end(tmp_path, runs_dir):
         header = fh.readline().split(",")
         first = dict(zip(header, fh.readline().split(",")))
     assert int(first["params_frozen"]) > 5_000_000  # ViT-Tiny's 5.5M frozen parameters
+
+
+def test_a_setting_the_strategy_does_not_use_is_named(runs_dir, pretrained_backbone):
+    result = invoke("run", "--strategy", "simplecil", *TINY, "--epochs", "4", "--lr", "0.1",
+                    "--out", str(runs_dir), "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert ("clplat: warning: strategy 'simplecil' does not use epochs, lr; its own "
+            "hyper-parameters are set with --set") in result.stderr

@@ -9,7 +9,7 @@ from .layer import Adapter, LossStatistics, RepresentationDescriptor, SEMABlock,
 from .model import SEMAModel
 
 
-@register_strategy("sema", options=SEMAOptions,
+@register_strategy("sema", options=SEMAOptions, unused_train=("epochs", "batch_size", "lr"),
                    help="self-expanding mixture of adapters with representation descriptors "
                         "(Wang et al. 2025)")
 def sema(ctx, opts: SEMAOptions):
