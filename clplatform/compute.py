@@ -14,6 +14,7 @@ operation (the reference the sampled figure is tested against); ``off`` counts n
 """
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 from typing import Any, Hashable
@@ -63,6 +64,18 @@ class FlopMeter:
             self._close()
         return self.total
 
+    @contextlib.contextmanager
+    def excluded(self):
+        """Work inside is not training (an evaluation between rounds): never counted."""
+        was_open = self._counter is not None
+        if was_open:
+            self._close()
+        try:
+            yield
+        finally:
+            if was_open:
+                self._open()
+
     def pause(self) -> None:
         """Entering an epoch (sampled mode): only its iterations are counted, not the data
         loading between them, whose indexing operations cost dispatch time and no FLOPs."""
@@ -96,11 +109,14 @@ class FlopMeter:
 
 
 def iteration_key(strategy: Any) -> Hashable:
-    """What an iteration's FLOPs depend on: batch shape and the (trainable) parameters."""
+    """What an iteration's FLOPs depend on: batch shape, the (trainable) parameters, and the
+    kind of iteration a strategy with several training loops says it runs
+    (``strategy.iteration_kind``, any hashable)."""
     params = list(strategy.model.parameters())
     shape = tuple(strategy.mb_x.shape) if torch.is_tensor(strategy.mb_x) else None
     return (shape, sum(p.numel() for p in params),
-            sum(p.numel() for p in params if p.requires_grad))
+            sum(p.numel() for p in params if p.requires_grad),
+            getattr(strategy, "iteration_kind", None))
 
 
 @torch.inference_mode()

@@ -12,6 +12,8 @@ Records (see ``shared/specs/metrics.md``):
 - experience rows: train_exp, train_seconds, eval_seconds, train_flops,
   inference_flops_per_sample, peak_memory_bytes, params_total, params_trainable,
   params_frozen, params_added (since the start), modules_added, stored_bytes, experience_size.
+- round rows (active strategies call ``record_round``): train_exp, round, labels_used,
+  accuracy and class_mean_accuracy on that experience's test set.
 
 Strategy-specific columns (the one hook): a strategy object may define
 ``experience_extras() -> dict``, called after each trained experience. The keys
@@ -121,6 +123,7 @@ class Evaluator(_plugin_base()):
         self.meter = FlopMeter(flops)
         self.accuracy_rows: list[dict[str, Any]] = []
         self.experience_rows: list[dict[str, Any]] = []
+        self.round_rows: list[dict[str, Any]] = []
         self.train_exp = 0
         self.experience_size = 0
         self._t0 = 0.0
@@ -161,6 +164,22 @@ class Evaluator(_plugin_base()):
 
     def after_training_iteration(self, strategy, **kwargs):
         self.meter.after_iteration()
+
+    def record_round(self, strategy, round: int, labels_used: int, **kwargs):
+        """Called by active strategies (not an Avalanche callback): accuracy on the current
+        experience's test set after a query-and-adapt round (round 0: before any). Not
+        counted as training time or FLOPs."""
+        _sync(strategy.device)
+        t0 = time.perf_counter()
+        x, y = self.test[self.train_exp]
+        with self.meter.excluded():
+            result = evaluate(strategy.model, x, y, self.batch_size, strategy.device,
+                              self.num_classes)
+        self.round_rows.append({"train_exp": self.train_exp, "round": round,
+                                "labels_used": labels_used, "accuracy": result["accuracy"],
+                                "class_mean_accuracy": result["class_mean_accuracy"]})
+        _sync(strategy.device)
+        self._t0 += time.perf_counter() - t0
 
     def after_training(self, strategy, **kwargs):
         train_flops = self.meter.stop()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .active import masked_experience
 from .errors import UserError
 from .options import build_options, opt, options_dict
 
@@ -166,6 +167,8 @@ class Prepared:
         self.backbone = backbone_entry.builder(backbone_options)
         self.info = self.benchmark.info
         self.joint = bool(strategy_entry.extra.get("joint"))
+        self.active = bool(strategy_entry.extra.get("active"))
+        self.hparams = hparams
         self.evaluator = Evaluator(self.benchmark.test_stream, self.info.num_classes,
                                    settings.eval_batch_size, spec.strategy, flops=train.flops)
         self.evaluator.meter.count_every_iteration = bool(
@@ -201,6 +204,9 @@ class Prepared:
                 return
             for i, experience in enumerate(stream):
                 self.evaluator.expect(i, len(experience.dataset))
+                if self.active and i > 0:  # labels only through the oracle
+                    experience, self.strategy.oracle = masked_experience(
+                        experience, self.hparams.budget_per_round, self.hparams.rounds)
                 self.progress.start_experience(i, len(stream))
                 self.strategy.train(experience, eval_streams=[])
         finally:
@@ -212,7 +218,8 @@ def execute(spec: RunSpec, progress: bool = False):
     import pandas as pd
 
     from . import metrics
-    from .store import (ACCURACY_FILE, CONFIG_FILE, EXPERIENCES_FILE, RUN_FILE, SUMMARY_FILE,
+    from .store import (ACCURACY_FILE, CONFIG_FILE, EXPERIENCES_FILE, ROUNDS_FILE, RUN_FILE,
+                        SUMMARY_FILE,
                         hardware, json_safe, load_run, new_run_dir, versions, write_json,
                         write_table)
 
@@ -233,6 +240,8 @@ def execute(spec: RunSpec, progress: bool = False):
         experiences = pd.DataFrame(prepared.evaluator.experience_rows)
         write_table(run_dir / ACCURACY_FILE, accuracy)
         write_table(run_dir / EXPERIENCES_FILE, experiences)
+        if prepared.evaluator.round_rows:
+            write_table(run_dir / ROUNDS_FILE, prepared.evaluator.round_rows)
         summary = {**metrics.summarize(accuracy, experiences), "wall_seconds": wall_seconds}
         write_json(run_dir / SUMMARY_FILE, json_safe(summary))
         record["status"] = "complete"

@@ -5,6 +5,7 @@ A run directory holds
   hardware, start/end times),
 - ``config.json``: the fully resolved configuration,
 - ``accuracy.csv``, ``experiences.csv``: the records (see :mod:`clplatform.evaluator`),
+  and ``rounds.csv`` for active strategies (accuracy after each query-and-adapt round),
 - ``summary.json``: the derived metrics.
 Every file is written atomically; ``run.json`` is written first (status ``running``) and last
 (``complete`` or ``failed``), so a directory is never silently partial.
@@ -27,7 +28,7 @@ from .cache import write_json, write_text
 from .errors import UserError
 
 RUN_FILE, CONFIG_FILE, SUMMARY_FILE = "run.json", "config.json", "summary.json"
-ACCURACY_FILE, EXPERIENCES_FILE = "accuracy.csv", "experiences.csv"
+ACCURACY_FILE, EXPERIENCES_FILE, ROUNDS_FILE = "accuracy.csv", "experiences.csv", "rounds.csv"
 
 
 def versions() -> dict[str, str]:
@@ -97,6 +98,7 @@ class Run:
     accuracy: pd.DataFrame
     experiences: pd.DataFrame
     summary: dict[str, Any]
+    rounds: pd.DataFrame = None  # active strategies only; empty otherwise
 
     @property
     def status(self) -> str:
@@ -139,7 +141,7 @@ def load_run(path: str | os.PathLike) -> Run:
     config = _read_json(path / CONFIG_FILE)
     summary = _read_json(path / SUMMARY_FILE) if (path / SUMMARY_FILE).is_file() else {}
     return Run(path, record, config, _read_csv(path / ACCURACY_FILE),
-               _read_csv(path / EXPERIENCES_FILE), summary)
+               _read_csv(path / EXPERIENCES_FILE), summary, _read_csv(path / ROUNDS_FILE))
 
 
 __all__ = ["Run", "load_run", "new_run_dir", "write_json", "write_table", "json_safe"]

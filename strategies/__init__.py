@@ -2,7 +2,7 @@
 
 See :mod:`strategies.base` for what a builder receives and returns.
 """
-from . import baselines, prompts, sema, simplecil  # noqa: F401  (registration)
+from . import baselines, lftl, prompts, sema, simplecil  # noqa: F401  (registration)
 from .base import StrategyContext, TrainSettings
 
 __all__ = ["StrategyContext", "TrainSettings"]

@@ -1,0 +1,84 @@
+"""The active setting: target experiences with masked labels and a label oracle.
+
+For a strategy registered with ``active=True`` (its options have ``budget_per_round`` and
+``rounds``), the runner hands every experience after the first over through
+``masked_experience``: the same samples with every target set to -1, and an ``Oracle`` —
+the only holder of that experience's labels — set as ``strategy.oracle``.
+
+A strategy gets the target samples with every label masked and this oracle. ``query`` reveals
+the labels of pool indices and charges the budget: at most ``per_round`` new labels in a round,
+``rounds`` rounds in all; a query past the budget raises ``BudgetExceeded``. Re-asking an index
+already revealed is free. The labels are kept in a closure rather than an attribute, so no
+ordinary attribute path leads to them (a test also proves behaviourally that unqueried labels
+cannot influence a run).
+"""
+from __future__ import annotations
+
+import torch
+
+MASKED_LABEL = -1
+
+
+class BudgetExceeded(RuntimeError):
+    """A query past the oracle's budget."""
+
+
+class Oracle:
+    def __init__(self, labels: torch.Tensor, per_round: int, rounds: int):
+        hidden = labels.clone()
+        self._reveal = lambda idx: hidden[idx].clone()
+        self.size = len(hidden)
+        self.per_round, self.rounds = per_round, rounds
+        self.round = 0                      # rounds started
+        self.queried: list[int] = []        # indices revealed, in order
+        self._this_round = 0
+
+    @classmethod
+    def with_fraction(cls, labels: torch.Tensor, fraction: float, rounds: int) -> "Oracle":
+        """Budget per round = floor(fraction x size), so the total never exceeds the nominal
+        fraction (at least one label per round)."""
+        return cls(labels, max(1, int(fraction * len(labels))), rounds)
+
+    @property
+    def budget(self) -> int:
+        return self.per_round * self.rounds
+
+    @property
+    def labels_used(self) -> int:
+        return len(self.queried)
+
+    def start_round(self) -> None:
+        if self.round >= self.rounds:
+            raise BudgetExceeded(f"all {self.rounds} rounds of the budget are used")
+        self.round += 1
+        self._this_round = 0
+
+    def query(self, indices: torch.Tensor) -> torch.Tensor:
+        """Labels of ``indices`` (pool positions); charges the new ones to this round."""
+        indices = torch.as_tensor(indices, dtype=torch.long).flatten()
+        if self.round == 0:
+            raise BudgetExceeded("query before the first round started")
+        if len(indices) and (indices.min() < 0 or indices.max() >= self.size):
+            raise IndexError(f"pool index out of range 0..{self.size - 1}")
+        known = set(self.queried)
+        new = list(dict.fromkeys(i for i in indices.tolist() if i not in known))
+        if self._this_round + len(new) > self.per_round:
+            raise BudgetExceeded(
+                f"round {self.round}: {self._this_round + len(new)} labels asked, "
+                f"budget {self.per_round} per round")
+        self.queried.extend(new)
+        self._this_round += len(new)
+        return self._reveal(indices)
+
+
+def masked_experience(experience, fraction: float, rounds: int):
+    """(experience with every label masked, oracle holding the labels)."""
+    from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
+
+    from streams.common import classification_dataset
+
+    from .data import dataset_tensors
+    x, y = dataset_tensors(experience.dataset)
+    masked = DatasetExperience(dataset=classification_dataset(x, torch.full_like(y, MASKED_LABEL)),
+                               current_experience=experience.current_experience)
+    return masked, Oracle.with_fraction(y, fraction, rounds)

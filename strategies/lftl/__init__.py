@@ -1,0 +1,23 @@
+"""LFTL: source-free active domain adaptation (Lyu et al., ECCV 2024), from
+``shared/specs/lftl.md``: ``config.py`` (hyper-parameters), ``sampling.py`` (query scores),
+``model.py`` (backbone + bottleneck + weight-normalised classifier), ``strategy.py`` (source
+training, query-and-adapt rounds). The oracle and label masking are the platform's
+(``clplatform/active.py``)."""
+from clplatform.registry import register_strategy
+
+from .config import LFTLOptions
+from .model import LFTLModel
+
+
+@register_strategy("lftl", options=LFTLOptions, active=True,
+                   unused_train=("epochs", "batch_size", "lr"),
+                   help="source-free active domain adaptation: contrastive active sampling "
+                        "and visual persistence (Lyu et al. 2024); experience 0 is the "
+                        "labelled source, later ones unlabelled targets with a label oracle")
+def lftl(ctx, opts: LFTLOptions):
+    from .strategy import _template
+    model = LFTLModel(ctx.backbone, ctx.info.num_classes, opts)
+    return _template()(model=model, opts=opts, **ctx.template_kwargs())
+
+
+__all__ = ["LFTLOptions", "LFTLModel"]

@@ -1,0 +1,164 @@
+"""LFTL and the active setting: the oracle, label masking, sampling scores, the adaptation
+losses, and every sampler end to end on a tiny two-domain stream."""
+import math
+
+import pytest
+import torch
+
+from clplatform.active import MASKED_LABEL, BudgetExceeded, Oracle, masked_experience
+from clplatform.data import dataset_tensors
+from clplatform.registry import create_backbone, create_strategy, create_stream
+from clplatform.seeding import seed_everything
+from strategies.base import StrategyContext, TrainSettings
+from strategies.lftl import sampling
+from strategies.lftl.strategy import (information_maximisation, refresh_memory,
+                                      visual_persistence)
+
+TINY_DOMAINS = {"domains": ("sans", "mono"), "samples_per_class": 4,
+                "test_samples_per_class": 2}
+FAST = {"rounds": 2, "budget_per_round": 0.03, "source_epochs": 2}
+
+
+def test_oracle_budget():
+    labels = torch.arange(100) % 7
+    oracle = Oracle.with_fraction(labels, 0.055, rounds=2)
+    assert (oracle.per_round, oracle.budget) == (5, 10)        # floor: never above budget
+    with pytest.raises(BudgetExceeded, match="before the first round"):
+        oracle.query(torch.tensor([0]))
+    oracle.start_round()
+    assert torch.equal(oracle.query(torch.tensor([3, 10])), labels[[3, 10]])
+    assert torch.equal(oracle.query(torch.tensor([3])), labels[[3]])  # asked again: free
+    oracle.query(torch.tensor([4, 5, 6]))
+    assert oracle.labels_used == 5
+    with pytest.raises(BudgetExceeded, match="6 labels asked, budget 5 per round"):
+        oracle.query(torch.tensor([7]))
+    with pytest.raises(IndexError):
+        oracle.query(torch.tensor([100]))
+    oracle.start_round()
+    oracle.query(torch.arange(20, 25))
+    with pytest.raises(BudgetExceeded, match="all 2 rounds"):
+        oracle.start_round()
+    assert oracle.queried == [3, 10, 4, 5, 6, 20, 21, 22, 23, 24]
+    # the labels are not an attribute of the oracle
+    assert not any(torch.is_tensor(v) for v in vars(oracle).values())
+
+
+def test_masked_experience_hides_every_label():
+    bm = create_stream("glyphs-domains", **TINY_DOMAINS, seed=0)
+    experience = bm.train_stream[1]
+    masked, oracle = masked_experience(experience, 0.03, 2)
+    x, y = dataset_tensors(masked.dataset)
+    true_x, true_y = dataset_tensors(experience.dataset)
+    assert torch.equal(x, true_x) and (y == MASKED_LABEL).all()
+    assert set(masked.dataset.targets) == {MASKED_LABEL}
+    for batch in torch.utils.data.DataLoader(masked.dataset, batch_size=64):
+        assert (batch[1] == MASKED_LABEL).all()
+    oracle.start_round()
+    assert torch.equal(oracle.query(torch.tensor([0, 5])), true_y[[0, 5]])
+
+
+def _strategy(bm, **opts):
+    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings())
+    return create_strategy("lftl", ctx, **{**FAST, **opts})
+
+
+def _adapt_once(bm, labels_for_oracle):
+    seed_everything(0)
+    strategy = _strategy(bm)
+    strategy.train(bm.train_stream[0], eval_streams=[])
+    masked, _ = masked_experience(bm.train_stream[1], FAST["budget_per_round"],
+                                  FAST["rounds"])
+    strategy.oracle = Oracle.with_fraction(labels_for_oracle, FAST["budget_per_round"],
+                                           FAST["rounds"])
+    strategy.train(masked, eval_streams=[])
+    return strategy
+
+
+def test_unqueried_labels_cannot_influence_the_run(pretrained_backbone):
+    """Run twice; the second time every label the first run did not query is scrambled.
+    Same queries, same parameters: the strategy read no unqueried label by any path."""
+    bm = create_stream("glyphs-domains", **TINY_DOMAINS, seed=0)
+    _, y = dataset_tensors(bm.train_stream[1].dataset)
+    first = _adapt_once(bm, y)
+    queried = torch.tensor(first.oracle.queried)
+    assert len(queried) == first.oracle.budget == 2 * math.floor(0.03 * len(y))
+    scrambled = (y + 1 + torch.randint(0, 61, y.shape)) % 62
+    scrambled[queried] = y[queried]
+    assert (scrambled != y).sum() == len(y) - len(queried)
+    second = _adapt_once(bm, scrambled)
+    assert second.oracle.queried == first.oracle.queried
+    for (name, a), b in zip(first.model.state_dict().items(),
+                            second.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_sampling_scores_on_a_hand_made_matrix():
+    p = torch.tensor([[0.70, 0.20, 0.10],
+                      [0.40, 0.35, 0.25],
+                      [0.45, 0.45, 0.10],
+                      [0.90, 0.05, 0.05],
+                      [0.10, 0.60, 0.30]])
+    margin = torch.tensor([0.50, 0.05, 0.00, 0.85, 0.30])
+    assert torch.allclose(sampling.margin_scores(p), margin)
+    assert torch.allclose(sampling.least_confidence_scores(p), p.max(1).values)
+    assert torch.allclose(sampling.entropy_scores(p), (p * p.log()).sum(1))
+    # class term: kappa = 2 most confident (rows 3, 0) both predict class 0 -> w = [1, 0, 0]
+    u = sampling.contrastive_scores(p, None, kappa=2, class_weight=0.1)
+    predicted_zero = torch.tensor([1.0, 1, 1, 1, 0])  # row 2 ties 0/1: argmax takes 0
+    assert torch.allclose(u, margin / 0.85 + 0.1 * predicted_zero)
+    # contrast with the previous round: s = p + alpha (p - p_prev)
+    p_prev = p.roll(1, dims=1)
+    s = p + 0.5 * (p - p_prev)
+    top = s.topk(2, dim=1).values
+    contrast = top[:, 0] - top[:, 1]
+    u = sampling.contrastive_scores(p, p_prev, alpha=0.5, kappa=1, class_weight=0.0)
+    assert torch.allclose(u, contrast / contrast.max())
+    # smallest first; ties to the lower pool position
+    assert sampling.select(torch.tensor([0.3, 0.1, 0.1, 0.0, 0.1]), 3).tolist() == [3, 1, 2]
+    g = torch.Generator().manual_seed(0)
+    assert len(set(sampling.select(sampling.random_scores(p, g), 3).tolist())) == 3
+
+
+def test_memory_update_vpa_and_im_on_tiny_tensors():
+    memory = torch.tensor([[1.0, 0.0]])
+    features = torch.tensor([[0.0, 2.0], [3.0, 0.0], [0.0, 1.0]])
+    refreshed = refresh_memory(memory, features, momentum=0.9)
+    assert torch.allclose(refreshed, torch.tensor([[0.1, 1.8], [2.7, 0.0], [0.0, 0.9]]))
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    z = torch.tensor([[2.0, 0.0]])  # cos = [1, 0] -> a = softmax([1, 0])
+    a = torch.tensor([1.0, 0.0]).softmax(0)
+    assert visual_persistence(z, anchors).item() == pytest.approx(
+        float(-(a * a.log()).sum()), rel=1e-6)
+    assert information_maximisation(torch.zeros(4, 3)).item() == pytest.approx(0.0, abs=1e-6)
+    confident = torch.eye(3) * 20  # confident and diverse: -log 3
+    assert information_maximisation(confident).item() == pytest.approx(-math.log(3), abs=1e-3)
+
+
+@pytest.mark.parametrize("sampler", ["lftl", "random", "entropy", "margin",
+                                     "least-confidence"])
+def test_end_to_end_every_sampler(sampler, runs_dir, pretrained_backbone):
+    import clplatform
+    run = clplatform.run("lftl", "glyphs-domains", stream_options=TINY_DOMAINS, seed=0,
+                         out=runs_dir, strategy_options={**FAST, "sampler": sampler})
+    exps, rounds = run.experiences, run.rounds
+    per_round = math.floor(0.03 * 62 * 4)
+    assert list(exps["labels_queried"]) == [0, 2 * per_round]
+    assert list(exps["experience_size"]) == [62 * 4, 62 * 4]
+    assert list(rounds["round"]) == [0, 1, 2]
+    assert list(rounds["labels_used"]) == [0, per_round, 2 * per_round]
+    acc = run.accuracy.set_index(["train_exp", "eval_exp"])["accuracy"]
+    # round 0 is the model before adaptation; the last round the adapted one
+    assert rounds["accuracy"].iloc[0] == pytest.approx(acc[(0, 1)])
+    assert rounds["accuracy"].iloc[-1] == pytest.approx(acc[(1, 1)])
+    assert acc[(0, 0)] > 0.3  # the source model learnt its domain
+    assert exps["lftl.seconds_per_round"].iloc[1] > exps["lftl.sampling_seconds"].iloc[1] / 2
+
+
+def test_source_only(runs_dir, pretrained_backbone):
+    import clplatform
+    run = clplatform.run("lftl", "glyphs-domains", stream_options=TINY_DOMAINS, seed=0,
+                         out=runs_dir, strategy_options={**FAST, "adapt": "none"})
+    acc = run.accuracy.set_index(["train_exp", "eval_exp"])["accuracy"]
+    assert list(run.experiences["labels_queried"]) == [0, 0]
+    assert acc[(1, 1)] == acc[(0, 1)] and acc[(1, 0)] == acc[(0, 0)]  # nothing changed
+    assert run.rounds.empty
