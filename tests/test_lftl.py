@@ -16,7 +16,7 @@ from strategies.lftl.strategy import (information_maximisation, refresh_memory,
 
 TINY_DOMAINS = {"domains": ("sans", "mono"), "samples_per_class": 4,
                 "test_samples_per_class": 2}
-FAST = {"rounds": 2, "budget_per_round": 0.03, "source_epochs": 2}
+FAST = {"rounds": 2, "budget_per_round": 0.03, "source_epochs": 8, "source_lr": 0.05}
 
 
 def test_oracle_budget():
