@@ -31,7 +31,8 @@ def check_export_format(fmt: str) -> None:
 
 
 def export_tables(runs: RunSet, folder: str | Path, fmt: str = "csv") -> list[Path]:
-    """Write the merged tables (runs, accuracy, experiences) into ``folder``."""
+    """Write the merged tables (runs, accuracy, experiences, and rounds when active runs
+    have them) into ``folder``."""
     from clplatform.cache import atomic_path
     check_export_format(fmt)
     folder = Path(folder)
@@ -40,8 +41,11 @@ def export_tables(runs: RunSet, folder: str | Path, fmt: str = "csv") -> list[Pa
     except OSError as exc:
         raise UserError(f"cannot create export folder {folder}: {exc.strerror}") from None
     written = []
-    for name, frame in (("runs", runs.table), ("accuracy", runs.accuracy),
-                        ("experiences", runs.experiences)):
+    tables = [("runs", runs.table), ("accuracy", runs.accuracy),
+              ("experiences", runs.experiences)]
+    if runs.rounds is not None and not runs.rounds.empty:
+        tables.append(("rounds", runs.rounds))
+    for name, frame in tables:
         path = folder / f"{name}.{fmt}"
         with atomic_path(path) as tmp:
             if fmt == "csv":

@@ -42,6 +42,7 @@ class RunSet:
     table: pd.DataFrame        # per run: identity, config and summary metrics
     accuracy: pd.DataFrame     # accuracy records of all runs, with run identity columns
     experiences: pd.DataFrame  # experience records of all runs, with run identity columns
+    rounds: pd.DataFrame = None  # per-round records of active runs (empty if none)
 
 
 IDENTITY = ["run", "strategy", "stream", "backbone", "seed"]
@@ -92,7 +93,7 @@ def load_runs(paths: list[str | os.PathLike], include_incomplete: bool = False) 
         detail = f" ({len(skipped)} incomplete skipped; see --include-incomplete)" \
             if skipped else ""
         raise UserError(f"no complete run to report{detail}")
-    rows, accuracy, experiences = [], [], []
+    rows, accuracy, experiences, rounds = [], [], [], []
     for run in runs:
         ident = _identity(run)
         ident["label"] = _label(run)
@@ -103,6 +104,10 @@ def load_runs(paths: list[str | os.PathLike], include_incomplete: bool = False) 
         accuracy.append(run.accuracy.assign(**ident))
         if not run.experiences.empty:
             experiences.append(run.experiences.assign(**ident))
-    return RunSet(runs, skipped, pd.DataFrame(rows),
-                  pd.concat(accuracy, ignore_index=True),
-                  pd.concat(experiences, ignore_index=True) if experiences else pd.DataFrame())
+        if run.rounds is not None and not run.rounds.empty:
+            rounds.append(run.rounds.assign(**ident))
+
+    def merged(frames):
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return RunSet(runs, skipped, pd.DataFrame(rows), merged(accuracy), merged(experiences),
+                  merged(rounds))

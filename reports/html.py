@@ -87,6 +87,13 @@ def _stream_section(stream: str, runs: RunSet, group_by: str) -> str:
                   _figure(plots.accuracy_vs_cost(table, group_by, colors),
                           "Final accuracy against parameters and training FLOPs; the dashed "
                           "line joins the groups no other group beats at lower cost.")]
+    rounds = (runs.rounds[runs.rounds["stream"] == stream]
+              if runs.rounds is not None and not runs.rounds.empty else None)
+    if rounds is not None and not rounds.empty:
+        parts.append(_figure(plots.accuracy_with_budget(rounds, group_by, colors),
+                             "Active strategies: accuracy on each target experience's test "
+                             "set after every query-and-adapt round, against the labels "
+                             "used (0: the model before adaptation)."))
     listing = table[["run", "strategy", "seed", "final_accuracy"]].assign(
         final_accuracy=lambda f: (100 * f["final_accuracy"]).round(2))
     parts += ["<h3>Runs</h3>", _table(listing.rename(columns={"final_accuracy": "A_T (%)"}))]

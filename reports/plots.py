@@ -151,6 +151,24 @@ def compute_per_experience(experiences: pd.DataFrame, group_by: str, colors):
          ("train_seconds", "training time (s)", 1.0)])
 
 
+def accuracy_with_budget(rounds: pd.DataFrame, group_by: str, colors):
+    """Active strategies: target accuracy against the labels used, one panel per target
+    experience (round 0 is the model before adaptation)."""
+    targets = sorted(rounds["train_exp"].unique())
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.8), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        records = rounds[rounds["train_exp"] == target]
+        for group, series in _per_run(
+                records, group_by,
+                lambda r: r.set_index("labels_used")["accuracy"].astype(float)).items():
+            _band(ax, series, colors[group], str(group), scale=100)
+        ax.set_title(f"target experience {target}", fontsize=10)
+        ax.set_xlabel("labels used")
+        ax.set_ylabel("accuracy on the target (%)")
+    _legend(axes[0])
+    return _finish(fig, axes[0], "Improvement with budget")
+
+
 def _pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     """Points not dominated: no other point has lower-or-equal cost and higher accuracy."""
     ordered = points.sort_values([x, y], ascending=[True, False])

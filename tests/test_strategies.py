@@ -14,7 +14,8 @@ BASELINES = ["naive", "ewc", "lwf", "si", "replay", "agem", "cumulative", "joint
 
 
 def test_every_registered_strategy_is_tested_here():
-    assert set(STRATEGIES.names()) == set(BASELINES)
+    # lftl needs a domain stream: tests/test_lftl.py runs it end to end
+    assert set(STRATEGIES.names()) == set(BASELINES) | {"lftl"}
 
 
 def _tiny(strategy, runs_dir, **kw):
