@@ -81,6 +81,23 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
                                              labels)
 
 
+@torch.no_grad()
+def map_batches(fn, x: torch.Tensor, device, batch_size: int = 256) -> torch.Tensor:
+    """``fn`` over ``x`` in batches on ``device``, concatenated (no gradients): for computing
+    the frozen part of a network once per experience."""
+    return torch.cat([fn(x[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)])
+
+
+def require_vit(backbone: Backbone, strategy: str) -> nn.Module:
+    """The backbone's timm VisionTransformer, or a clear error naming the strategy."""
+    from clplatform.errors import UserError
+    vit = backbone.model
+    if not hasattr(vit, "blocks") or not hasattr(vit, "patch_embed"):
+        raise UserError(f"{strategy} works on timm VisionTransformer backbones only; "
+                        f"{backbone.name} is a {type(vit).__name__}")
+    return vit
+
+
 def batch_indices(n: int, batch_size: int, shuffle: bool) -> list[torch.Tensor]:
     """Index tensors of the mini-batches over ``n`` samples (a fresh permutation if shuffled)."""
     order = torch.randperm(n) if shuffle else torch.arange(n)

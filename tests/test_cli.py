@@ -106,6 +106,10 @@ BAD_INPUTS = [
     (["--backbone-weights", "missing.pt"], "backbone weights file not found: missing.pt"),
     (["--stream-opt", "experiences=100"], "must be <= 62"),
     (["--strategy", "qprompt", "--set", "bits=3"], "invalid value 3 for bits"),
+    (["--strategy", "sema", "--backbone", "timm:resnet18", "--backbone-opt", "pretrained=false"],
+     "sema works on timm VisionTransformer backbones only; timm:resnet18 is a ResNet"),
+    (["--strategy", "lftl", "--stream", "glyphs-domains", "--backbone", "timm:resnet18",
+      "--backbone-opt", "pretrained=false"], "tune_blocks=1 needs a timm VisionTransformer"),
     (["--strategy", "prompt", "--set", "e_layers=6"], "g_layers + e_layers = 8 but the "
                                                       "backbone has 6 blocks"),
 ]

@@ -19,7 +19,7 @@ from torch import nn
 from clplatform.active import Oracle
 from clplatform.data import dataset_tensors
 
-from ..base import fit_on_tensors
+from ..base import map_batches, fit_on_tensors
 from . import sampling
 from .config import LFTLOptions
 from .model import LFTLModel
@@ -72,10 +72,8 @@ def _template():
         def lftl(self) -> LFTLModel:
             return self.model
 
-        @torch.no_grad()
-        def _map(self, fn, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-            return torch.cat([fn(x[i:i + batch_size].to(self.device))
-                              for i in range(0, len(x), batch_size)])
+        def _map(self, fn, x: torch.Tensor) -> torch.Tensor:
+            return map_batches(fn, x, self.device)
 
         def _sgd(self, lr: float) -> torch.optim.Optimizer:
             groups = [{"params": self.lftl.head_parameters(), "lr": lr}]

@@ -9,6 +9,8 @@ from clplatform.backbones import Backbone
 from clplatform.errors import UserError
 from clplatform.evaluator import MASK_VALUE
 
+from ..base import require_vit
+
 from .config import PromptOptions
 from .layer import HeadRows, PrefixAttention, PromptTensor
 from .quantizer import TensorQuantizer
@@ -22,10 +24,7 @@ class PromptModel(nn.Module):
 
     def __init__(self, backbone: Backbone, num_classes: int, opts: PromptOptions):
         super().__init__()
-        vit = backbone.model
-        if not hasattr(vit, "blocks") or not hasattr(vit, "patch_embed"):
-            raise UserError(f"prompts need a timm VisionTransformer backbone; "
-                            f"{backbone.name} is a {type(vit).__name__}")
+        vit = require_vit(backbone, "prompt")
         depth = len(vit.blocks)
         if opts.g_layers + opts.e_layers > depth:
             raise UserError(f"g_layers + e_layers = {opts.g_layers + opts.e_layers} but the "

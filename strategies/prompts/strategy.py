@@ -14,7 +14,7 @@ from torch import nn
 
 from clplatform.data import dataset_tensors
 
-from ..base import TrainSettings, fit_on_tensors, masked_cross_entropy
+from ..base import map_batches, TrainSettings, fit_on_tensors, masked_cross_entropy
 from .config import PromptOptions
 from .model import PromptModel
 
@@ -38,10 +38,8 @@ def _template():
         def prompts(self) -> PromptModel:
             return self.model
 
-        @torch.no_grad()
-        def _map(self, fn, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-            return torch.cat([fn(x[i:i + batch_size].to(self.device))
-                              for i in range(0, len(x), batch_size)])
+        def _map(self, fn, x: torch.Tensor) -> torch.Tensor:
+            return map_batches(fn, x, self.device)
 
         def _train_exp(self, experience, eval_streams=None, **kwargs):
             model = self.prompts

@@ -9,6 +9,8 @@ from clplatform.backbones import Backbone
 from clplatform.errors import UserError
 from clplatform.evaluator import MASK_VALUE
 
+from ..base import require_vit
+
 from ..simplecil import PrototypeHead
 from .config import SEMAOptions
 from .layer import SEMABlock
@@ -23,10 +25,7 @@ class SEMAModel(nn.Module):
 
     def __init__(self, backbone: Backbone, num_classes: int, opts: SEMAOptions):
         super().__init__()
-        vit = backbone.model
-        if not hasattr(vit, "blocks") or not hasattr(vit, "patch_embed"):
-            raise UserError(f"sema needs a timm VisionTransformer backbone; "
-                            f"{backbone.name} is a {type(vit).__name__}")
+        vit = require_vit(backbone, "sema")
         backbone.requires_grad_(False)
         self.backbone = backbone
         dim = backbone.num_features

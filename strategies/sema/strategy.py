@@ -15,7 +15,7 @@ from torch import nn
 
 from clplatform.data import dataset_tensors
 
-from ..base import batch_indices, fit_on_tensors, masked_cross_entropy
+from ..base import map_batches, batch_indices, fit_on_tensors, masked_cross_entropy
 from .config import SEMAOptions
 from .model import SEMAModel
 
@@ -38,10 +38,8 @@ def _template():
         def sema(self) -> SEMAModel:
             return self.model
 
-        @torch.no_grad()
-        def _map(self, fn: Callable, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-            return torch.cat([fn(x[i:i + batch_size].to(self.device))
-                              for i in range(0, len(x), batch_size)])
+        def _map(self, fn, x: torch.Tensor) -> torch.Tensor:
+            return map_batches(fn, x, self.device)
 
         def _fit(self, params: list[nn.Parameter], inputs: torch.Tensor,
                  labels: torch.Tensor | None, loss_fn: Callable, epochs: int, lr: float):
