@@ -35,9 +35,10 @@ class Entry:
 class Registry:
     """Names -> :class:`Entry`; built-in components are imported on first use."""
 
-    def __init__(self, kind: str, builtin_module: str):
+    def __init__(self, kind: str, builtin_module: str, entry_point_group: str | None = None):
         self.kind = kind
         self._builtin_module = builtin_module
+        self._group = entry_point_group
         self._entries: dict[str, Entry] = {}
         self._loaded = False
 
@@ -57,6 +58,25 @@ class Registry:
         if not self._loaded:
             self._loaded = True
             importlib.import_module(self._builtin_module)
+            if self._group:
+                self._load_entry_points()
+
+    def _load_entry_points(self) -> None:
+        """Installed packages declaring ``clplatform.streams``/``clplatform.strategies`` entry
+        points. Loading the object registers it if it uses ``@register_*``; a plain builder
+        is registered under the entry point's name (no options). A plugin that fails to
+        load is named in a warning and left out."""
+        import sys
+        from importlib.metadata import entry_points
+        for point in entry_points(group=self._group):
+            try:
+                obj = point.load()
+            except Exception as exc:  # noqa: BLE001  (a broken plugin must not stop clplat)
+                print(f"clplat: warning: cannot load {self.kind} plugin {point.name!r} "
+                      f"({point.value}): {type(exc).__name__}: {exc}", file=sys.stderr)
+                continue
+            if point.name not in self._entries and callable(obj):
+                self.register(point.name, plugin=point.value)(obj)
 
     def names(self) -> list[str]:
         self._load()
@@ -73,8 +93,8 @@ class Registry:
         return [self._entries[n] for n in self.names()]
 
 
-STRATEGIES = Registry("strategy", "strategies")
-STREAMS = Registry("stream", "streams")
+STRATEGIES = Registry("strategy", "strategies", "clplatform.strategies")
+STREAMS = Registry("stream", "streams", "clplatform.streams")
 BACKBONES = Registry("backbone", "clplatform.backbones")
 
 register_strategy = STRATEGIES.register

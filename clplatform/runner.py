@@ -133,20 +133,19 @@ class Prepared:
         from .backbones import resolve_backbone_name
         from .evaluator import Evaluator
         from .progress import ProgressPlugin
-        from .registry import BACKBONES, STRATEGIES, STREAMS
+        from streams import StreamSource
+
+        from .registry import BACKBONES, STRATEGIES
         from .seeding import seed_everything
 
         # names and options first: cheap checks before anything is built
         strategy_entry = STRATEGIES.get(spec.strategy)
-        stream_entry = STREAMS.get(spec.stream)
+        stream_source = StreamSource(spec.stream, spec.stream_options)
         backbone_key, backbone_opts = resolve_backbone_name(spec.backbone,
                                                             spec.backbone_options)
         backbone_entry = BACKBONES.get(backbone_key)
         train = build_options(TrainOptions, spec.train, "[train]")
         hparams = strategy_entry.make_options(spec.strategy_options, f"strategy {spec.strategy!r}")
-        stream_opts = stream_entry.make_options(spec.stream_options, f"stream {spec.stream!r}")
-        if hasattr(stream_opts, "seed") and stream_opts.seed is None:
-            stream_opts.seed = train.seed
         backbone_options = backbone_entry.make_options(backbone_opts,
                                                        f"backbone {spec.backbone!r}")
         unused = [k for k in strategy_entry.extra.get("unused_train", ())
@@ -163,7 +162,7 @@ class Prepared:
             seed=train.seed, device=resolve_device(train.device))
 
         seed_everything(settings.seed)
-        self.benchmark = stream_entry.builder(stream_opts)
+        self.benchmark = stream_source.build(train.seed)
         self.backbone = backbone_entry.builder(backbone_options)
         self.info = self.benchmark.info
         self.joint = bool(strategy_entry.extra.get("joint"))
@@ -182,7 +181,7 @@ class Prepared:
         self.out = train.out
         self.config = {
             "strategy": {"name": spec.strategy, **options_dict(hparams)},
-            "stream": {"name": spec.stream, **options_dict(stream_opts),
+            "stream": {"name": stream_source.name, **stream_source.config(),
                        "scenario": self.info.scenario, "classes": self.info.classes,
                        "domains": self.info.domains,
                        "experiences_in_stream": len(self.benchmark.train_stream)},
@@ -190,7 +189,7 @@ class Prepared:
             "train": {**dataclasses.asdict(settings), "out": train.out,
                       "device_requested": train.device, "flops": train.flops},
         }
-        self.label = f"{spec.strategy}-{spec.stream}-s{settings.seed}"
+        self.label = f"{spec.strategy}-{stream_source.label}-s{settings.seed}"
 
     def fit(self) -> None:
         """Train experience by experience (joint: once on the whole stream)."""

@@ -1,12 +1,76 @@
 """Stream builders: each registers an Avalanche benchmark under a name (``@register_stream``).
 
 Built-in offline streams: ``glyphs`` (default), ``glyphs-domains``, ``glyphs-pretrain``,
-``digits``. See :mod:`streams.common` for the conventions every stream follows.
+``digits``; your data: ``folder`` (image folders), ``file.py:function`` or
+``package.module:function`` (a Python callable), an in-memory benchmark such as
+``from_arrays(x, y)``, and ``avalanche:<Benchmark>`` (Avalanche's classic benchmarks).
+See :mod:`streams.common` for the conventions every stream follows.
 """
-from . import digits, glyphs  # noqa: F401  (registration)
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from . import avalanche_classic, custom, digits, glyphs  # noqa: F401  (registration)
 from .common import StreamInfo, class_incremental, classification_dataset, domain_incremental
+from .custom import callable_stream, from_arrays, is_callable_reference
 
 DEFAULT_STREAM = "glyphs"
 
-__all__ = ["StreamInfo", "class_incremental", "classification_dataset", "domain_incremental",
-           "DEFAULT_STREAM"]
+
+class StreamSource:
+    """Where a run's stream comes from, resolved and validated before anything is built:
+    a registered name, ``avalanche:<Benchmark>``, a Python callable, or a benchmark object."""
+
+    def __init__(self, stream: Any, options: dict[str, Any]):
+        from clplatform.errors import UserError
+        from clplatform.options import options_dict
+        from clplatform.registry import STREAMS
+        self.options = dict(options)
+        self.benchmark = None
+        self.entry = self.parsed = None
+        if not isinstance(stream, str):
+            if not (hasattr(stream, "train_stream") and hasattr(stream, "test_stream")):
+                raise UserError(f"a stream is a name or an Avalanche benchmark, not a "
+                                f"{type(stream).__name__}")
+            if self.options:
+                raise UserError("stream options do not apply to a benchmark object")
+            self.benchmark = custom.complete_benchmark(stream, "in-memory")
+            self.name = self.benchmark.info.name
+        elif stream.startswith("avalanche:"):
+            self.name = stream
+            self.entry = STREAMS.get("avalanche")
+            self.parsed = self.entry.make_options(
+                {**self.options, "benchmark": stream.split(":", 1)[1]}, f"stream {stream!r}")
+        elif stream not in STREAMS.names() and is_callable_reference(stream):
+            self.name = stream
+        else:
+            self.name = stream
+            self.entry = STREAMS.get(stream)
+            self.parsed = self.entry.make_options(self.options, f"stream {stream!r}")
+        self._options_dict = options_dict
+
+    def build(self, seed: int):
+        if self.benchmark is not None:
+            return self.benchmark
+        if self.entry is None:
+            return callable_stream(self.name, self.options, seed)
+        if hasattr(self.parsed, "seed") and self.parsed.seed is None:
+            self.parsed.seed = seed
+        return self.entry.builder(self.parsed)
+
+    def config(self) -> dict[str, Any]:
+        """The resolved stream options (after ``build``) for config.json."""
+        if self.parsed is not None:
+            return self._options_dict(self.parsed)
+        return {k: custom._literal(v) for k, v in self.options.items()}
+
+    @property
+    def label(self) -> str:
+        """A file-name-safe short name for run directories."""
+        tail = self.name.rsplit("/", 1)[-1]
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", tail).strip("-") or "stream"
+
+
+__all__ = ["StreamInfo", "StreamSource", "class_incremental", "classification_dataset",
+           "domain_incremental", "from_arrays", "DEFAULT_STREAM"]

@@ -1,0 +1,1 @@
+"""Example clplatform plugin: the ``shapes`` stream and the ``partial-finetune`` strategy."""

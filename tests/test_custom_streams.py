@@ -1,0 +1,272 @@
+"""Bring your own data: arrays, image folders, Python callables, entry points and Avalanche's
+classic benchmarks, each end to end through `clplat run --json`, with their bad inputs."""
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import clplatform
+from clplatform.cli import cli
+from clplatform.errors import UserError
+from streams import from_arrays
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = ROOT / "examples" / "plugin" / "clplat_example" / "shapes.py"
+FAST = ["--epochs", "1", "--quiet", "--json"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="clplat")
+
+
+def _ok(result) -> dict:
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _bad(result, message: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("clplat: error: "), result.stderr
+    assert message in lines[0], lines[0]
+
+
+# ------------------------------------------------------------------ arrays
+def test_from_arrays_class_and_domain_incremental():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (60, 12, 12), dtype=np.uint8)
+    y = np.repeat([10, 20, 30, 40, 50, 60], 10)
+    bm = from_arrays(x, y, experiences=3, test_fraction=0.2, seed=1)
+    assert bm.info.scenario == "class-incremental" and bm.info.image_shape == (1, 12, 12)
+    assert sorted(bm.info.classes) == ["10", "20", "30", "40", "50", "60"]
+    assert [len(e.classes_in_this_experience) for e in bm.train_stream] == [2, 2, 2]
+    assert sum(len(e.dataset) for e in bm.train_stream) == 48
+    assert sum(len(e.dataset) for e in bm.test_stream) == 12
+    domains = np.tile(["b", "a"], 30)
+    bm = from_arrays(torch.from_numpy(x).float() / 255, torch.from_numpy(y), domains,
+                     domain_order=["b", "a"])
+    assert bm.info.scenario == "domain-incremental" and bm.info.domains == ["b", "a"]
+    assert [len(e.classes_in_this_experience) for e in bm.train_stream] == [6, 6]
+
+
+@pytest.mark.parametrize("x, y, message", [
+    (np.full((4, 8, 8), np.nan, dtype=np.float32), [0, 1, 0, 1], "NaN or infinite"),
+    (np.zeros((4, 8, 8), np.uint8), [0, 1, 0], "expected 4 labels"),
+    (np.zeros((4, 8), np.uint8), [0, 1, 0, 1], "expected images"),
+])
+def test_from_arrays_bad_input(x, y, message):
+    with pytest.raises(UserError, match=message):
+        from_arrays(x, y)
+
+
+def test_in_memory_benchmark_runs(runs_dir, pretrained_backbone):
+    from clplat_shapes import make_shapes
+    data = make_shapes(samples_per_class=8, experiences=2)
+    x, y = data.pop("train")
+    run = clplatform.run("naive", from_arrays(x, y, **data), epochs=1, out=runs_dir)
+    assert run.config["stream"]["name"] == "shapes"
+    assert run.config["stream"]["classes"][:1] and len(run.experiences) == 2
+
+
+# ------------------------------------------------------------------ folders
+def _save(path: Path, array: np.ndarray, mode: str = "L") -> None:
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).convert(mode).save(path)
+
+
+def _folder(root: Path, domains=None, sizes=((20, 20), (40, 24)), per_class=5) -> Path:
+    rng = np.random.default_rng(0)
+    modes = ["L", "RGB", "RGBA"]
+    for d in domains or [None]:
+        for c, name in enumerate(["cat", "dog", "owl", "eel"]):
+            for i in range(per_class):
+                h, w = sizes[i % len(sizes)]
+                img = (rng.integers(0, 60, (h, w)) + 50 * c).astype(np.uint8)
+                base = root / d if d else root
+                suffix = ".png" if i % 2 else ".jpg"
+                _save(base / name / f"{i}{suffix}", img, modes[i % 3] if suffix == ".png"
+                      else "RGB")
+    return root
+
+
+def test_folder_class_layout(tmp_path, runs_dir, pretrained_backbone):
+    root = _folder(tmp_path / "data")
+    payload = _ok(invoke("run", "--stream", "folder", "--stream-opt", f"root={root}",
+                         "--stream-opt", "experiences=2", "--out", runs_dir, *FAST))
+    run = clplatform.load_run(payload["run_dir"])
+    assert run.config["stream"]["scenario"] == "class-incremental"
+    assert sorted(run.config["stream"]["classes"]) == ["cat", "dog", "eel", "owl"]
+    assert list(run.experiences["experience_size"]) == [8, 8]   # 4 of 5 per class train
+
+
+def test_folder_domain_layout_with_split_folders(tmp_path, runs_dir, pretrained_backbone):
+    root = tmp_path / "officehome"
+    _folder(root / "train", domains=["Real", "Art", "Clipart"], per_class=3)
+    _folder(root / "test", domains=["Real", "Art", "Clipart"], per_class=2)
+    payload = _ok(invoke("run", "--strategy", "naive", "--stream", "folder", "--stream-opt",
+                         f"root={root}", "--stream-opt", "layout=domain", "--stream-opt",
+                         "domains=Real,Clipart,Art", "--out", runs_dir, *FAST))
+    run = clplatform.load_run(payload["run_dir"])
+    assert run.config["stream"]["domains"] == ["Real", "Clipart", "Art"]
+    assert list(run.experiences["experience_size"]) == [12, 12, 12]
+    assert run.accuracy.groupby("train_exp")["n_samples"].sum().eq(24).all()
+
+
+def test_folder_bad_images(tmp_path, runs_dir, pretrained_backbone):
+    root = _folder(tmp_path / "data")
+    bad = root / "owl" / "broken.png"
+    bad.write_bytes(b"not an image")
+    _bad(invoke("run", "--stream", "folder", "--stream-opt", f"root={root}", "--out",
+                runs_dir, *FAST), f"cannot read image {bad}")
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
+    result = invoke("run", "--stream", "folder", "--stream-opt", f"root={root}",
+                    "--stream-opt", "skip_bad=true", "--stream-opt", "experiences=2",
+                    "--out", runs_dir, *FAST)
+    _ok(result)
+    assert f"skipped unreadable image {bad}" in result.stderr
+    _bad(invoke("run", "--stream", "folder", "--out", runs_dir, *FAST),
+         "stream 'folder' needs --stream-opt root=DIR")
+    _bad(invoke("run", "--stream", "folder", "--stream-opt", f"root={tmp_path}/nope",
+                "--out", runs_dir, *FAST), "stream folder not found")
+    (tmp_path / "empty").mkdir()
+    _bad(invoke("run", "--stream", "folder", "--stream-opt", f"root={tmp_path}/empty",
+                "--out", runs_dir, *FAST), "no images found")
+
+
+# ------------------------------------------------------------------ callables
+@pytest.fixture(autouse=True)
+def _shapes_module(monkeypatch):
+    """The example stream importable as the module ``clplat_shapes``."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("clplat_shapes", SHAPES)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "clplat_shapes", module)
+    spec.loader.exec_module(module)
+
+
+def test_callable_from_a_file(runs_dir, pretrained_backbone):
+    payload = _ok(invoke("run", "--stream", f"{SHAPES}:make_shapes", "--stream-opt",
+                         "experiences=2", "--stream-opt", "samples_per_class=8",
+                         "--out", runs_dir, *FAST))
+    run = clplatform.load_run(payload["run_dir"])
+    assert run.config["stream"]["experiences"] == 2
+    assert run.config["stream"]["classes"] and len(run.experiences) == 2
+
+
+def test_callable_from_a_module(runs_dir, pretrained_backbone):
+    payload = _ok(invoke("run", "--stream", "clplat_shapes:make_shapes", "--stream-opt",
+                         "samples_per_class=8", "--out", runs_dir, *FAST))
+    assert len(clplatform.load_run(payload["run_dir"]).experiences) == 3
+
+
+def test_callable_returning_an_avalanche_benchmark(tmp_path, runs_dir, pretrained_backbone):
+    script = tmp_path / "mine.py"
+    script.write_text(
+        "import torch\n"
+        "from avalanche.benchmarks.scenarios.dataset_scenario import "
+        "benchmark_from_datasets\n"
+        "from streams import classification_dataset\n"
+        "def bench(n=12):\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    ds = lambda: classification_dataset(torch.rand(n, 1, 16, 16, generator=g),\n"
+        "                                        torch.arange(n) % 3)\n"
+        "    return benchmark_from_datasets(train=[ds(), ds()], test=[ds(), ds()])\n")
+    payload = _ok(invoke("run", "--stream", f"{script}:bench", "--out", runs_dir, *FAST))
+    run = clplatform.load_run(payload["run_dir"])
+    assert run.config["stream"]["classes"] == ["0", "1", "2"]
+    assert run.config["stream"]["scenario"] == "domain-incremental"
+
+
+def test_callable_errors(tmp_path, runs_dir):
+    script = tmp_path / "bad.py"
+    script.write_text("def nothing():\n    return 42\n"
+                      "def broken_dict():\n    return {'test': 1}\n")
+    (tmp_path / "crash.py").write_text("raise ValueError('boom')\n")
+    cases = [(f"{tmp_path}/missing.py:f", "stream file not found"),
+             (f"{script}:absent", "has no function 'absent'"),
+             (f"{script}:nothing", "returned a int, not an Avalanche benchmark"),
+             (f"{script}:broken_dict", "returned a dict without 'train'"),
+             (f"{tmp_path}/crash.py:f", "cannot import"),
+             ("no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'")]
+    for stream, message in cases:
+        _bad(invoke("run", "--stream", stream, "--out", runs_dir, *FAST), message)
+    _bad(invoke("run", "--stream", f"{SHAPES}:make_shapes", "--stream-opt", "colour=red",
+                "--out", runs_dir, *FAST), "unexpected keyword argument 'colour'")
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+# ------------------------------------------------------------------ entry points
+def test_entry_points_of_an_installed_distribution(tmp_path, pretrained_backbone):
+    """pip-installs the example plugin (a real distribution) into a folder on PYTHONPATH;
+    its stream and strategy then appear in `clplat list` and run by name."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--no-index", "--target", str(target),
+                    str(ROOT / "examples" / "plugin")], check=True, capture_output=True)
+    assert list(target.glob("clplatform_example_plugin-*.dist-info"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])}
+    clplat = [sys.executable, "-m", "clplatform.cli"]
+    listed = subprocess.run(clplat + ["list", "streams"], env=env, capture_output=True,
+                            text=True, check=True).stdout
+    assert "shapes" in listed and "example plugin" in listed
+    listed = subprocess.run(clplat + ["list", "strategies", "-v"], env=env,
+                            capture_output=True, text=True, check=True).stdout
+    assert "partial-finetune" in listed and "blocks" in listed
+    done = subprocess.run(clplat + ["run", "--strategy", "partial-finetune", "--set",
+                                    "blocks=1", "--stream", "shapes", "--stream-opt",
+                                    "samples_per_class=8", "--out", str(tmp_path / "runs"),
+                                    *FAST], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    run = clplatform.load_run(json.loads(done.stdout)["run_dir"])
+    assert run.config["strategy"] == {"name": "partial-finetune", "blocks": 1}
+    assert run.experiences["params_trainable"].iloc[0] > 100_000  # one block trains
+
+
+# ------------------------------------------------------------------ Avalanche classics
+def _fake_mnist(root: Path, n_train: int = 40, n_test: int = 20) -> Path:
+    """Tiny MNIST files in the dataset's own (idx) format."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 30, (n, 28, 28)).astype(np.uint8)
+        for i, c in enumerate(labels):  # a bar whose height is the class
+            images[i, 2 + 2 * c:4 + 2 * c, 4:24] = 255
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 2049, n) + labels.astype(np.uint8).tobytes())
+    return root
+
+
+@pytest.mark.parametrize("name, scenario", [("SplitMNIST", "class-incremental"),
+                                            ("PermutedMNIST", "domain-incremental")])
+def test_avalanche_classic_offline(name, scenario, tmp_path, runs_dir, pretrained_backbone):
+    root = _fake_mnist(tmp_path / "mnist")
+    payload = _ok(invoke("run", "--stream", f"avalanche:{name}", "--stream-opt",
+                         f"root={root}", "--stream-opt", "experiences=2", "--out", runs_dir,
+                         *FAST))
+    run = clplatform.load_run(payload["run_dir"])
+    assert run.config["stream"]["scenario"] == scenario
+    assert list(run.experiences["experience_size"]) == ([20, 20] if scenario.startswith(
+        "class") else [40, 40])
+    assert run.accuracy["n_samples"].groupby(run.accuracy["train_exp"]).sum().eq(
+        20 if scenario.startswith("class") else 40).all()
+
+
+def test_avalanche_classic_never_downloads_unasked(tmp_path, runs_dir):
+    _bad(invoke("run", "--stream", "avalanche:SplitCIFAR10", "--stream-opt",
+                f"root={tmp_path}", "--out", runs_dir, *FAST),
+         f"CIFAR10 not found under {tmp_path} (--stream-opt download=true downloads it)")
+    _bad(invoke("run", "--stream", "avalanche:Nope", "--stream-opt", f"root={tmp_path}",
+                "--out", runs_dir, *FAST), "invalid value 'Nope' for benchmark")
+    assert not list(tmp_path.iterdir())  # nothing fetched or written
