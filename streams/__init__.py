@@ -46,7 +46,11 @@ class StreamSource:
             self.name = stream
         else:
             self.name = stream
-            self.entry = STREAMS.get(stream)
+            try:
+                self.entry = STREAMS.get(stream)
+            except UserError as exc:
+                raise UserError(f"{exc}, or a Python callable file.py:function / "
+                                "package.module:function") from None
             self.parsed = self.entry.make_options(self.options, f"stream {stream!r}")
         self._options_dict = options_dict
 
