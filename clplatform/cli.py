@@ -11,6 +11,7 @@ import sys
 import click
 
 from .errors import UserError
+from .interrupt import RunInterrupted
 
 _TRAIN_HELP = "(default: the strategy's own, see `clplat list strategies -v`)"
 
@@ -23,6 +24,9 @@ class ClplatGroup(click.Group):
             code = super().main(args=args, prog_name=prog_name or "clplat",
                                 standalone_mode=False, **kwargs)
         except click.exceptions.Exit as exc:
+            code = exc.exit_code
+        except RunInterrupted as exc:
+            click.echo(f"clplat: interrupted by {exc}", err=True)
             code = exc.exit_code
         except (click.exceptions.Abort, KeyboardInterrupt):
             click.echo("clplat: interrupted", err=True)
@@ -46,6 +50,7 @@ def cli():
     clplat run --strategy naive          train and evaluate one strategy on a stream
     clplat compare runs/                 compare the runs in a folder (table + HTML)
     clplat report runs/<id>              report on one run
+    clplat runs                          list runs and their status
     clplat list strategies -v            what can be run, with every hyper-parameter
     clplat pretrain                      build the default backbone vit-glyphs
     """
@@ -149,6 +154,28 @@ def _report(runs, out, group_by, export, export_format, include_incomplete, defa
         for written in export_tables(loaded, export, export_format):
             click.echo(f"exported {written}")
     click.echo(f"report: {path}")
+
+
+@cli.command("runs")
+@click.argument("folders", nargs=-1, metavar="[DIR]...")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON list instead of a table")
+def runs_command(folders, as_json):
+    """List the runs under DIR (default: runs) with their status.
+
+    Status: running, complete, interrupted (stopped by a signal; the finished experiences
+    are kept), failed (with the reason), or stale (recorded as running, but its process on
+    this host is gone).
+    """
+    from .store import json_safe, list_runs
+    table = list_runs(list(folders) or ["runs"])
+    if as_json:
+        click.echo(json.dumps(json_safe(table.to_dict(orient="records"))))
+        return
+    shown = table.assign(
+        experiences=table["experiences"].astype(str) + "/" + table["of"].astype(str),
+        final_accuracy=(100 * table["final_accuracy"].astype(float)).round(2),
+        reason=table["reason"].fillna("")).drop(columns=["of"])
+    click.echo(shown.to_string(index=False))
 
 
 @cli.command("report")

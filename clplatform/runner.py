@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import platform
 import sys
 import time
 import traceback
@@ -18,6 +19,7 @@ from typing import Any, Mapping
 
 from .active import masked_experience
 from .errors import UserError
+from .interrupt import RunInterrupted, StopRequest, safe_points
 from .options import build_options, opt, options_dict
 
 DEFAULT_STRATEGY = "naive"
@@ -173,8 +175,10 @@ class Prepared:
         self.evaluator.meter.count_every_iteration = bool(
             strategy_entry.extra.get("varying_iteration_cost"))
         self.progress = ProgressPlugin(enabled=progress)
+        self.stop = StopRequest()
         context = StrategyContext(self.backbone, self.info, settings,
-                                  plugins=[self.progress, self.evaluator])
+                                  plugins=[self.progress, self.evaluator,
+                                           safe_points(self.stop)])
         seed_everything(settings.seed)  # same model initialisation whatever was built before
         self.strategy = strategy_entry.builder(context, hparams)
         self.settings = settings
@@ -191,8 +195,9 @@ class Prepared:
         }
         self.label = f"{spec.strategy}-{stream_source.label}-s{settings.seed}"
 
-    def fit(self) -> None:
-        """Train experience by experience (joint: once on the whole stream)."""
+    def fit(self, after_experience=lambda: None) -> None:
+        """Train experience by experience (joint: once on the whole stream), calling
+        ``after_experience()`` when one is complete (trained and evaluated)."""
         stream = self.benchmark.train_stream
         try:
             if self.joint:
@@ -200,6 +205,7 @@ class Prepared:
                                       sum(len(exp.dataset) for exp in stream))
                 self.progress.start_experience(0, 1, "joint")
                 self.strategy.train(list(stream), eval_streams=[])
+                after_experience()
                 return
             for i, experience in enumerate(stream):
                 self.evaluator.expect(i, len(experience.dataset))
@@ -208,6 +214,8 @@ class Prepared:
                         experience, self.hparams.budget_per_round, self.hparams.rounds)
                 self.progress.start_experience(i, len(stream))
                 self.strategy.train(experience, eval_streams=[])
+                after_experience()
+                self.stop.check()
         finally:
             self.progress.close()
 
@@ -217,6 +225,7 @@ def execute(spec: RunSpec, progress: bool = False):
     import pandas as pd
 
     from . import metrics
+    from .evaluator import INITIAL
     from .store import (ACCURACY_FILE, CONFIG_FILE, EXPERIENCES_FILE, ROUNDS_FILE, RUN_FILE,
                         SUMMARY_FILE,
                         hardware, json_safe, load_run, new_run_dir, versions, write_json,
@@ -228,25 +237,38 @@ def execute(spec: RunSpec, progress: bool = False):
               "seed": prepared.settings.seed, "versions": versions(),
               "hardware": hardware(prepared.settings.device),
               "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "ended": None, "command": " ".join(sys.argv)}
+              "ended": None, "command": " ".join(sys.argv),
+              "pid": os.getpid(), "host": platform.node()}
     write_json(run_dir / RUN_FILE, record)
     write_json(run_dir / CONFIG_FILE, prepared.config)
-    try:
-        started = time.perf_counter()
-        prepared.fit()
-        wall_seconds = time.perf_counter() - started
-        accuracy = pd.DataFrame(prepared.evaluator.accuracy_rows)
-        experiences = pd.DataFrame(prepared.evaluator.experience_rows)
+
+    def write_records() -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The records of every finished experience, written atomically (after each one, so
+        an interrupted or failed run keeps them)."""
+        evaluator = prepared.evaluator
+        done = {row["train_exp"] for row in evaluator.experience_rows} | {INITIAL}
+        accuracy = pd.DataFrame([r for r in evaluator.accuracy_rows if r["train_exp"] in done])
+        experiences = pd.DataFrame(evaluator.experience_rows)
         write_table(run_dir / ACCURACY_FILE, accuracy)
         write_table(run_dir / EXPERIENCES_FILE, experiences)
-        if prepared.evaluator.round_rows:
-            write_table(run_dir / ROUNDS_FILE, prepared.evaluator.round_rows)
+        rounds = [r for r in evaluator.round_rows if r["train_exp"] in done]
+        if rounds:
+            write_table(run_dir / ROUNDS_FILE, rounds)
+        return accuracy, experiences
+    try:
+        with prepared.stop:
+            started = time.perf_counter()
+            prepared.fit(after_experience=write_records)
+            wall_seconds = time.perf_counter() - started
+        accuracy, experiences = write_records()
         summary = {**metrics.summarize(accuracy, experiences), "wall_seconds": wall_seconds}
         write_json(run_dir / SUMMARY_FILE, json_safe(summary))
         record["status"] = "complete"
     except BaseException as exc:
-        record["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        record["reason"] = f"{type(exc).__name__}: {exc}"
+        record["status"] = ("interrupted" if isinstance(exc, (KeyboardInterrupt, RunInterrupted))
+                            else "failed")
+        record["reason"] = (f"interrupted by {exc}" if isinstance(exc, RunInterrupted)
+                            else f"{type(exc).__name__}: {exc}")
         record["traceback"] = traceback.format_exc()
         raise
     finally:

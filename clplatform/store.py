@@ -130,6 +130,47 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise UserError(f"corrupt records file {path}: {exc}") from None
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def run_status(record: dict[str, Any]) -> str:
+    """The recorded status, or ``stale`` for a run recorded as running whose process (on this
+    host) is gone — killed without a chance to say so (SIGKILL, power loss)."""
+    status = record.get("status", "unknown")
+    if status == "running" and record.get("host") == platform.node() and \
+            isinstance(record.get("pid"), int) and not _process_alive(record["pid"]):
+        return "stale"
+    return status
+
+
+def list_runs(paths: list[str | os.PathLike]) -> pd.DataFrame:
+    """One row per run directory under ``paths``: id, status, strategy, stream, seed,
+    experiences done / in the stream, final accuracy, start time."""
+    from reports.collect import find_run_dirs
+    rows = []
+    for path in find_run_dirs(paths):
+        record = _read_json(path / RUN_FILE)
+        config = _read_json(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else {}
+        summary = _read_json(path / SUMMARY_FILE) if (path / SUMMARY_FILE).is_file() else {}
+        experiences = _read_csv(path / EXPERIENCES_FILE)
+        stream = config.get("stream", {})
+        rows.append({
+            "run": str(path), "status": run_status(record),
+            "strategy": config.get("strategy", {}).get("name"), "stream": stream.get("name"),
+            "seed": record.get("seed"), "experiences": len(experiences),
+            "of": stream.get("experiences_in_stream"),
+            "final_accuracy": summary.get("final_accuracy"),
+            "started": record.get("started"), "reason": record.get("reason")})
+    return pd.DataFrame(rows)
+
+
 def load_run(path: str | os.PathLike) -> Run:
     """Read a run directory written by :func:`clplatform.run` or ``clplat run``."""
     path = Path(path)

@@ -1,0 +1,131 @@
+"""Reliability: signals stop a run cleanly and keep what finished, killed runs show as stale,
+the same seed gives the same records, concurrent runs never share a directory."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import clplatform
+from clplatform.store import list_runs
+
+from conftest import TINY_GLYPHS
+
+TINY = [arg for k, v in TINY_GLYPHS.items() for arg in ("--stream-opt", f"{k}={v}")]
+
+
+def _start(out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "clplatform.cli", "run", "--strategy",
+                             "naive", *TINY, "--out", str(out), "--quiet", "--json", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(pattern: str, folder: Path, timeout: float = 240) -> Path:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = list(folder.glob(pattern))
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"{pattern} never appeared under {folder}")
+
+
+def test_sigterm_stops_at_a_safe_point_and_keeps_finished_experiences(tmp_path,
+                                                                      pretrained_backbone):
+    proc = _start(tmp_path, "--epochs", "10")
+    _wait_for("*/experiences.csv", tmp_path)  # experience 0 is finished
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 143, err
+    assert "SIGTERM received: stopping at the next safe point" in err
+    assert err.strip().splitlines()[-1] == "clplat: interrupted by SIGTERM"
+    run_dir = next(tmp_path.iterdir())
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["reason"] == "interrupted by SIGTERM"
+    run = clplatform.load_run(run_dir)
+    done = list(run.experiences["train_exp"])
+    assert 1 <= len(done) < 3 and done == list(range(len(done)))
+    # the accuracy records hold exactly the finished experiences (and the initial model)
+    assert sorted(run.accuracy["train_exp"].unique()) == [-1] + done
+    assert (run.accuracy.groupby("train_exp").size() == 3).all()
+    table = list_runs([tmp_path])
+    assert list(table["status"]) == ["interrupted"] and table["experiences"][0] == len(done)
+
+
+def test_second_sigint_stops_at_once(tmp_path, pretrained_backbone):
+    proc = _start(tmp_path, "--epochs", "200")
+    _wait_for("*/run.json", tmp_path)
+    time.sleep(3)  # training has started
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    record = json.loads(next(tmp_path.glob("*/run.json")).read_text())
+    assert record["status"] == "interrupted" and "SIGINT" in record["reason"]
+
+
+def test_killed_run_shows_as_stale(tmp_path, pretrained_backbone):
+    proc = _start(tmp_path, "--epochs", "200")
+    _wait_for("*/run.json", tmp_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    table = list_runs([tmp_path])
+    assert list(table["status"]) == ["stale"]
+    from click.testing import CliRunner
+
+    from clplatform.cli import cli
+    shown = CliRunner().invoke(cli, ["runs", str(tmp_path)])
+    assert shown.exit_code == 0 and "stale" in shown.output
+    listed = json.loads(CliRunner().invoke(cli, ["runs", str(tmp_path), "--json"]).output)
+    assert listed[0]["status"] == "stale"
+
+
+TIMING = ("seconds", "memory")
+
+
+def _records(run) -> tuple[pd.DataFrame, pd.DataFrame]:
+    exps = run.experiences[[c for c in run.experiences.columns
+                            if not any(t in c for t in TIMING)]]
+    return run.accuracy, exps
+
+
+@pytest.mark.parametrize("strategy, stream, options", [
+    ("naive", "glyphs", TINY_GLYPHS),
+    ("replay", "glyphs", TINY_GLYPHS),
+    ("sema", "glyphs", TINY_GLYPHS),
+    ("qprompt", "glyphs", TINY_GLYPHS),
+    ("lftl", "glyphs-domains", {"domains": ("sans", "mono"), "samples_per_class": 4,
+                                "test_samples_per_class": 2}),
+])
+def test_same_seed_same_records(strategy, stream, options, tmp_path, pretrained_backbone):
+    kwargs = dict(stream_options=options, seed=3, out=tmp_path)
+    if strategy not in ("sema", "lftl"):
+        kwargs["epochs"] = 1
+    if strategy == "sema":
+        kwargs["strategy_options"] = {"functional_epochs": 1, "rd_epochs": 2}
+    if strategy == "lftl":
+        kwargs["strategy_options"] = {"rounds": 2, "budget_per_round": 0.03,
+                                      "source_epochs": 2}
+    first, second = (clplatform.run(strategy, stream, **kwargs) for _ in range(2))
+    assert first.path != second.path
+    for a, b in zip(_records(first), _records(second)):
+        pd.testing.assert_frame_equal(a, b)
+    if strategy == "naive":  # and the seed matters
+        other = clplatform.run(strategy, stream, **{**kwargs, "seed": 4})
+        assert not _records(other)[0].equals(_records(first)[0])
+
+
+def test_concurrent_runs_into_one_folder_never_share_a_directory(tmp_path,
+                                                                pretrained_backbone):
+    procs = [_start(tmp_path, "--epochs", "1") for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outputs]
+    dirs = {json.loads(o[0])["run_dir"] for o in outputs}
+    assert len(dirs) == 2 and len(list(tmp_path.iterdir())) == 2
+    assert all(clplatform.load_run(d).status == "complete" for d in dirs)
