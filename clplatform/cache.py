@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import UserError
+
 
 def cache_dir(*parts: str) -> Path:
     """The cache folder (``$CLPLATFORM_CACHE``, else ``~/.cache/clplatform``), created."""
@@ -45,8 +47,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    """Atomically; a failure (disk full, permissions) is a user-facing error naming the
+    file, and the previous content stays."""
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -136,6 +136,7 @@ class Prepared:
         from .evaluator import Evaluator
         from .progress import ProgressPlugin
         from streams import StreamSource
+        from streams.common import validate_benchmark
 
         from .registry import BACKBONES, STRATEGIES
         from .seeding import seed_everything
@@ -166,6 +167,7 @@ class Prepared:
         seed_everything(settings.seed)
         self.benchmark = stream_source.build(train.seed)
         self.backbone = backbone_entry.builder(backbone_options)
+        validate_benchmark(self.benchmark, self.backbone.in_chans)
         self.info = self.benchmark.info
         self.joint = bool(strategy_entry.extra.get("joint"))
         self.active = bool(strategy_entry.extra.get("active"))

@@ -119,3 +119,26 @@ def cached_arrays(kind: str, key: dict, make) -> dict[str, np.ndarray]:
 
 def seeded_permutation(n: int, seed: int) -> list[int]:
     return np.random.default_rng(seed).permutation(n).tolist()
+
+
+def validate_benchmark(benchmark, in_chans: int) -> None:
+    """Checks before a run starts: every experience has samples, labels lie in
+    0..classes-1, and images have channels the backbone can take (its own, or 1 <-> 3)."""
+    info = benchmark.info
+    name = info.name
+    streams = (("training", list(benchmark.train_stream)), ("test", list(benchmark.test_stream)))
+    for kind, experiences in streams:
+        if not experiences:
+            raise UserError(f"stream {name} has no {kind} experience")
+        for i, experience in enumerate(experiences):
+            if len(experience.dataset) == 0:
+                raise UserError(f"stream {name}: {kind} experience {i} is empty")
+            targets = torch.as_tensor(list(experience.dataset.targets))
+            low, high = int(targets.min()), int(targets.max())
+            if low < 0 or high >= info.num_classes:
+                raise UserError(f"stream {name}: {kind} experience {i} has label "
+                                f"{low if low < 0 else high}, outside 0..{info.num_classes - 1}")
+    channels = int(benchmark.train_stream[0].dataset[0][0].shape[0])
+    if channels != in_chans and 1 not in (channels, in_chans):
+        raise UserError(f"stream {name} has {channels}-channel images; the backbone takes "
+                        f"{in_chans}")

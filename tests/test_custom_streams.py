@@ -270,3 +270,40 @@ def test_avalanche_classic_never_downloads_unasked(tmp_path, runs_dir):
     _bad(invoke("run", "--stream", "avalanche:Nope", "--stream-opt", f"root={tmp_path}",
                 "--out", runs_dir, *FAST), "invalid value 'Nope' for benchmark")
     assert not list(tmp_path.iterdir())  # nothing fetched or written
+
+
+def test_stream_data_is_validated_before_the_run(tmp_path, runs_dir, pretrained_backbone):
+    script = tmp_path / "streams_bad.py"
+    script.write_text(
+        "import torch\n"
+        "from avalanche.benchmarks.scenarios.dataset_scenario import "
+        "benchmark_from_datasets\n"
+        "from streams import classification_dataset\n"
+        "def ds(n, c=1, label=0):\n"
+        "    return classification_dataset(torch.rand(n, c, 8, 8), torch.full((n,), label))\n"
+        "def empty():\n"
+        "    return benchmark_from_datasets(train=[ds(4), ds(0)], test=[ds(2), ds(2)])\n"
+        "def five_channels():\n"
+        "    return benchmark_from_datasets(train=[ds(4, 5)], test=[ds(2, 5)])\n"
+        "def negative():\n"
+        "    return benchmark_from_datasets(train=[ds(4, label=-3)], test=[ds(2)])\n")
+    _bad(invoke("run", "--stream", f"{script}:empty", "--out", runs_dir, *FAST),
+         "training experience 1 is empty")
+    _bad(invoke("run", "--stream", f"{script}:negative", "--out", runs_dir, *FAST),
+         "labels must be integers >= 0")
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
+    # a 3-channel backbone cannot take 5-channel images (a 1-channel one averages them)
+    import importlib.util
+
+    from streams.common import validate_benchmark
+    from streams.custom import complete_benchmark
+    spec = importlib.util.spec_from_file_location("streams_bad", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    bm = complete_benchmark(module.five_channels(), "five")
+    validate_benchmark(bm, in_chans=1)
+    with pytest.raises(UserError, match="has 5-channel images; the backbone takes 3"):
+        validate_benchmark(bm, in_chans=3)
+    bm.info.classes = []  # labels beyond the classes the stream declares
+    with pytest.raises(UserError, match="has label 0, outside 0..-1"):
+        validate_benchmark(bm, in_chans=1)

@@ -129,3 +129,20 @@ def test_concurrent_runs_into_one_folder_never_share_a_directory(tmp_path,
     dirs = {json.loads(o[0])["run_dir"] for o in outputs}
     assert len(dirs) == 2 and len(list(tmp_path.iterdir())) == 2
     assert all(clplatform.load_run(d).status == "complete" for d in dirs)
+
+
+def test_disk_full_is_one_clear_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import errno
+
+    from clplatform.cache import write_json
+    from clplatform.errors import UserError
+    target = tmp_path / "run.json"
+    write_json(target, {"status": "running"})
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(UserError, match=f"cannot write {target}: No space left on device"):
+        write_json(target, {"status": "complete"})
+    assert json.loads(target.read_text()) == {"status": "running"}
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary left behind
