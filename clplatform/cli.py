@@ -82,8 +82,12 @@ def cli():
 @click.option("--json", "as_json", is_flag=True,
               help='print exactly one JSON object: {"run_dir": ..., "summary": {...}}')
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars")
+@click.option("--dry-run", is_flag=True,
+              help="validate and build everything, train nothing, write nothing; print the "
+                   "resolved configuration as JSON")
 def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size, lr, seed,
-                device, out, sets, stream_opts, backbone_opts, config, as_json, quiet):
+                device, out, sets, stream_opts, backbone_opts, config, as_json, quiet,
+                dry_run):
     """Train a strategy on a stream, experience by experience, and record the results.
 
     After each experience the model is evaluated on every test experience. The run is
@@ -97,6 +101,7 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
       clplat run --config experiment.toml --seed 1 --json
     """
     from .options import parse_assignments
+    from .runner import dry_run as check_only
     from .runner import execute, make_spec
     from .store import json_safe
 
@@ -108,6 +113,9 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
                      stream_options=parse_assignments(stream_opts, "--stream-opt"),
                      backbone_options=backbone_options, epochs=epochs, batch_size=batch_size,
                      lr=lr, seed=seed, device=device, out=out)
+    if dry_run:
+        click.echo(json.dumps(json_safe(check_only(spec))))
+        return
     result = execute(spec, progress=not quiet)
     if as_json:
         click.echo(json.dumps({"run_dir": str(result.path),

@@ -280,6 +280,12 @@ def execute(spec: RunSpec, progress: bool = False):
     return load_run(run_dir)
 
 
+def dry_run(spec: RunSpec) -> dict:
+    """Validate and build everything a run needs (stream, backbone, strategy), train nothing,
+    write nothing; returns the resolved configuration."""
+    return Prepared(spec, progress=False).config
+
+
 def write_single_report(run_dir: Path) -> None:
     """The run's own HTML report (report.html); a failure here never fails the run."""
     try:
