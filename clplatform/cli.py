@@ -116,7 +116,7 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
     if dry_run:
         click.echo(json.dumps(json_safe(check_only(spec))))
         return
-    result = execute(spec, progress=not quiet)
+    result = execute(spec, progress=not quiet, exiting_after=True)
     if as_json:
         click.echo(json.dumps({"run_dir": str(result.path),
                                "summary": json_safe(result.summary)}))

@@ -34,6 +34,9 @@ class StopRequest:
     def __init__(self):
         self.requested: int | None = None
         self._previous: dict[int, object] = {}
+        # the command line sets it: once a stop is under way the process only writes its
+        # last records and exits, so later signals are ignored instead of cutting that short
+        self.ignore_after_stop = False
 
     def _handle(self, signum, _frame) -> None:
         if self.requested is not None:
@@ -49,8 +52,9 @@ class StopRequest:
         return self
 
     def __exit__(self, *exc) -> None:
+        stopping = self.requested is not None and self.ignore_after_stop
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_IGN if stopping else handler)
         self._previous.clear()
 
     def check(self) -> None:

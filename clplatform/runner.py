@@ -222,8 +222,10 @@ class Prepared:
             self.progress.close()
 
 
-def execute(spec: RunSpec, progress: bool = False):
-    """Run ``spec`` and return the stored :class:`clplatform.store.Run`."""
+def execute(spec: RunSpec, progress: bool = False, exiting_after: bool = False):
+    """Run ``spec`` and return the stored :class:`clplatform.store.Run`. ``exiting_after``
+    (the command line): after a stop signal, further signals are ignored while the last
+    records are written."""
     import pandas as pd
 
     from . import metrics
@@ -234,6 +236,7 @@ def execute(spec: RunSpec, progress: bool = False):
                         write_table)
 
     prepared = Prepared(spec, progress)
+    prepared.stop.ignore_after_stop = exiting_after
     run_dir = new_run_dir(prepared.out, prepared.label)
     record = {"id": run_dir.name, "status": "running", "reason": None,
               "seed": prepared.settings.seed, "versions": versions(),

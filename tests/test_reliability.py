@@ -146,3 +146,19 @@ def test_disk_full_is_one_clear_error_and_keeps_the_old_file(tmp_path, monkeypat
         write_json(target, {"status": "complete"})
     assert json.loads(target.read_text()) == {"status": "running"}
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary left behind
+
+
+def test_stop_request_first_signal_waits_second_stops_at_once():
+    from clplatform.interrupt import RunInterrupted, StopRequest
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        stop.check()                               # nothing requested: no-op
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested == signal.SIGTERM    # the run goes on to a safe point
+        with pytest.raises(RunInterrupted) as second:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)                          # the handler runs between bytecodes
+        assert second.value.exit_code == 143
+        with pytest.raises(RunInterrupted):
+            stop.check()
+    assert signal.getsignal(signal.SIGTERM) is before  # the Python API restores handlers
