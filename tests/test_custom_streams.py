@@ -207,10 +207,12 @@ def test_callable_errors(tmp_path, runs_dir):
 def test_entry_points_of_an_installed_distribution(tmp_path, pretrained_backbone):
     """pip-installs the example plugin (a real distribution) into a folder on PYTHONPATH;
     its stream and strategy then appear in `clplat list` and run by name."""
+    import shutil
+    source = shutil.copytree(ROOT / "examples" / "plugin", tmp_path / "plugin")  # builds here
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
                     "--no-build-isolation", "--no-index", "--target", str(target),
-                    str(ROOT / "examples" / "plugin")], check=True, capture_output=True)
+                    str(source)], check=True, capture_output=True)
     assert list(target.glob("clplatform_example_plugin-*.dist-info"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])}
     clplat = [sys.executable, "-m", "clplatform.cli"]
