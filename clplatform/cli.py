@@ -82,12 +82,15 @@ def cli():
 @click.option("--json", "as_json", is_flag=True,
               help='print exactly one JSON object: {"run_dir": ..., "summary": {...}}')
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars")
+@click.option("--resume", metavar="RUN_DIR",
+              help="continue an interrupted run after its last finished experience, with "
+                   "its own configuration (strategies that write checkpoints)")
 @click.option("--dry-run", is_flag=True,
               help="validate and build everything, train nothing, write nothing; print the "
                    "resolved configuration as JSON")
 def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size, lr, seed,
                 device, out, sets, stream_opts, backbone_opts, config, as_json, quiet,
-                dry_run):
+                resume, dry_run):
     """Train a strategy on a stream, experience by experience, and record the results.
 
     After each experience the model is evaluated on every test experience. The run is
@@ -105,6 +108,15 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
     from .runner import execute, make_spec
     from .store import json_safe
 
+    if resume:
+        given = [strategy, stream, backbone, backbone_weights, epochs, batch_size, lr, seed,
+                 device, out, config, *sets, *stream_opts, *backbone_opts]
+        if any(v is not None and v != () for v in given) or dry_run:
+            raise UserError("--resume continues a run with its own configuration; give no "
+                            "other run options")
+        _finish(execute(_resume_spec(resume), progress=not quiet, exiting_after=True,
+                        resume=resume), as_json)
+        return
     backbone_options = parse_assignments(backbone_opts, "--backbone-opt")
     if backbone_weights:
         backbone_options["weights"] = backbone_weights
@@ -116,7 +128,20 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
     if dry_run:
         click.echo(json.dumps(json_safe(check_only(spec))))
         return
-    result = execute(spec, progress=not quiet, exiting_after=True)
+    _finish(execute(spec, progress=not quiet, exiting_after=True), as_json)
+
+
+def _resume_spec(run_dir: str):
+    from .checkpoint import spec_from_config
+    from .store import load_run
+    run = load_run(run_dir)
+    if run.status == "complete":
+        raise UserError(f"run {run_dir} is complete: nothing to resume")
+    return spec_from_config(run.config)
+
+
+def _finish(result, as_json: bool) -> None:
+    from .store import json_safe
     if as_json:
         click.echo(json.dumps({"run_dir": str(result.path),
                                "summary": json_safe(result.summary)}))

@@ -130,6 +130,19 @@ class Evaluator(_plugin_base()):
         self._params_at_start: int | None = None
         self._state_bytes_at_start = 0
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Records so far and the bookkeeping a resumed run needs (plain values)."""
+        return {"accuracy_rows": self.accuracy_rows, "experience_rows": self.experience_rows,
+                "round_rows": self.round_rows, "params_at_start": self._params_at_start,
+                "state_bytes_at_start": self._state_bytes_at_start}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.accuracy_rows = list(state["accuracy_rows"])
+        self.experience_rows = list(state["experience_rows"])
+        self.round_rows = list(state["round_rows"])
+        self._params_at_start = state["params_at_start"]  # not None: no initial evaluation
+        self._state_bytes_at_start = state["state_bytes_at_start"]
+
     def expect(self, train_exp: int, experience_size: int) -> None:
         """What the next ``train`` call learns (set by the runner): its index and size."""
         self.train_exp = train_exp

@@ -171,6 +171,8 @@ class Prepared:
         self.info = self.benchmark.info
         self.joint = bool(strategy_entry.extra.get("joint"))
         self.active = bool(strategy_entry.extra.get("active"))
+        self.resumable = bool(strategy_entry.extra.get("resumable"))
+        self.start = 0  # first experience to train (after a resume: the next unfinished one)
         self.hparams = hparams
         self.evaluator = Evaluator(self.benchmark.test_stream, self.info.num_classes,
                                    settings.eval_batch_size, spec.strategy, flops=train.flops)
@@ -197,9 +199,29 @@ class Prepared:
         }
         self.label = f"{spec.strategy}-{stream_source.label}-s{settings.seed}"
 
-    def fit(self, after_experience=lambda: None) -> None:
+    def restore(self, state: dict) -> None:
+        """Continue after the checkpoint's experience: the model regrows what it had grown
+        (dynamic heads), then model, records and RNG states come back."""
+        from avalanche.models.dynamic_modules import avalanche_model_adaptation
+        done = int(state["experience"])
+        model = self.strategy.model
+        for experience in list(self.benchmark.train_stream)[:done + 1]:
+            avalanche_model_adaptation(model, experience)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise UserError(f"the checkpoint does not fit the rebuilt model: "
+                            f"{str(exc).splitlines()[0]}") from None
+        self.evaluator.restore(state["evaluator"])
+        from .checkpoint import restore_optimizer, set_rng_state
+        if "optimizer" in state:
+            restore_optimizer(self.strategy, state["optimizer"])
+        set_rng_state(state["rng"])
+        self.start = done + 1
+
+    def fit(self, after_experience=lambda i: None) -> None:
         """Train experience by experience (joint: once on the whole stream), calling
-        ``after_experience()`` when one is complete (trained and evaluated)."""
+        ``after_experience(i)`` when experience i is complete (trained and evaluated)."""
         stream = self.benchmark.train_stream
         try:
             if self.joint:
@@ -207,22 +229,25 @@ class Prepared:
                                       sum(len(exp.dataset) for exp in stream))
                 self.progress.start_experience(0, 1, "joint")
                 self.strategy.train(list(stream), eval_streams=[])
-                after_experience()
+                after_experience(len(stream) - 1)
                 return
             for i, experience in enumerate(stream):
+                if i < self.start:
+                    continue
                 self.evaluator.expect(i, len(experience.dataset))
                 if self.active and i > 0:  # labels only through the oracle
                     experience, self.strategy.oracle = masked_experience(
                         experience, self.hparams.budget_per_round, self.hparams.rounds)
                 self.progress.start_experience(i, len(stream))
                 self.strategy.train(experience, eval_streams=[])
-                after_experience()
+                after_experience(i)
                 self.stop.check()
         finally:
             self.progress.close()
 
 
-def execute(spec: RunSpec, progress: bool = False, exiting_after: bool = False):
+def execute(spec: RunSpec, progress: bool = False, exiting_after: bool = False,
+            resume: Path | None = None):
     """Run ``spec`` and return the stored :class:`clplatform.store.Run`. ``exiting_after``
     (the command line): after a stop signal, further signals are ignored while the last
     records are written."""
@@ -235,21 +260,32 @@ def execute(spec: RunSpec, progress: bool = False, exiting_after: bool = False):
                         hardware, json_safe, load_run, new_run_dir, versions, write_json,
                         write_table)
 
+    from . import checkpoint
     prepared = Prepared(spec, progress)
     prepared.stop.ignore_after_stop = exiting_after
-    run_dir = new_run_dir(prepared.out, prepared.label)
-    record = {"id": run_dir.name, "status": "running", "reason": None,
-              "seed": prepared.settings.seed, "versions": versions(),
-              "hardware": hardware(prepared.settings.device),
-              "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "ended": None, "command": " ".join(sys.argv),
-              "pid": os.getpid(), "host": platform.node()}
+    now = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    if resume is not None:
+        run_dir = Path(resume)
+        if not prepared.resumable:
+            raise UserError(f"strategy {spec.strategy!r} cannot be resumed yet")
+        prepared.restore(checkpoint.load(run_dir))
+        record = {**load_run(run_dir).record, "status": "running", "reason": None,
+                  "ended": None, "pid": os.getpid(), "host": platform.node()}
+        record["resumed"] = [*record.get("resumed", []), now]
+        record.pop("traceback", None)
+    else:
+        run_dir = new_run_dir(prepared.out, prepared.label)
+        record = {"id": run_dir.name, "status": "running", "reason": None,
+                  "seed": prepared.settings.seed, "versions": versions(),
+                  "hardware": hardware(prepared.settings.device), "started": now,
+                  "ended": None, "command": " ".join(sys.argv),
+                  "pid": os.getpid(), "host": platform.node()}
+        write_json(run_dir / CONFIG_FILE, prepared.config)
     write_json(run_dir / RUN_FILE, record)
-    write_json(run_dir / CONFIG_FILE, prepared.config)
 
-    def write_records() -> tuple[pd.DataFrame, pd.DataFrame]:
+    def write_records(experience: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The records of every finished experience, written atomically (after each one, so
-        an interrupted or failed run keeps them)."""
+        an interrupted or failed run keeps them), and the checkpoint of resumable runs."""
         evaluator = prepared.evaluator
         done = {row["train_exp"] for row in evaluator.experience_rows} | {INITIAL}
         accuracy = pd.DataFrame([r for r in evaluator.accuracy_rows if r["train_exp"] in done])
@@ -259,6 +295,8 @@ def execute(spec: RunSpec, progress: bool = False, exiting_after: bool = False):
         rounds = [r for r in evaluator.round_rows if r["train_exp"] in done]
         if rounds:
             write_table(run_dir / ROUNDS_FILE, rounds)
+        if experience is not None and prepared.resumable:
+            checkpoint.save(run_dir, prepared, experience)
         return accuracy, experiences
     try:
         with prepared.stop:

@@ -23,7 +23,7 @@ def _common(ctx: StrategyContext, freeze_backbone: bool = False) -> dict:
             "criterion": CrossEntropyLoss(), **ctx.template_kwargs()}
 
 
-@register_strategy("naive", help="fine-tunes the whole network on each experience (lower bound)")
+@register_strategy("naive", resumable=True, help="fine-tunes the whole network on each experience (lower bound)")
 def naive(ctx: StrategyContext, opts: None):
     from avalanche.training import Naive
     return Naive(**_common(ctx))
@@ -117,7 +117,7 @@ def joint(ctx: StrategyContext, opts: None):
     return JointTraining(**_common(ctx))
 
 
-@register_strategy("linear-probe", train_defaults={"lr": 0.05},
+@register_strategy("linear-probe", train_defaults={"lr": 0.05}, resumable=True,
                    help="frozen backbone, only the growing linear head is trained")
 def linear_probe(ctx: StrategyContext, opts: None):
     from avalanche.training import Naive

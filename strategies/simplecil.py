@@ -63,7 +63,7 @@ def _simplecil_class():
 
 
 @register_strategy("simplecil", train_defaults={"epochs": 1, "batch_size": 128},
-                   unused_train=("epochs", "lr"),
+                   unused_train=("epochs", "lr"), resumable=True,
                    help="class prototypes on frozen features, cosine classifier, no training")
 def simplecil(ctx: StrategyContext, opts: None):
     from clplatform.backbones import ClassifierModel

@@ -162,3 +162,70 @@ def test_stop_request_first_signal_waits_second_stops_at_once():
         with pytest.raises(RunInterrupted):
             stop.check()
     assert signal.getsignal(signal.SIGTERM) is before  # the Python API restores handlers
+
+
+def _records_equal(a: Path, b: Path) -> None:
+    pd.testing.assert_frame_equal(pd.read_csv(a / "accuracy.csv"), pd.read_csv(b / "accuracy.csv"))
+    ea, eb = (pd.read_csv(p / "experiences.csv") for p in (a, b))
+    keep = [c for c in ea.columns if not any(t in c for t in TIMING)]
+    pd.testing.assert_frame_equal(ea[keep], eb[keep])
+
+
+@pytest.mark.parametrize("strategy, kill_after", [("naive", 1), ("naive", 2),
+                                                  ("linear-probe", 1), ("simplecil", 2)])
+def test_killed_run_resumes_to_the_same_records(strategy, kill_after, tmp_path,
+                                                pretrained_backbone):
+    """SIGKILL once `kill_after` experiences are checkpointed, resume, compare with an
+    uninterrupted run of the same seed."""
+    cmd = [sys.executable, "-m", "clplatform.cli", "run", "--strategy", strategy, *TINY,
+           "--epochs", "3", "--quiet", "--json"]
+    reference = json.loads(subprocess.run(cmd + ["--out", str(tmp_path / "ref")],
+                                          capture_output=True, text=True, check=True).stdout)
+    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "killed")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    run_dir = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list((tmp_path / "killed").glob("*/experiences.csv"))
+        if found and (found[0].parent / "checkpoint.pt").is_file() and \
+                len(pd.read_csv(found[0])) >= kill_after:
+            run_dir = found[0].parent
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert run_dir is not None, "the run ended before it could be killed"
+    assert list_runs([run_dir])["status"][0] == "stale"
+    done = subprocess.run([sys.executable, "-m", "clplatform.cli", "run", "--resume",
+                           str(run_dir), "--quiet", "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr
+    _records_equal(Path(reference["run_dir"]), run_dir)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "complete" and len(record["resumed"]) == 1
+
+
+def test_resume_refuses_what_it_cannot_do(tmp_path, pretrained_backbone):
+    from click.testing import CliRunner
+
+    from clplatform.cli import cli
+
+    def bad(*args):
+        result = CliRunner().invoke(cli, ["run", *map(str, args)], prog_name="clplat")
+        assert result.exit_code == 2, result.output
+        return result.stderr.strip()
+    run = clplatform.run("naive", "glyphs", stream_options=TINY_GLYPHS, epochs=1,
+                         out=tmp_path)
+    assert "is complete: nothing to resume" in bad("--resume", run.path)
+    record = json.loads((run.path / "run.json").read_text())
+    (run.path / "run.json").write_text(json.dumps({**record, "status": "interrupted"}))
+    assert "give no other run options" in bad("--resume", run.path, "--epochs", "2")
+    (run.path / "checkpoint.pt").write_bytes(b"garbage")
+    assert "corrupt checkpoint" in bad("--resume", run.path)
+    (run.path / "checkpoint.pt").unlink()
+    assert "no checkpoint in" in bad("--resume", run.path)
+    config = json.loads((run.path / "config.json").read_text())
+    config["strategy"] = {"name": "lwf", "alpha": 1.0, "temperature": 2.0}
+    (run.path / "config.json").write_text(json.dumps(config))
+    assert "strategy 'lwf' cannot be resumed yet" in bad("--resume", run.path)
+    assert f"not a directory: {tmp_path / 'missing'}" in bad("--resume", tmp_path / "missing")
