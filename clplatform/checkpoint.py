@@ -6,7 +6,8 @@ atomically and read back with ``torch.load(weights_only=True)``: nothing is unpi
 
 Strategies declare support when registered (``resumable=True``); for them ``clplat run
 --resume RUN_DIR`` rebuilds the run from its resolved configuration, restores the checkpoint
-and continues after the last finished experience, into the same directory.
+and continues after the last finished experience, into the same directory. A run that
+completes deletes its checkpoint.
 """
 from __future__ import annotations
 

@@ -307,6 +307,8 @@ def execute(spec: RunSpec, progress: bool = False, exiting_after: bool = False,
         summary = {**metrics.summarize(accuracy, experiences), "wall_seconds": wall_seconds}
         write_json(run_dir / SUMMARY_FILE, json_safe(summary))
         record["status"] = "complete"
+        # only an unfinished run needs it (a model's state dict can be large)
+        (run_dir / checkpoint.CHECKPOINT_FILE).unlink(missing_ok=True)
     except BaseException as exc:
         record["status"] = ("interrupted" if isinstance(exc, (KeyboardInterrupt, RunInterrupted))
                             else "failed")
