@@ -283,27 +283,30 @@ def execute(spec: RunSpec, progress: bool = False, exiting_after: bool = False,
         write_json(run_dir / CONFIG_FILE, prepared.config)
     write_json(run_dir / RUN_FILE, record)
 
-    def write_records(experience: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """The records of every finished experience, written atomically (after each one, so
-        an interrupted or failed run keeps them), and the checkpoint of resumable runs."""
+    def finished_records() -> tuple[pd.DataFrame, pd.DataFrame, list]:
+        """Accuracy, experience and round records of every finished experience."""
         evaluator = prepared.evaluator
         done = {row["train_exp"] for row in evaluator.experience_rows} | {INITIAL}
         accuracy = pd.DataFrame([r for r in evaluator.accuracy_rows if r["train_exp"] in done])
-        experiences = pd.DataFrame(evaluator.experience_rows)
+        rounds = [r for r in evaluator.round_rows if r["train_exp"] in done]
+        return accuracy, pd.DataFrame(evaluator.experience_rows), rounds
+
+    def write_records(experience: int) -> None:
+        """After each finished experience, so an interrupted or failed run keeps them: the
+        records, written atomically, and the checkpoint of resumable runs."""
+        accuracy, experiences, rounds = finished_records()
         write_table(run_dir / ACCURACY_FILE, accuracy)
         write_table(run_dir / EXPERIENCES_FILE, experiences)
-        rounds = [r for r in evaluator.round_rows if r["train_exp"] in done]
         if rounds:
             write_table(run_dir / ROUNDS_FILE, rounds)
-        if experience is not None and prepared.resumable:
+        if prepared.resumable:
             checkpoint.save(run_dir, prepared, experience)
-        return accuracy, experiences
     try:
         with prepared.stop:
             started = time.perf_counter()
             prepared.fit(after_experience=write_records)
             wall_seconds = time.perf_counter() - started
-        accuracy, experiences = write_records()
+        accuracy, experiences, _ = finished_records()  # on disk since the last experience
         summary = {**metrics.summarize(accuracy, experiences), "wall_seconds": wall_seconds}
         write_json(run_dir / SUMMARY_FILE, json_safe(summary))
         record["status"] = "complete"

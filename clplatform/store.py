@@ -130,6 +130,28 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise UserError(f"corrupt records file {path}: {exc}") from None
 
 
+def find_run_dirs(paths: list[str | os.PathLike]) -> list[Path]:
+    """Run directories among ``paths``: each is a run directory or a folder holding some."""
+    if not paths:
+        raise UserError("no run directory given")
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise UserError(f"no such run directory or folder: {path}")
+        if not path.is_dir():
+            raise UserError(f"not a directory: {path}")
+        if (path / RUN_FILE).is_file():
+            found.append(path)
+            continue
+        inside = sorted(p.parent for p in path.glob(f"**/{RUN_FILE}"))
+        if not inside:
+            raise UserError(f"no run directory in {path} (no {RUN_FILE} below it)")
+        found.extend(inside)
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    return unique
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -153,7 +175,6 @@ def run_status(record: dict[str, Any]) -> str:
 def list_runs(paths: list[str | os.PathLike]) -> pd.DataFrame:
     """One row per run directory under ``paths``: id, status, strategy, stream, seed,
     experiences done / in the stream, final accuracy, start time."""
-    from reports.collect import find_run_dirs
     rows = []
     for path in find_run_dirs(paths):
         record = _read_json(path / RUN_FILE)
@@ -185,4 +206,5 @@ def load_run(path: str | os.PathLike) -> Run:
                _read_csv(path / EXPERIENCES_FILE), summary, _read_csv(path / ROUNDS_FILE))
 
 
-__all__ = ["Run", "load_run", "new_run_dir", "write_json", "write_table", "json_safe"]
+__all__ = ["Run", "load_run", "find_run_dirs", "list_runs", "new_run_dir", "write_json", "write_table",
+           "json_safe"]

@@ -9,29 +9,7 @@ import pandas as pd
 
 from clplatform.errors import UserError
 from clplatform.metrics import summarize
-from clplatform.store import RUN_FILE, Run, load_run
-
-
-def find_run_dirs(paths: list[str | os.PathLike]) -> list[Path]:
-    """Run directories among ``paths``: each is a run directory or a folder holding some."""
-    if not paths:
-        raise UserError("no run directory given")
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if not path.exists():
-            raise UserError(f"no such run directory or folder: {path}")
-        if not path.is_dir():
-            raise UserError(f"not a directory: {path}")
-        if (path / RUN_FILE).is_file():
-            found.append(path)
-            continue
-        inside = sorted(p.parent for p in path.glob(f"**/{RUN_FILE}"))
-        if not inside:
-            raise UserError(f"no run directory in {path} (no {RUN_FILE} below it)")
-        found.extend(inside)
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique
+from clplatform.store import Run, find_run_dirs, load_run
 
 
 @dataclass
