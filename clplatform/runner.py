@@ -132,6 +132,7 @@ class Prepared:
     def __init__(self, spec: RunSpec, progress: bool):
         from strategies.base import StrategyContext, TrainSettings
 
+        from . import checkpoint
         from .backbones import resolve_backbone_name
         from .evaluator import Evaluator
         from .progress import ProgressPlugin
@@ -166,6 +167,7 @@ class Prepared:
 
         seed_everything(settings.seed)
         self.benchmark = stream_source.build(train.seed)
+        checkpoint.tag_samples(self.benchmark.train_stream)  # buffers are saved as sample ids
         self.backbone = backbone_entry.builder(backbone_options)
         validate_benchmark(self.benchmark, self.backbone.in_chans)
         self.info = self.benchmark.info
@@ -201,22 +203,24 @@ class Prepared:
 
     def restore(self, state: dict) -> None:
         """Continue after the checkpoint's experience: the model regrows what it had grown
-        (dynamic heads), then model, records and RNG states come back."""
+        (dynamic heads, the strategy's own modules), then weights, plugin and optimizer
+        states, records and RNG states come back."""
         from avalanche.models.dynamic_modules import avalanche_model_adaptation
+
+        from . import checkpoint
         done = int(state["experience"])
+        experiences = list(self.benchmark.train_stream)[:done + 1]
+        samples = checkpoint.Samples(self.benchmark.train_stream)
         model = self.strategy.model
-        for experience in list(self.benchmark.train_stream)[:done + 1]:
+        for experience in experiences:
             avalanche_model_adaptation(model, experience)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise UserError(f"the checkpoint does not fit the rebuilt model: "
-                            f"{str(exc).splitlines()[0]}") from None
-        self.evaluator.restore(state["evaluator"])
-        from .checkpoint import restore_optimizer, set_rng_state
+        checkpoint.restore_strategy(self.strategy, state["strategy"], samples, experiences)
+        checkpoint.load_model_state(model, state["model"])
+        checkpoint.restore_plugins(self.strategy, state["strategy"], samples)
         if "optimizer" in state:
-            restore_optimizer(self.strategy, state["optimizer"])
-        set_rng_state(state["rng"])
+            checkpoint.restore_optimizer(self.strategy, state["optimizer"])
+        self.evaluator.restore(state["evaluator"])
+        checkpoint.set_rng_state(state["rng"])
         self.start = done + 1
 
     def fit(self, after_experience=lambda i: None) -> None:
@@ -266,8 +270,12 @@ def execute(spec: RunSpec, progress: bool = False, exiting_after: bool = False,
     now = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     if resume is not None:
         run_dir = Path(resume)
+        if prepared.joint:
+            raise UserError(f"strategy {spec.strategy!r} trains once on the whole stream: "
+                            "nothing finished to resume from; start it again")
         if not prepared.resumable:
-            raise UserError(f"strategy {spec.strategy!r} cannot be resumed yet")
+            raise UserError(f"strategy {spec.strategy!r} cannot be resumed (it is not "
+                            "registered resumable=True)")
         prepared.restore(checkpoint.load(run_dir))
         record = {**load_run(run_dir).record, "status": "running", "reason": None,
                   "ended": None, "pid": os.getpid(), "host": platform.node()}

@@ -11,9 +11,14 @@ epochs/batch_size/lr used when the user sets none), ``joint=True`` (trained once
 stream), ``varying_iteration_cost=True`` (iterations with the same batch shape can cost
 different FLOPs, so the evaluator counts every iteration instead of one per shape),
 ``unused_train=("epochs", ...)`` (training settings the strategy does not read: setting them
-prints a warning instead of being silently ignored), ``resumable=True`` (the model's state
-dict is the strategy's whole state between experiences: checkpoints are written after every
-experience and ``clplat run --resume`` works).
+prints a warning instead of being silently ignored), ``resumable=True`` (checkpoints are
+written after every experience and ``clplat run --resume`` works: the state between
+experiences is the model's state dict, the template's optimizer and clock, the Avalanche
+plugins ``clplatform.checkpoint`` knows, plus, for a template that defines them,
+``checkpoint_state() -> dict`` (tensors and plain values) and
+``restore_checkpoint_state(state, experiences)``, called before the weights are loaded to
+regrow the modules the strategy added; such a template builds its own optimizers within an
+experience, so its template optimizer is not saved).
 
 Strategy-specific record columns: a template may define ``experience_extras() -> dict``; the
 evaluator calls it after each trained experience and stores the values in the experience

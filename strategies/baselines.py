@@ -23,7 +23,8 @@ def _common(ctx: StrategyContext, freeze_backbone: bool = False) -> dict:
             "criterion": CrossEntropyLoss(), **ctx.template_kwargs()}
 
 
-@register_strategy("naive", resumable=True, help="fine-tunes the whole network on each experience (lower bound)")
+@register_strategy("naive", resumable=True,
+                   help="fine-tunes the whole network on each experience (lower bound)")
 def naive(ctx: StrategyContext, opts: None):
     from avalanche.training import Naive
     return Naive(**_common(ctx))
@@ -44,7 +45,7 @@ class EWCOptions:
             raise UserError("ewc mode=online needs decay_factor (e.g. --set decay_factor=0.9)")
 
 
-@register_strategy("ewc", options=EWCOptions,
+@register_strategy("ewc", resumable=True, options=EWCOptions,
                    help="elastic weight consolidation (Kirkpatrick et al. 2017)")
 def ewc(ctx: StrategyContext, opts: EWCOptions):
     from avalanche.training import EWC
@@ -59,7 +60,8 @@ class LwFOptions:
     temperature: float = opt(2.0, "softmax temperature of the distillation", min=0.01)
 
 
-@register_strategy("lwf", options=LwFOptions, help="learning without forgetting (Li & Hoiem 2016)")
+@register_strategy("lwf", resumable=True, options=LwFOptions,
+                   help="learning without forgetting (Li & Hoiem 2016)")
 def lwf(ctx: StrategyContext, opts: LwFOptions):
     from avalanche.training import LwF
     return LwF(alpha=opts.alpha, temperature=opts.temperature, **_common(ctx))
@@ -72,10 +74,38 @@ class SIOptions:
     eps: float = opt(0.1, "damping term (xi in Zenke et al.)", min=0)
 
 
-@register_strategy("si", options=SIOptions, help="synaptic intelligence (Zenke et al. 2017)")
+def _si_plugin(si_lambda: float, eps: float):
+    from avalanche.training.plugins import SynapticIntelligencePlugin
+
+    class SIPlugin(SynapticIntelligencePlugin):
+        """Avalanche 0.6's SI with its parameter snapshots copied. It stores snapshots as
+        ``param.detach().cpu().flatten()``, which on a CPU is the live parameter itself: the
+        snapshot taken before an optimizer step moves with the step, every trajectory is 0,
+        every importance is 0 and the penalty does nothing. Copies restore the algorithm."""
+
+        def before_training_exp(self, strategy, **kwargs):
+            super().before_training_exp(strategy, **kwargs)
+            _own_copies(self.ewc_data[0])          # parameters at the experience's start
+
+        def before_training_iteration(self, strategy, **kwargs):
+            super().before_training_iteration(strategy, **kwargs)
+            _own_copies(self.syn_data["old_theta"])  # parameters before this step
+
+    return SIPlugin(si_lambda=si_lambda, eps=eps)
+
+
+def _own_copies(params: dict) -> None:
+    for data in params.values():
+        data.data = data.data.clone()
+
+
+@register_strategy("si", resumable=True, options=SIOptions,
+                   help="synaptic intelligence (Zenke et al. 2017)")
 def si(ctx: StrategyContext, opts: SIOptions):
-    from avalanche.training import SynapticIntelligence
-    return SynapticIntelligence(si_lambda=opts.si_lambda, eps=opts.eps, **_common(ctx))
+    from avalanche.training.templates import SupervisedTemplate
+    common = _common(ctx)
+    common["plugins"].append(_si_plugin(opts.si_lambda, opts.eps))
+    return SupervisedTemplate(**common)
 
 
 @dataclass
@@ -83,7 +113,7 @@ class ReplayOptions:
     mem_size: int = opt(200, "samples kept in the rehearsal buffer (class-balanced)", min=1)
 
 
-@register_strategy("replay", options=ReplayOptions,
+@register_strategy("replay", resumable=True, options=ReplayOptions,
                    help="experience replay with a fixed-size buffer (Avalanche's Replay)")
 def replay(ctx: StrategyContext, opts: ReplayOptions):
     from avalanche.training import Replay
@@ -96,7 +126,8 @@ class AGEMOptions:
     sample_size: int = opt(64, "memory samples drawn to compute the reference gradient", min=1)
 
 
-@register_strategy("agem", options=AGEMOptions, varying_iteration_cost=True,
+@register_strategy("agem", resumable=True, options=AGEMOptions,
+                   varying_iteration_cost=True,
                    help="averaged gradient episodic memory (Chaudhry et al. 2019)")
 def agem(ctx: StrategyContext, opts: AGEMOptions):
     from avalanche.training import AGEM
@@ -104,7 +135,8 @@ def agem(ctx: StrategyContext, opts: AGEMOptions):
                 **_common(ctx))
 
 
-@register_strategy("cumulative", help="re-trains on all data seen so far at each experience")
+@register_strategy("cumulative", resumable=True,
+                   help="re-trains on all data seen so far at each experience")
 def cumulative(ctx: StrategyContext, opts: None):
     from avalanche.training import Cumulative
     return Cumulative(**_common(ctx))

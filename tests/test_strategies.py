@@ -124,3 +124,30 @@ def test_training_changes_only_what_the_strategy_trains(pretrained_backbone):
                                                         TrainSettings(epochs=1)))
     strategy.train(bm.train_stream[0], eval_streams=[])
     assert not all(torch.equal(before[k], ctx.backbone.state_dict()[k]) for k in before)
+
+
+def test_si_importances_are_not_zero_on_cpu(pretrained_backbone):
+    """Avalanche 0.6's SI keeps snapshots that alias the parameters on a CPU (all importances
+    0, no penalty); clplatform's SI copies them: after one experience the importances are
+    positive and the penalty pulls towards the parameters of the experience's end."""
+    from clplatform.registry import create_backbone, create_strategy, create_stream
+    from strategies.base import StrategyContext, TrainSettings
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info,
+                          TrainSettings(epochs=2, lr=0.05))
+    strategy = create_strategy("si", ctx, si_lambda=1.0)
+    plugin = [p for p in strategy.plugins if hasattr(p, "syn_data")][0]
+    strategy.train(bm.train_stream[0], eval_streams=[])
+    importance = torch.cat([d.data for d in plugin.ewc_data[1].values()])
+    assert importance.max() > 0 and (importance > 0).float().mean() > 0.1
+    anchor = {k: d.data.clone() for k, d in plugin.ewc_data[0].items()}
+    named = dict(strategy.model.named_parameters())
+    assert all(torch.equal(anchor[k], named[k].detach().flatten()) for k in anchor)
+    assert all(a.data_ptr() != named[k].data_ptr() for k, a in
+               ((k, d.data) for k, d in plugin.ewc_data[0].items()))
+    with torch.no_grad():  # move the parameters: the penalty must see it
+        for p in strategy.model.parameters():
+            p.add_(0.01)
+    penalty = plugin.compute_ewc_loss(strategy.model, plugin.ewc_data,
+                                      plugin.excluded_parameters, "cpu", lambd=1.0)
+    assert penalty > 0

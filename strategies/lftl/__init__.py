@@ -9,7 +9,7 @@ from .config import LFTLOptions
 from .model import LFTLModel
 
 
-@register_strategy("lftl", options=LFTLOptions, active=True,
+@register_strategy("lftl", resumable=True, options=LFTLOptions, active=True,
                    unused_train=("epochs", "batch_size", "lr"),
                    help="source-free active domain adaptation: contrastive active sampling "
                         "and visual persistence (Lyu et al. 2024); experience 0 is the "

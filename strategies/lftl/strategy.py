@@ -229,6 +229,18 @@ def _template():
             self.lftl.eval()
             self.experiences_seen += 1
 
+        def checkpoint_state(self) -> dict:
+            """Between experiences: counters and the sampling generator (the oracle, the
+            anchor memory and the caches live within one experience)."""
+            return {"experiences_seen": self.experiences_seen,
+                    "labels_queried": self.labels_queried,
+                    "generator": self.generator.get_state()}
+
+        def restore_checkpoint_state(self, state: dict, experiences: list) -> None:
+            self.experiences_seen = state["experiences_seen"]
+            self.labels_queried = state["labels_queried"]
+            self.generator.set_state(state["generator"])
+
         def experience_extras(self) -> dict:
             return {"labels_queried": self.labels_queried, **self._record}
 

@@ -21,6 +21,7 @@ def _build(ctx, opts):
 
 
 @register_strategy("prompt", options=PromptOptions, train_defaults=PROMPT_TRAIN_DEFAULTS,
+                   resumable=True,
                    help="DualPrompt-style prefix tuning: shared G-prompt, per-experience "
                         "E-prompts chosen by key matching (full precision)")
 def prompt(ctx, opts: PromptOptions):
@@ -28,6 +29,7 @@ def prompt(ctx, opts: PromptOptions):
 
 
 @register_strategy("qprompt", options=QPromptOptions, train_defaults=PROMPT_TRAIN_DEFAULTS,
+                   resumable=True,
                    help="prompt with quantization-aware prompt training: k-means codebooks, "
                         "straight-through gradient, constrained adaptive re-clustering "
                         "(QPrompt, Hao et al. 2024)")

@@ -71,9 +71,32 @@ def _template():
             model.finish_experience()
             model.eval()
 
+        def _quantizers(self) -> list:
+            return [m for m in self.prompts.modules() if hasattr(m, "refits")]
+
         def _kmeans_counts(self) -> tuple[int, int]:
-            quantizers = [m for m in self.prompts.modules() if hasattr(m, "refits")]
+            quantizers = self._quantizers()
             return sum(q.fits for q in quantizers), sum(q.refits for q in quantizers)
+
+        def checkpoint_state(self) -> dict:
+            return {"experiences": len(self.prompts.e_prompts),
+                    "quantizers": [[q.steps_since_fit, q.fits, q.refits]
+                                   for q in self._quantizers()]}
+
+        def restore_checkpoint_state(self, state: dict, experiences: list) -> None:
+            """E-prompts, keys and head rows of the finished experiences in their stored
+            form, and the quantizers' counters (CAC's steps since the last fit); values,
+            codebooks and stored tensors come with the model's state."""
+            model = self.prompts
+            for experience in experiences[:state["experiences"]]:
+                model.add_experience()
+                model.start_head_rows(torch.as_tensor(
+                    sorted(experience.classes_in_this_experience)))
+                model.finish_experience()
+            model.eval()
+            for q, (steps, fits, refits) in zip(self._quantizers(), state["quantizers"],
+                                                strict=True):
+                q.steps_since_fit, q.fits, q.refits = steps, fits, refits
 
         def experience_extras(self) -> dict:
             model = self.prompts

@@ -10,6 +10,7 @@ from .model import SEMAModel
 
 
 @register_strategy("sema", options=SEMAOptions, unused_train=("epochs", "batch_size", "lr"),
+                   resumable=True,
                    help="self-expanding mixture of adapters with representation descriptors "
                         "(Wang et al. 2025)")
 def sema(ctx, opts: SEMAOptions):

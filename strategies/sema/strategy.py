@@ -174,6 +174,22 @@ def _template():
             self._record = {"layers_expanded": ";".join(map(str, sorted(expanded))),
                             "z_scores": ";".join(map(str, scores))}
 
+        # ----------------------------------------------------------------- checkpoints
+        def checkpoint_state(self) -> dict:
+            return {"experiences_seen": self.experiences_seen,
+                    "adapters_added": self.adapters_added,
+                    "adapters": [len(b.adapters) for b in self.sema.blocks]}
+
+        def restore_checkpoint_state(self, state: dict, experiences: list) -> None:
+            """The adapters, descriptors and router columns a finished experience leaves
+            (merged, frozen); their weights and statistics come with the model's state."""
+            for block, count in zip(self.sema.blocks, state["adapters"]):
+                for _ in range(count):
+                    block.add_adapter()
+            self._freeze_all()
+            self.experiences_seen = state["experiences_seen"]
+            self.adapters_added = state["adapters_added"]
+
         def experience_extras(self) -> dict:
             model = self.sema
             adapters = sum(p.numel() for b in model.blocks for p in b.adapters.parameters())
