@@ -17,6 +17,8 @@ _warnings.filterwarnings("ignore", message="no QP solver found")
 _warnings.filterwarnings("ignore", message="Call to deprecated function update",
                          category=DeprecationWarning)
 _warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"avalanche\.")
+# Avalanche 0.6's ParamData.expand (EWC/SI with growing heads) indexes with a list
+_warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional")
 
 from .errors import UserError  # noqa: E402
 from .registry import (create_backbone, create_stream, create_strategy, register_backbone,

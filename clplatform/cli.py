@@ -51,6 +51,7 @@ def cli():
     clplat compare runs/                 compare the runs in a folder (table + HTML)
     clplat report runs/<id>              report on one run
     clplat runs                          list runs and their status
+    clplat sweep --strategies a,b        strategies x streams x seeds x grid, then compare
     clplat list strategies -v            what can be run, with every hyper-parameter
     clplat pretrain                      build the default backbone vit-glyphs
     """
@@ -240,6 +241,84 @@ def compare_command(runs, out, group_by, export, export_format, include_incomple
     """
     _report(runs, out, group_by, export, export_format, include_incomplete,
             lambda paths: "comparison.html", "clplatform comparison")
+
+
+@cli.command("sweep")
+@click.option("--strategies", required=True, metavar="A,B,...", help="strategies to run")
+@click.option("--streams", default="glyphs", show_default=True, metavar="X,Y,...",
+              help="streams to run on")
+@click.option("--seeds", default="0", show_default=True, metavar="0,1,2", help="seeds")
+@click.option("--grid", multiple=True, metavar="KEY=V1,V2",
+              help="values to cross: a hyper-parameter (applied to the strategies that have "
+                   "it), epochs/batch_size/lr, stream.KEY or backbone.KEY (repeatable)")
+@click.option("--executor", default="local", show_default=True, metavar="local|ray",
+              help="local process pool, or Ray tasks")
+@click.option("--workers", metavar="N", type=int,
+              help="runs at the same time (default: 1 local; ray: as the cluster allows)")
+@click.option("--threads-per-run", "threads", metavar="N", type=int,
+              help="CPU threads per run (default: the cores / workers; ray: its CPU request)")
+@click.option("--gpus-per-run", "gpus", metavar="X", type=float, default=0.0,
+              help="GPUs each Ray task requests (default: 0)")
+@click.option("--address", metavar="auto|ray://HOST:PORT",
+              help="Ray cluster to use (default: start a local Ray instance)")
+@click.option("--retries", metavar="N", type=int, default=1, show_default=True,
+              help="tries again a run that failed or whose worker died")
+@click.option("--out", default="sweeps/sweep", show_default=True, metavar="DIR",
+              help="folder of the sweep: one run directory per cell, sweep.json, "
+                   "comparison.html")
+@click.option("--backbone", metavar="NAME", help="backbone of every run")
+@click.option("--epochs", metavar="N", help=f"training epochs per experience {_TRAIN_HELP}")
+@click.option("--batch-size", metavar="N", help=f"training mini-batch size {_TRAIN_HELP}")
+@click.option("--lr", metavar="X", help=f"learning rate {_TRAIN_HELP}")
+@click.option("--device", metavar="auto|cpu|cuda", help="where to train (default: auto)")
+@click.option("--set", "sets", metavar="KEY=VALUE", multiple=True,
+              help="hyper-parameter for the strategies that have it (repeatable)")
+@click.option("--stream-opt", "stream_opts", metavar="KEY=VALUE", multiple=True,
+              help="option of every stream (repeatable)")
+@click.option("--backbone-opt", "backbone_opts", metavar="KEY=VALUE", multiple=True,
+              help="backbone option (repeatable)")
+def sweep_command(strategies, streams, seeds, grid, executor, workers, threads, gpus,
+                  address, retries, out, backbone, epochs, batch_size, lr, device, sets,
+                  stream_opts, backbone_opts):
+    """Run strategy x stream x seed x grid, each cell an ordinary run, then compare them.
+
+    Every cell gets its run directory OUT/<strategy>-<stream>-s<seed>[-key=value...];
+    running the same sweep again skips complete cells and resumes interrupted ones. The
+    comparison report of the sweep is OUT/comparison.html.
+
+    \b
+    Examples:
+      clplat sweep --strategies naive,ewc --seeds 0,1,2 --workers 2
+      clplat sweep --strategies ewc --grid ewc_lambda=0.1,1,10 --grid lr=0.01,0.001
+      clplat sweep --strategies sema,simplecil --executor ray --address auto
+    """
+    from .options import parse_assignments
+    from .runner import make_spec
+    from .sweep import SweepOptions, _split, parse_grid, plan, run_sweep
+    seed_values = []
+    for value in _split(seeds, "--seeds"):
+        try:
+            seed_values.append(int(value))
+        except ValueError:
+            raise UserError(f"--seeds: {value!r} is not an integer") from None
+    base = make_spec(None, backbone=backbone,
+                     strategy_options=parse_assignments(sets, "--set"),
+                     stream_options=parse_assignments(stream_opts, "--stream-opt"),
+                     backbone_options=parse_assignments(backbone_opts, "--backbone-opt"),
+                     epochs=epochs, batch_size=batch_size, lr=lr, device=device, out=out)
+    cells = plan(_split(strategies, "--strategies"), _split(streams, "--streams"),
+                 seed_values, parse_grid(grid), base)
+    cells, runs, report = run_sweep(cells, out, SweepOptions(executor, workers, threads,
+                                                              gpus, address, retries))
+    failed = [c for c in cells if c.status == "failed"]
+    if report is not None:
+        from reports.tables import comparison_text
+        click.echo(comparison_text(runs.table))
+        click.echo(f"report: {report}")
+    for cell in failed:
+        click.echo(f"failed: {cell.id}: {cell.reasons[-1]}", err=True)
+    if failed:
+        sys.exit(1)
 
 
 @cli.command("list")

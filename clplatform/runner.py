@@ -251,10 +251,11 @@ class Prepared:
 
 
 def execute(spec: RunSpec, progress: bool = False, exiting_after: bool = False,
-            resume: Path | None = None):
+            resume: Path | None = None, run_dir: Path | None = None):
     """Run ``spec`` and return the stored :class:`clplatform.store.Run`. ``exiting_after``
     (the command line): after a stop signal, further signals are ignored while the last
-    records are written."""
+    records are written. ``resume``: continue the run in that directory; ``run_dir``: the
+    directory of a new run (it must not exist; default: a fresh one under ``--out``)."""
     import pandas as pd
 
     from . import metrics
@@ -282,7 +283,7 @@ def execute(spec: RunSpec, progress: bool = False, exiting_after: bool = False,
         record["resumed"] = [*record.get("resumed", []), now]
         record.pop("traceback", None)
     else:
-        run_dir = new_run_dir(prepared.out, prepared.label)
+        run_dir = new_run_dir(prepared.out, prepared.label, exact=run_dir)
         record = {"id": run_dir.name, "status": "running", "reason": None,
                   "seed": prepared.settings.seed, "versions": versions(),
                   "hardware": hardware(prepared.settings.device), "started": now,

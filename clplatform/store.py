@@ -52,15 +52,22 @@ def hardware(device: str) -> dict[str, Any]:
     return info
 
 
-def new_run_dir(out: str | os.PathLike, label: str) -> Path:
-    """Create a fresh, uniquely named directory under ``out`` (safe against concurrent runs)."""
-    out = Path(out)
+def new_run_dir(out: str | os.PathLike, label: str, exact: Path | None = None) -> Path:
+    """Create a fresh, uniquely named directory under ``out`` (safe against concurrent runs);
+    ``exact``: that directory instead (an error if it exists)."""
+    out = Path(out) if exact is None else Path(exact).parent
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create output folder {out}: {exc.strerror}") from None
     if not os.access(out, os.W_OK):
         raise UserError(f"output folder {out} is not writable")
+    if exact is not None:
+        try:
+            Path(exact).mkdir()
+        except FileExistsError:
+            raise UserError(f"run directory {exact} exists already") from None
+        return Path(exact)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     while True:
         path = out / f"{stamp}-{label}-{secrets.token_hex(3)}"
