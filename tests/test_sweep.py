@@ -170,3 +170,24 @@ def test_sweep_command_line_errors_are_one_line(tmp_path):
         assert result.exit_code == 2, result.output
         assert result.stderr.strip().startswith("clplat: error:") and message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_node_without_the_sweep_folder_sends_the_run_back(tmp_path, pretrained_backbone):
+    """What a Ray task does on a node that cannot see OUT: the run is made in a scratch
+    folder and its files come back (the driver writes them into OUT)."""
+    from clplatform.sweep import _spec_dict, _write_files, ray_cell
+    from clplatform.store import load_run
+    cell = plan(["naive"], ["glyphs"], [0], {}, _base())[0]
+    target = tmp_path / "out" / cell.id
+    result = ray_cell(_spec_dict(cell.spec), str(target), 1,
+                      shared_check=str(tmp_path / "not-visible"))
+    assert result["status"] == "complete" and not target.exists()
+    assert {"run.json", "config.json", "accuracy.csv", "experiences.csv",
+            "summary.json"} <= set(result["files"])
+    _write_files(target, result["files"])
+    run = load_run(target)
+    assert run.status == "complete" and len(run.experiences) == 3
+    # a second attempt at a complete run is skipped, wherever it runs
+    again = ray_cell(_spec_dict(cell.spec), str(target), 1,
+                     shared_check=str(tmp_path / "not-visible"), files=result["files"])
+    assert again["status"] == "skipped"
