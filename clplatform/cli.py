@@ -16,6 +16,35 @@ from .interrupt import RunInterrupted
 _TRAIN_HELP = "(default: the strategy's own, see `clplat list strategies -v`)"
 
 
+def _training_options(fn):
+    """--epochs, --batch-size, --lr, --device (run and sweep)."""
+    for decorator in reversed([
+        click.option("--epochs", metavar="N", help=f"training epochs per experience {_TRAIN_HELP}"),
+        click.option("--batch-size", metavar="N", help=f"training mini-batch size {_TRAIN_HELP}"),
+        click.option("--lr", metavar="X", help=f"learning rate {_TRAIN_HELP}"),
+        click.option("--device", metavar="auto|cpu|cuda", help="where to train (default: auto)"),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
+def _component_options(set_help: str, stream_help: str):
+    """--set, --stream-opt, --backbone-opt (run and sweep)."""
+    def apply(fn):
+        for decorator in reversed([
+            click.option("--set", "sets", metavar="KEY=VALUE", multiple=True,
+                         help=f"{set_help} (repeatable)"),
+            click.option("--stream-opt", "stream_opts", metavar="KEY=VALUE", multiple=True,
+                         help=f"{stream_help} (repeatable)"),
+            click.option("--backbone-opt", "backbone_opts", metavar="KEY=VALUE",
+                         multiple=True, help="backbone option (repeatable)"),
+        ]):
+            fn = decorator(fn)
+        return fn
+    return apply
+
+
+
 class ClplatGroup(click.Group):
     """A click group that turns usage and user errors into one line and exit status 2."""
 
@@ -65,18 +94,10 @@ def cli():
               help="backbone: vit-glyphs (default) or timm:<model-name>")
 @click.option("--backbone-weights", metavar="FILE",
               help="local backbone weights (.pt/.pth/.safetensors); nothing is downloaded")
-@click.option("--epochs", metavar="N", help=f"training epochs per experience {_TRAIN_HELP}")
-@click.option("--batch-size", metavar="N", help=f"training mini-batch size {_TRAIN_HELP}")
-@click.option("--lr", metavar="X", help=f"learning rate {_TRAIN_HELP}")
+@_training_options
 @click.option("--seed", metavar="N", help="seed of everything, stream included (default: 0)")
-@click.option("--device", metavar="auto|cpu|cuda", help="where to train (default: auto)")
 @click.option("--out", metavar="DIR", help="folder for the run directory (default: runs)")
-@click.option("--set", "sets", metavar="KEY=VALUE", multiple=True,
-              help="strategy hyper-parameter (repeatable)")
-@click.option("--stream-opt", "stream_opts", metavar="KEY=VALUE", multiple=True,
-              help="stream option (repeatable)")
-@click.option("--backbone-opt", "backbone_opts", metavar="KEY=VALUE", multiple=True,
-              help="backbone option (repeatable)")
+@_component_options("strategy hyper-parameter", "stream option")
 @click.option("--config", metavar="FILE.toml",
               help="TOML file with [strategy], [stream], [backbone], [train] tables; "
                    "the command line wins")
@@ -267,16 +288,9 @@ def compare_command(runs, out, group_by, export, export_format, include_incomple
               help="folder of the sweep: one run directory per cell, sweep.json, "
                    "comparison.html")
 @click.option("--backbone", metavar="NAME", help="backbone of every run")
-@click.option("--epochs", metavar="N", help=f"training epochs per experience {_TRAIN_HELP}")
-@click.option("--batch-size", metavar="N", help=f"training mini-batch size {_TRAIN_HELP}")
-@click.option("--lr", metavar="X", help=f"learning rate {_TRAIN_HELP}")
-@click.option("--device", metavar="auto|cpu|cuda", help="where to train (default: auto)")
-@click.option("--set", "sets", metavar="KEY=VALUE", multiple=True,
-              help="hyper-parameter for the strategies that have it (repeatable)")
-@click.option("--stream-opt", "stream_opts", metavar="KEY=VALUE", multiple=True,
-              help="option of every stream (repeatable)")
-@click.option("--backbone-opt", "backbone_opts", metavar="KEY=VALUE", multiple=True,
-              help="backbone option (repeatable)")
+@_training_options
+@_component_options("hyper-parameter for the strategies that have it",
+                    "option of every stream")
 def sweep_command(strategies, streams, seeds, grid, executor, workers, threads, gpus,
                   address, retries, out, backbone, epochs, batch_size, lr, device, sets,
                   stream_opts, backbone_opts):

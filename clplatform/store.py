@@ -52,16 +52,22 @@ def hardware(device: str) -> dict[str, Any]:
     return info
 
 
-def new_run_dir(out: str | os.PathLike, label: str, exact: Path | None = None) -> Path:
-    """Create a fresh, uniquely named directory under ``out`` (safe against concurrent runs);
-    ``exact``: that directory instead (an error if it exists)."""
-    out = Path(out) if exact is None else Path(exact).parent
+def output_folder(out: str | os.PathLike) -> Path:
+    """``out``, created if missing; an error naming it if it cannot be created or written."""
+    out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create output folder {out}: {exc.strerror}") from None
     if not os.access(out, os.W_OK):
         raise UserError(f"output folder {out} is not writable")
+    return out
+
+
+def new_run_dir(out: str | os.PathLike, label: str, exact: Path | None = None) -> Path:
+    """Create a fresh, uniquely named directory under ``out`` (safe against concurrent runs);
+    ``exact``: that directory instead (an error if it exists)."""
+    out = output_folder(out if exact is None else Path(exact).parent)
     if exact is not None:
         try:
             Path(exact).mkdir()
@@ -213,5 +219,5 @@ def load_run(path: str | os.PathLike) -> Run:
                _read_csv(path / EXPERIENCES_FILE), summary, _read_csv(path / ROUNDS_FILE))
 
 
-__all__ = ["Run", "load_run", "find_run_dirs", "list_runs", "new_run_dir", "write_json", "write_table",
-           "json_safe"]
+__all__ = ["Run", "load_run", "find_run_dirs", "list_runs", "new_run_dir", "output_folder",
+           "write_json", "write_table", "json_safe"]

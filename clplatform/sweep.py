@@ -296,22 +296,16 @@ def run_sweep(cells: list[Cell], out: str | os.PathLike, opts: SweepOptions,
     """Run every cell not yet complete, record the sweep in OUT/sweep.json and write the
     comparison report; returns (cells, the loaded runs, the report's path) — None, None
     when no run completed."""
-    from .store import write_json
+    from .store import output_folder, write_json
     if opts.executor not in EXECUTORS:
         raise UserError(f"unknown --executor {opts.executor!r}: choose from "
                         f"{', '.join(EXECUTORS)}")
     if opts.retries < 0:
         raise UserError("--retries must be >= 0")
-    out = Path(out).resolve()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create output folder {out}: {exc.strerror}") from None
-    if not os.access(out, os.W_OK):
-        raise UserError(f"output folder {out} is not writable")
     workers = opts.workers or 1
     if workers < 1:
         raise UserError("--workers must be >= 1")
+    out = output_folder(Path(out).resolve())
     threads = opts.threads or max(1, (os.cpu_count() or 1) // workers)
     marker = out / f".sweep-{uuid.uuid4().hex}"  # a worker that sees it shares OUT
     marker.touch()
