@@ -61,14 +61,41 @@ def _records(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return acc, exps[[c for c in exps.columns if not any(t in c for t in TIMING)]]
 
 
-def test_local_and_ray_sweeps_give_identical_records(tmp_path, pretrained_backbone):
+@pytest.fixture
+def ray_cluster(monkeypatch):
+    """A real Ray cluster (head node) started the way the README says; its address. Local
+    only, so without Ray's token authentication (driver and cluster agree on it)."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    import shutil
+    import socket
+    import tempfile
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's sockets live there
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2",
+                    "--include-dashboard=false", "--disable-usage-stats",
+                    f"--temp-dir={temp}"], check=True, capture_output=True,
+                   timeout=120)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_local_and_ray_sweeps_give_identical_records(tmp_path, pretrained_backbone,
+                                                     ray_cluster):
     cells = plan(["naive", "ewc"], ["glyphs"], [0, 1], {}, _base())
     lines: list[str] = []
     out = {}
     for executor in ("local", "ray"):
         out[executor] = tmp_path / executor
+        address = ray_cluster if executor == "ray" else None  # connect to the cluster
         done, runs, report = run_sweep(cells, out[executor],
-                                       SweepOptions(executor, workers=2, threads=1),
+                                       SweepOptions(executor, workers=2, threads=1,
+                                                    address=address),
                                        log=lines.append)
         assert [c.status for c in done] == ["complete"] * 4
         assert report.is_file() and len(runs.runs) == 4
