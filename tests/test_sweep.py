@@ -85,6 +85,7 @@ def ray_cluster(monkeypatch):
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_local_and_ray_sweeps_give_identical_records(tmp_path, pretrained_backbone,
                                                      ray_cluster):
     cells = plan(["naive", "ewc"], ["glyphs"], [0, 1], {}, _base())
@@ -143,7 +144,8 @@ def test_failed_runs_are_recorded_retried_and_the_sweep_goes_on(tmp_path, pretra
     assert any("failed, trying again (1/2)" in line for line in lines)
 
 
-@pytest.mark.parametrize("executor", [pytest.param("local", marks=pytest.mark.slow), "ray"])
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["local", "ray"])
 def test_killed_worker_is_retried_and_the_sweep_completes(executor, tmp_path,
                                                           pretrained_backbone):
     """SIGKILL the process running a cell once it has checkpointed an experience: the sweep

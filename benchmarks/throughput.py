@@ -1,0 +1,115 @@
+"""Training throughput on the default backbone against the machine's own matrix-multiply peak,
+both measured in this run.
+
+- peak: the best GFLOP/s of square fp32 matrix products (1024, 2048, 4096) on the device;
+- clplatform: ``naive`` on the default stream and backbone through ``clplatform.run`` —
+  training FLOPs (counted by the evaluator, every iteration) over training seconds;
+- plain step: the same model's forward + backward + SGD step on one batch in a bare loop
+  (what the kernels reach without any platform around them).
+
+    python benchmarks/throughput.py [--batch-size 32] [--epochs 2] [--device cpu|cuda]
+
+Prints every figure; the last line reads ``throughput_ratio=0.41`` (clplatform / peak).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import clplatform
+from clplatform.registry import create_backbone, create_stream
+from clplatform.seeding import seed_everything
+from strategies.base import StrategyContext, TrainSettings
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: str, seconds: float = 2.0) -> tuple[float, int]:
+    """(best GFLOP/s, size) of fp32 n x n products."""
+    best = (0.0, 0)
+    for n in (1024, 2048, 4096):
+        a = torch.randn(n, n, device=device)
+        b = torch.randn(n, n, device=device)
+        a @ b
+        _sync(device)
+        reps, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / 3:
+            a @ b
+            reps += 1
+            if device == "cuda" and reps % 10 == 0:
+                _sync(device)
+        _sync(device)
+        rate = 2 * n ** 3 * reps / (time.perf_counter() - started) / 1e9
+        best = max(best, (rate, n))
+    return best
+
+
+def plain_step(device: str, batch_size: int, seconds: float = 3.0) -> float:
+    """GFLOP/s of a bare training step of the default backbone + linear head."""
+    seed_everything(0)
+    bm = create_stream("glyphs", seed=0)
+    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info,
+                          TrainSettings(batch_size=batch_size))
+    backbone = ctx.backbone
+    model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.num_features,
+                                                          bm.info.num_classes)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch_size, backbone.in_chans, 32, 32, device=device)
+    y = torch.randint(0, bm.info.num_classes, (batch_size,), device=device)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    for _ in range(3):
+        step()
+    _sync(device)
+    reps, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        step()
+        reps += 1
+    _sync(device)
+    return flops * reps / (time.perf_counter() - started) / 1e9
+
+
+def platform_training(device: str, batch_size: int, epochs: int) -> tuple[float, float]:
+    """(GFLOP/s, training seconds) of `naive` through clplatform (every iteration counted)."""
+    with tempfile.TemporaryDirectory() as out:
+        run = clplatform.run("naive", "glyphs", epochs=epochs, batch_size=batch_size,
+                             device=device, flops="full", out=out)
+    exps = run.experiences
+    seconds = float(exps["train_seconds"].sum())
+    return float(exps["train_flops"].sum()) / seconds / 1e9, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    print(f"device={args.device} threads={torch.get_num_threads()} "
+          f"batch_size={args.batch_size}")
+    peak, size = matmul_peak(args.device)
+    print(f"matmul_peak_gflops={peak:.1f} (fp32 {size}x{size})")
+    bare = plain_step(args.device, args.batch_size)
+    print(f"plain_step_gflops={bare:.1f} ({bare / peak:.2f} of peak)")
+    achieved, seconds = platform_training(args.device, args.batch_size, args.epochs)
+    print(f"clplatform_train_gflops={achieved:.1f} over {seconds:.1f} s of training "
+          f"({achieved / bare:.2f} of the plain step)")
+    print(f"throughput_ratio={achieved / peak:.2f}")
+
+
+if __name__ == "__main__":
+    main()
