@@ -8,6 +8,7 @@ both measured in this run.
   (what the kernels reach without any platform around them).
 
     python benchmarks/throughput.py [--batch-size 32] [--epochs 2] [--device cpu|cuda]
+                                    [--profile 15]
 
 Prints every figure; the last line reads ``throughput_ratio=0.41`` (clplatform / peak).
 """
@@ -52,8 +53,10 @@ def matmul_peak(device: str, seconds: float = 2.0) -> tuple[float, int]:
     return best
 
 
-def plain_step(device: str, batch_size: int, seconds: float = 3.0) -> float:
-    """GFLOP/s of a bare training step of the default backbone + linear head."""
+def plain_step(device: str, batch_size: int, seconds: float = 3.0,
+               profile: int = 0) -> float:
+    """GFLOP/s of a bare training step of the default backbone + linear head; ``profile``:
+    also print the operators taking the most time (self time, top ``profile``)."""
     seed_everything(0)
     bm = create_stream("glyphs", seed=0)
     ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info,
@@ -80,7 +83,19 @@ def plain_step(device: str, batch_size: int, seconds: float = 3.0) -> float:
         step()
         reps += 1
     _sync(device)
-    return flops * reps / (time.perf_counter() - started) / 1e9
+    rate = flops * reps / (time.perf_counter() - started) / 1e9
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
+                                               if device == "cuda" else [])
+        with torch_profile(activities=activities) as prof:
+            for _ in range(5):
+                step()
+            _sync(device)
+        key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=profile))
+    return rate
 
 
 def platform_training(device: str, batch_size: int, epochs: int) -> tuple[float, float]:
@@ -98,12 +113,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="print the N operators of the plain step taking the most time")
     args = parser.parse_args()
     print(f"device={args.device} threads={torch.get_num_threads()} "
           f"batch_size={args.batch_size}")
     peak, size = matmul_peak(args.device)
     print(f"matmul_peak_gflops={peak:.1f} (fp32 {size}x{size})")
-    bare = plain_step(args.device, args.batch_size)
+    bare = plain_step(args.device, args.batch_size, profile=args.profile)
     print(f"plain_step_gflops={bare:.1f} ({bare / peak:.2f} of peak)")
     achieved, seconds = platform_training(args.device, args.batch_size, args.epochs)
     print(f"clplatform_train_gflops={achieved:.1f} over {seconds:.1f} s of training "
