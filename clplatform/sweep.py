@@ -273,8 +273,11 @@ class RayExecutor:
                 result = ray.get(ready[0])
             except ray.exceptions.RayError as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                died = isinstance(exc, (ray.exceptions.WorkerCrashedError,
+                                        ray.exceptions.NodeDiedError))
                 result = {"status": "failed",
-                          "reason": f"worker process died ({type(exc).__name__}: {first})"}
+                          "reason": ("worker process died" if died else "Ray task failed") +
+                          f" ({type(exc).__name__}: {first})"}
             retry = done(cell, result)
             if retry is not None:
                 queue.append((cell, retry))
