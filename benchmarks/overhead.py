@@ -14,6 +14,8 @@ The last line reads ``overhead_ratio=1.07`` (median clplatform / median plain).
 """
 from __future__ import annotations
 
+import _no_shadow  # noqa: F401  (first: benchmarks/strategies.py would hide a package)
+
 import argparse
 import statistics
 import tempfile

@@ -20,18 +20,15 @@ The last line reads ``worst_train_growth=1.02`` (the largest train_growth in par
 """
 from __future__ import annotations
 
+import _no_shadow  # noqa: F401  (first: this file's name would hide the strategies package)
+
 import argparse
-import sys
 import tempfile
-from pathlib import Path
 
-# this file's name would hide the `strategies` package when run as a script from here
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).parent.resolve()]
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-import clplatform  # noqa: E402
-from clplatform.registry import STRATEGIES  # noqa: E402
+import clplatform
+from clplatform.registry import STRATEGIES
 
 DOMAIN_STREAM = {"lftl": "glyphs-domains"}
 
