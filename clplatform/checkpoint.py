@@ -59,10 +59,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def optimizer_state(strategy) -> dict[str, Any] | None:
     """An Avalanche template's optimizer (single parameter group, parameters tracked by name
     in ``optimized_param_id``): its state dict and the names of its parameters, in order."""
-    names = getattr(strategy, "optimized_param_id", None)
-    optimizer = strategy.optimizer
     if hasattr(strategy, "checkpoint_state"):  # its optimizers are its own, within experiences
         return None
+    names = getattr(strategy, "optimized_param_id", None)
+    optimizer = strategy.optimizer
     if not names or len(optimizer.param_groups) != 1:
         return None
     by_id = {id(p): n for n, p in names.items()}
@@ -245,8 +245,9 @@ CLOCK_FIELDS = ("train_iterations", "train_exp_counter", "train_exp_epochs",
 def strategy_state(strategy) -> dict[str, Any]:
     state: dict[str, Any] = {"clock": {k: getattr(strategy.clock, k) for k in CLOCK_FIELDS},
                              "plugins": {}}
+    handlers = _plugin_handlers()
     for plugin in strategy.plugins:
-        for cls, save_fn, _ in _plugin_handlers():
+        for cls, save_fn, _ in handlers:
             if isinstance(plugin, cls):
                 state["plugins"][cls.__name__] = save_fn(plugin)
     cumulative = getattr(strategy, "dataset", None)  # Avalanche's Cumulative template
@@ -270,8 +271,9 @@ def restore_strategy(strategy, state: dict[str, Any], samples: Samples,
 
 
 def restore_plugins(strategy, state: dict[str, Any], samples: Samples) -> None:
+    handlers = _plugin_handlers()
     for plugin in strategy.plugins:
-        for cls, _, restore_fn in _plugin_handlers():
+        for cls, _, restore_fn in handlers:
             if isinstance(plugin, cls) and cls.__name__ in state["plugins"]:
                 restore_fn(plugin, state["plugins"][cls.__name__], strategy, samples)
 

@@ -16,32 +16,32 @@ from .interrupt import RunInterrupted
 _TRAIN_HELP = "(default: the strategy's own, see `clplat list strategies -v`)"
 
 
-def _training_options(fn):
-    """--epochs, --batch-size, --lr, --device (run and sweep)."""
-    for decorator in reversed([
-        click.option("--epochs", metavar="N", help=f"training epochs per experience {_TRAIN_HELP}"),
-        click.option("--batch-size", metavar="N", help=f"training mini-batch size {_TRAIN_HELP}"),
-        click.option("--lr", metavar="X", help=f"learning rate {_TRAIN_HELP}"),
-        click.option("--device", metavar="auto|cpu|cuda", help="where to train (default: auto)"),
-    ]):
-        fn = decorator(fn)
-    return fn
+def _options(*decorators):
+    """One decorator applying ``decorators`` in the order they are listed (help order)."""
+    def apply(fn):
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+    return apply
+
+
+# --epochs, --batch-size, --lr, --device (run and sweep)
+_training_options = _options(
+    click.option("--epochs", metavar="N", help=f"training epochs per experience {_TRAIN_HELP}"),
+    click.option("--batch-size", metavar="N", help=f"training mini-batch size {_TRAIN_HELP}"),
+    click.option("--lr", metavar="X", help=f"learning rate {_TRAIN_HELP}"),
+    click.option("--device", metavar="auto|cpu|cuda", help="where to train (default: auto)"))
 
 
 def _component_options(set_help: str, stream_help: str):
     """--set, --stream-opt, --backbone-opt (run and sweep)."""
-    def apply(fn):
-        for decorator in reversed([
-            click.option("--set", "sets", metavar="KEY=VALUE", multiple=True,
-                         help=f"{set_help} (repeatable)"),
-            click.option("--stream-opt", "stream_opts", metavar="KEY=VALUE", multiple=True,
-                         help=f"{stream_help} (repeatable)"),
-            click.option("--backbone-opt", "backbone_opts", metavar="KEY=VALUE",
-                         multiple=True, help="backbone option (repeatable)"),
-        ]):
-            fn = decorator(fn)
-        return fn
-    return apply
+    return _options(
+        click.option("--set", "sets", metavar="KEY=VALUE", multiple=True,
+                     help=f"{set_help} (repeatable)"),
+        click.option("--stream-opt", "stream_opts", metavar="KEY=VALUE", multiple=True,
+                     help=f"{stream_help} (repeatable)"),
+        click.option("--backbone-opt", "backbone_opts", metavar="KEY=VALUE", multiple=True,
+                     help="backbone option (repeatable)"))
 
 
 
@@ -172,23 +172,19 @@ def _finish(result, as_json: bool) -> None:
         click.echo(run_summary_text(result))
 
 
-def _report_options(fn):
-    for decorator in reversed([
-        click.argument("runs", nargs=-1, required=True, metavar="RUNS..."),
-        click.option("--out", metavar="FILE", help="HTML file to write"),
-        click.option("--group-by", default="label", show_default=True,
-                     metavar="label|strategy|backbone|seed",
-                     help="rows of the comparison: label = strategy plus the "
-                          "hyper-parameters that differ from its defaults"),
-        click.option("--export", metavar="DIR",
-                     help="also write the merged tables (runs, accuracy, experiences) to DIR"),
-        click.option("--export-format", default="csv", show_default=True,
-                     metavar="csv|parquet", help="format of --export"),
-        click.option("--include-incomplete", is_flag=True,
-                     help="also report runs that failed or were interrupted"),
-    ]):
-        fn = decorator(fn)
-    return fn
+_report_options = _options(
+    click.argument("runs", nargs=-1, required=True, metavar="RUNS..."),
+    click.option("--out", metavar="FILE", help="HTML file to write"),
+    click.option("--group-by", default="label", show_default=True,
+                 metavar="label|strategy|backbone|seed",
+                 help="rows of the comparison: label = strategy plus the "
+                      "hyper-parameters that differ from its defaults"),
+    click.option("--export", metavar="DIR",
+                 help="also write the merged tables (runs, accuracy, experiences) to DIR"),
+    click.option("--export-format", default="csv", show_default=True,
+                 metavar="csv|parquet", help="format of --export"),
+    click.option("--include-incomplete", is_flag=True,
+                 help="also report runs that failed or were interrupted"))
 
 
 def _report(runs, out, group_by, export, export_format, include_incomplete, default_out,

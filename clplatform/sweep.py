@@ -158,6 +158,7 @@ def run_cell(spec: dict[str, Any], run_dir: str, threads: int,
     ``ship``: send the run directory's files back. Returns status, reason, seconds."""
     import torch
 
+    from .checkpoint import CHECKPOINT_FILE, spec_from_config
     from .interrupt import RunInterrupted
     from .runner import execute
     from .store import RUN_FILE, load_run
@@ -169,26 +170,26 @@ def run_cell(spec: dict[str, Any], run_dir: str, threads: int,
     started = time.perf_counter()
     result: dict[str, Any] = {"status": "complete", "reason": None}
     try:
-        resume = None
-        if (path / RUN_FILE).is_file():
-            run = load_run(path)
-            if run.status == "complete":
-                result["status"] = "skipped"
-            elif (path / "checkpoint.pt").is_file():
-                resume = path
-            else:  # nothing finished: start again
+        run = load_run(path) if (path / RUN_FILE).is_file() else None
+        if run is not None and run.status == "complete":
+            result["status"] = "skipped"
+        elif run is not None and (path / CHECKPOINT_FILE).is_file():
+            execute(spec_from_config(run.config), progress=False, resume=path)
+        else:
+            if run is not None:  # nothing finished: start again
                 shutil.rmtree(path)
-        if result["status"] != "skipped":
-            from .checkpoint import spec_from_config
-            run_spec = spec_from_config(load_run(path).config) if resume else RunSpec(**spec)
-            execute(run_spec, progress=False, resume=resume, run_dir=path)
+            execute(RunSpec(**spec), progress=False, run_dir=path)
     except (Exception, RunInterrupted) as exc:  # noqa: BLE001  (recorded; the sweep goes on)
         result = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}".strip()}
     result["seconds"] = time.perf_counter() - started
     if ship and path.is_dir():
-        result["files"] = {str(p.relative_to(path)): p.read_bytes()
-                           for p in path.rglob("*") if p.is_file()}
+        result["files"] = _read_files(path)
     return result
+
+
+def _read_files(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` by relative name (a run directory travelling between nodes)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
 
 
 def _write_files(path: Path, files: dict[str, bytes]) -> None:
@@ -207,7 +208,8 @@ class LocalExecutor:
     def __init__(self, workers: int):
         self.workers = workers
 
-    def run(self, tasks: list[tuple[Cell, dict]], done: Callable[[Cell, dict], None]) -> None:
+    def run(self, tasks: list[tuple[Cell, dict]],
+            done: Callable[[Cell, dict], dict | None]) -> None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
         from concurrent.futures.process import BrokenProcessPool
@@ -238,7 +240,8 @@ class RayExecutor:
     def __init__(self, workers: int | None, address: str | None, threads: int, gpus: float):
         self.workers, self.address, self.threads, self.gpus = workers, address, threads, gpus
 
-    def run(self, tasks: list[tuple[Cell, dict]], done: Callable[[Cell, dict], None]) -> None:
+    def run(self, tasks: list[tuple[Cell, dict]],
+            done: Callable[[Cell, dict], dict | None]) -> None:
         try:
             import ray
         except ImportError:
@@ -315,7 +318,6 @@ def run_sweep(cells: list[Cell], out: str | os.PathLike, opts: SweepOptions,
     state_file = out / SWEEP_FILE
     total = len(cells)
     finished = 0
-    shared_check = str(marker)
 
     def save() -> None:
         write_json(state_file, {"executor": opts.executor, "workers": workers,
@@ -326,12 +328,13 @@ def run_sweep(cells: list[Cell], out: str | os.PathLike, opts: SweepOptions,
     def kwargs_for(cell: Cell) -> dict:
         kwargs = {"spec": _spec_dict(cell.spec), "run_dir": str(out / cell.id),
                   "threads": threads}
-        if opts.executor == "ray":  # what a node without OUT needs to resume the run
+        if opts.executor == "ray":
+            kwargs["shared_check"] = str(marker)
+            # a node of a cluster may not see OUT: it gets the driver's copy of the run
+            # directory to resume from (a local Ray instance always sees OUT: nothing sent)
             path = out / cell.id
-            kwargs["shared_check"] = shared_check
-            kwargs["files"] = {str(p.relative_to(path)): p.read_bytes()
-                               for p in path.rglob("*") if p.is_file()} \
-                if path.is_dir() else {}
+            if opts.address and path.is_dir():
+                kwargs["files"] = _read_files(path)
         return kwargs
 
     def done(cell: Cell, result: dict) -> dict | None:
