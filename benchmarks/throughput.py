@@ -2,13 +2,14 @@
 both measured in this run.
 
 - peak: the best GFLOP/s of square fp32 matrix products (1024, 2048, 4096) on the device;
-- clplatform: ``naive`` on the default stream and backbone through ``clplatform.run`` —
-  training FLOPs (counted by the evaluator, every iteration) over training seconds;
+- clplatform: ``naive`` on the default stream and backbone through ``clplatform.run`` with the
+  default settings — training FLOPs (the evaluator's default count) over training seconds,
+  the median of ``--repeats`` runs (a shared machine's noise moves one run by +-8 %);
 - plain step: the same model's forward + backward + SGD step on one batch in a bare loop
   (what the kernels reach without any platform around them).
 
-    python benchmarks/throughput.py [--batch-size 32] [--epochs 2] [--device cpu|cuda]
-                                    [--profile 15]
+    python benchmarks/throughput.py [--batch-size 32] [--epochs 3] [--repeats 3]
+                                    [--device cpu|cuda] [--profile 15]
 
 Prints every figure; the last line reads ``throughput_ratio=0.41`` (clplatform / peak).
 """
@@ -26,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import clplatform
 from clplatform.registry import create_backbone, create_stream
+from clplatform.runner import GLOBAL_TRAIN_DEFAULTS
 from clplatform.seeding import seed_everything
 from strategies.base import StrategyContext, TrainSettings
 
@@ -100,21 +102,28 @@ def plain_step(device: str, batch_size: int, seconds: float = 3.0,
     return rate
 
 
-def platform_training(device: str, batch_size: int, epochs: int) -> tuple[float, float]:
-    """(GFLOP/s, training seconds) of `naive` through clplatform (its default FLOP count:
-    each distinct iteration counted once, within 3 % of a full count)."""
+def platform_training(device: str, batch_size: int, epochs: int,
+                      repeats: int) -> tuple[float, float]:
+    """(GFLOP/s, training seconds) of `naive` through clplatform, the median of ``repeats``
+    runs (its default FLOP count: each distinct iteration counted once, within 3 % of a
+    full count)."""
+    rates = []
     with tempfile.TemporaryDirectory() as out:
-        run = clplatform.run("naive", "glyphs", epochs=epochs, batch_size=batch_size,
-                             device=device, out=out)
-    exps = run.experiences
-    seconds = float(exps["train_seconds"].sum())
-    return float(exps["train_flops"].sum()) / seconds / 1e9, seconds
+        for _ in range(repeats):
+            run = clplatform.run("naive", "glyphs", epochs=epochs, batch_size=batch_size,
+                                 device=device, out=out)
+            exps = run.experiences
+            seconds = float(exps["train_seconds"].sum())
+            rates.append((float(exps["train_flops"].sum()) / seconds / 1e9, seconds))
+            print(f"  clplatform run: {rates[-1][0]:.1f} GFLOP/s", flush=True)
+    return sorted(rates)[len(rates) // 2]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=GLOBAL_TRAIN_DEFAULTS["batch_size"])
+    parser.add_argument("--epochs", type=int, default=GLOBAL_TRAIN_DEFAULTS["epochs"])
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="print the N operators of the plain step taking the most time")
@@ -125,8 +134,9 @@ def main() -> None:
     print(f"matmul_peak_gflops={peak:.1f} (fp32 {size}x{size})")
     bare = plain_step(args.device, args.batch_size, profile=args.profile)
     print(f"plain_step_gflops={bare:.1f} ({bare / peak:.2f} of peak)")
-    achieved, seconds = platform_training(args.device, args.batch_size, args.epochs)
-    print(f"clplatform_train_gflops={achieved:.1f} over {seconds:.1f} s of training "
+    achieved, seconds = platform_training(args.device, args.batch_size, args.epochs,
+                                          args.repeats)
+    print(f"clplatform_train_gflops={achieved:.1f} (median; {seconds:.1f} s of training) "
           f"({achieved / bare:.2f} of the plain step)")
     print(f"throughput_ratio={achieved / peak:.2f}")
 

@@ -2,7 +2,8 @@
 
 After every ``strategy.train(...)`` call it counts parameters (before any evaluation: dynamic
 heads grow during Avalanche's eval) and evaluates the model on every test experience, seen
-and unseen, in one pass over tensors read once at start-up. Before the first training it
+and unseen, in one pass over the whole test stream (tensors read once at start-up, batches
+that run across experience boundaries), scored per experience. Before the first training it
 evaluates the initial model (row ``train_exp = -1``, for forward transfer).
 
 Records (see ``shared/specs/metrics.md``):
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .compute import (FlopMeter, avalanche_state_bytes, inference_flops_per_sample,
-                      iteration_key, peak_memory_bytes, reset_peak_memory, tensor_bytes)
+                      peak_memory_bytes, reset_peak_memory, tensor_bytes)
 from .data import dataset_tensors
 
 INITIAL = -1  # train_exp of the evaluation before any training
@@ -60,51 +61,63 @@ MASK_VALUE = -1000.0  # logit of a class the head has no unit for (as Avalanche 
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-             device: torch.device | str, num_classes: int,
-             experience: int | None = None) -> dict[str, float]:
-    """Accuracy (sample-weighted), per-class-mean accuracy, task-aware accuracy (argmax over
-    the classes present in ``y`` only) and mean loss of ``model``.
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int,
+            device: torch.device | str, num_classes: int
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits of ``model`` (eval mode) for every row of ``x``, on the CPU, padded to
+    ``num_classes``; and the per-experience module each sample chose (or None).
 
     A head that has not grown to ``num_classes`` yet scores the missing classes MASK_VALUE,
     exactly as Avalanche's ``IncrementalClassifier`` scores classes it has not trained.
     A model that picks a per-experience module for each sample (prompt methods) exposes the
-    choice as ``model.selected_experience`` after its forward; with ``experience`` given the
-    result then includes ``task_selection_accuracy`` (how often it picked that experience).
+    choice as ``model.selected_experience`` after its forward.
     """
     was_training = model.training
     model.eval()
-    correct = torch.zeros(len(y), dtype=torch.bool)
-    task_correct = torch.zeros(len(y), dtype=torch.bool)
-    classes = y.unique()
-    outside = torch.ones(num_classes, dtype=torch.bool)
-    outside[classes] = False
-    outside = outside.to(device)
-    loss_sum = 0.0
-    selected_right, selected_seen = 0, 0
-    for start in range(0, len(y), batch_size):
-        xb = x[start:start + batch_size].to(device, non_blocking=True)
-        yb = y[start:start + batch_size].to(device, non_blocking=True)
-        logits = model(xb).float()
-        if logits.shape[1] < num_classes:
-            logits = F.pad(logits, (0, num_classes - logits.shape[1]), value=MASK_VALUE)
-        loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
-        selected = getattr(model, "selected_experience", None)
-        if selected is not None and experience is not None:
-            selected_right += int((selected == experience).sum())
-            selected_seen += len(selected)
-        correct[start:start + len(yb)] = (logits.argmax(1) == yb).cpu()
-        task_correct[start:start + len(yb)] = (
-            logits.masked_fill(outside, float("-inf")).argmax(1) == yb).cpu()
+    logits = torch.empty(len(x), num_classes)
+    selected: torch.Tensor | None = torch.empty(len(x), dtype=torch.long)
+    for start in range(0, len(x), batch_size):
+        out = model(x[start:start + batch_size].to(device, non_blocking=True)).float()
+        if out.shape[1] < num_classes:
+            out = F.pad(out, (0, num_classes - out.shape[1]), value=MASK_VALUE)
+        logits[start:start + len(out)] = out.cpu()
+        chosen = getattr(model, "selected_experience", None)
+        if chosen is None or selected is None:
+            selected = None
+        else:
+            selected[start:start + len(out)] = chosen.cpu()
     model.train(was_training)
+    return logits, selected
+
+
+def scores(logits: torch.Tensor, y: torch.Tensor, selected: torch.Tensor | None = None,
+           experience: int | None = None) -> dict[str, float]:
+    """Accuracy (sample-weighted), per-class-mean accuracy, task-aware accuracy (argmax over
+    the classes present in ``y`` only) and mean loss of ``logits`` against labels ``y``;
+    with the modules chosen (``selected``) and ``experience`` given, also
+    ``task_selection_accuracy`` (how often a sample picked that experience's module)."""
+    classes = y.unique()
+    outside = torch.ones(logits.shape[1], dtype=torch.bool)
+    outside[classes] = False
+    correct = logits.argmax(1) == y
+    task_correct = logits.masked_fill(outside, float("-inf")).argmax(1) == y
     per_class = torch.stack([correct[y == c].float().mean() for c in classes])
     result = {"accuracy": correct.float().mean().item(),
               "class_mean_accuracy": per_class.mean().item(),
               "task_accuracy": task_correct.float().mean().item(),
-              "loss": loss_sum / len(y), "n_samples": len(y)}
-    if selected_seen:
-        result["task_selection_accuracy"] = selected_right / selected_seen
+              "loss": F.cross_entropy(logits, y, reduction="sum").item() / len(y),
+              "n_samples": len(y)}
+    if selected is not None and experience is not None:
+        result["task_selection_accuracy"] = (selected == experience).float().mean().item()
     return result
+
+
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             device: torch.device | str, num_classes: int,
+             experience: int | None = None) -> dict[str, float]:
+    """:func:`scores` of ``model`` on (``x``, ``y``), predicted in batches (:func:`predict`)."""
+    logits, selected = predict(model, x, batch_size, device, num_classes)
+    return scores(logits, y, selected, experience)
 
 
 RESERVED_EXTRAS = ("modules_added", "params_added", "stored_bytes", "labels_queried")
@@ -117,7 +130,14 @@ class Evaluator(_plugin_base()):
                  strategy_name: str = "", flops: str = "sampled"):
         super().__init__()
         self.num_classes = num_classes
-        self.test = [dataset_tensors(exp.dataset) for exp in test_stream]
+        # the whole test stream as one tensor, predicted in one pass after each experience
+        # (full batches across experience boundaries), scored per experience
+        tests = [dataset_tensors(exp.dataset) for exp in test_stream]
+        self.test_x = torch.cat([x for x, _ in tests])
+        self.test_y = torch.cat([y for _, y in tests])
+        ends = torch.tensor([len(y) for _, y in tests]).cumsum(0).tolist()
+        self.test_bounds = list(zip([0] + ends[:-1], ends))
+        del tests
         self.batch_size = batch_size
         self.prefix = strategy_name
         self.meter = FlopMeter(flops)
@@ -149,8 +169,11 @@ class Evaluator(_plugin_base()):
         self.experience_size = experience_size
 
     def _evaluate_all(self, model, device, train_exp: int) -> None:
-        for eval_exp, (x, y) in enumerate(self.test):
-            row = evaluate(model, x, y, self.batch_size, device, self.num_classes, eval_exp)
+        logits, selected = predict(model, self.test_x, self.batch_size, device,
+                                   self.num_classes)
+        for eval_exp, (start, end) in enumerate(self.test_bounds):
+            row = scores(logits[start:end], self.test_y[start:end],
+                         None if selected is None else selected[start:end], eval_exp)
             self.accuracy_rows.append({"train_exp": train_exp, "eval_exp": eval_exp, **row,
                                        "seen": train_exp >= eval_exp})
 
@@ -173,7 +196,7 @@ class Evaluator(_plugin_base()):
         self.meter.resume()
 
     def before_training_iteration(self, strategy, **kwargs):
-        self.meter.before_iteration(iteration_key(strategy))
+        self.meter.before_iteration(strategy)
 
     def after_training_iteration(self, strategy, **kwargs):
         self.meter.after_iteration()
@@ -184,7 +207,8 @@ class Evaluator(_plugin_base()):
         counted as training time or FLOPs."""
         _sync(strategy.device)
         t0 = time.perf_counter()
-        x, y = self.test[self.train_exp]
+        start, end = self.test_bounds[self.train_exp]
+        x, y = self.test_x[start:end], self.test_y[start:end]
         with self.meter.excluded():
             result = evaluate(strategy.model, x, y, self.batch_size, strategy.device,
                               self.num_classes)
@@ -214,7 +238,7 @@ class Evaluator(_plugin_base()):
         extras = getattr(strategy, "experience_extras", None)
         for key, value in (extras() if callable(extras) else {}).items():
             row[key if key in RESERVED_EXTRAS else f"{self.prefix}.{key}"] = value
-        x_probe = self.test[-1][0][:16]
+        x_probe = self.test_x[self.test_bounds[-1][0]:][:16]
         row["inference_flops_per_sample"] = (
             inference_flops_per_sample(model, x_probe, strategy.device)
             if self.meter.mode != "off" else None)

@@ -38,6 +38,28 @@ def test_backbone_adapts_channels_and_size():
     assert torch.allclose(bb(rgb_small), expected, atol=1e-5)
 
 
+def test_conv_inputs_are_channels_last_on_cpu_and_weights_stay_contiguous():
+    """Channels-last inputs speed up oneDNN convolutions; the result is the same, and the
+    parameters and their gradients keep the layout code like A-GEM flattens with .view."""
+    torch.manual_seed(0)
+    bb = Backbone(build_glyph_vit(), name="t", in_chans=1, img_size=32, mean=(0.5,), std=(0.5,))
+    x = torch.rand(4, 1, 32, 32)
+    assert bb.channels_last
+    assert bb.prepare(x).is_contiguous(memory_format=torch.channels_last)
+    bb.eval()
+    plain = bb.model((x - 0.5) / 0.5)  # the timm model on an ordinary (NCHW) tensor
+    assert torch.allclose(bb(x), plain, atol=1e-5)
+    bb.train()
+    bb(x).sum().backward()
+    for p in bb.parameters():
+        assert p.is_contiguous() and p.grad.is_contiguous()
+        p.grad.view(-1)
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1024, 8))
+    mlp.num_features = 8
+    linear_only = Backbone(mlp, name="mlp", in_chans=1, img_size=32, mean=(0.5,), std=(0.5,))
+    assert not linear_only.channels_last
+
+
 def test_timm_backbone_from_a_local_weights_file(tmp_path):
     import timm
     source = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10,

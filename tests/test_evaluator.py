@@ -99,3 +99,105 @@ def test_flop_counting_can_be_switched_off(runs_dir, pretrained_backbone):
     assert run.experiences["train_flops"].isna().all()
     assert run.summary["total_train_flops"] is None and run.summary["final_accuracy"] > 0
     assert run.config["train"]["flops"] == "off"
+
+
+def test_flop_count_equals_torch_flop_counter_mode():
+    """The lean counter gives FlopCounterMode's total for a training step (forward, backward,
+    optimizer) and for an inference forward, on the default architecture."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from clplatform.backbones import build_glyph_vit
+    from clplatform.compute import FlopCount
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(build_glyph_vit(), torch.nn.Linear(96, 5))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.rand(6, 1, 32, 32), torch.tensor([0, 1, 2, 3, 4, 0])
+
+    def step():
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    with FlopCounterMode(display=False) as reference:
+        step()
+    with FlopCount() as lean:
+        step()
+    assert lean.total == reference.get_total_flops() > 0
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as reference:
+            model(x)
+        with FlopCount() as lean:
+            model(x)
+    assert lean.total == reference.get_total_flops() > 0
+
+
+def test_flop_meter_reads_the_parameters_again_when_the_optimizer_changes():
+    """The sampled count's key follows modules added with a new optimizer (or a grown
+    param group) and parameters frozen in place; a new key is counted, not re-used."""
+    import types
+
+    import torch
+
+    from clplatform.compute import FlopMeter
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+    strategy = types.SimpleNamespace(model=model, mb_x=torch.rand(5, 4),
+                                     optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    meter = FlopMeter("sampled")
+    meter.start()
+
+    def iteration():
+        meter.before_iteration(strategy)
+        model(strategy.mb_x).sum().backward()
+        meter.after_iteration()
+        return meter.total
+    first = iteration()
+    assert iteration() == 2 * first and meter.iterations_reused == 1
+    model.append(torch.nn.Linear(3, 3))            # a module added, optimizer rebuilt
+    strategy.optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = meter.total
+    grown = iteration() - before
+    assert grown > first and meter.iterations_counted == 2
+    model[0].requires_grad_(False)                  # frozen in place: counted again, cheaper
+    before = meter.total
+    assert iteration() - before < grown and meter.iterations_counted == 3
+    model.append(torch.nn.Linear(3, 3))             # added to the same optimizer's group
+    strategy.optimizer.add_param_group({"params": list(model[3].parameters())})
+    before = meter.total
+    assert iteration() - before > 0 and meter.iterations_counted == 4
+    meter.stop()
+
+
+def test_one_evaluation_pass_scores_every_experience_as_separate_passes(pretrained_backbone):
+    """The whole test stream in one pass (batches across experience boundaries) gives the
+    rows of one evaluation per experience, task selection included."""
+    import torch
+
+    from clplatform.data import dataset_tensors
+    from clplatform.evaluator import evaluate
+
+    class Chooser(torch.nn.Module):
+        """Logits from pixel sums; 'selects' an experience from the image too."""
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(1024, 10))
+            self.selected_experience = None
+
+        def forward(self, x):
+            flat = x.flatten(1)
+            self.selected_experience = (flat.sum(1) * 7).long() % 3
+            return flat @ self.w
+
+    torch.manual_seed(0)
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    evaluator = Evaluator(bm.test_stream, bm.info.num_classes, batch_size=7)
+    model = Chooser()
+    evaluator._evaluate_all(model, "cpu", train_exp=1)
+    assert len(evaluator.accuracy_rows) == len(bm.test_stream) == 3
+    for j, (row, exp) in enumerate(zip(evaluator.accuracy_rows, bm.test_stream)):
+        x, y = dataset_tensors(exp.dataset)
+        alone = evaluate(model, x, y, 4, "cpu", bm.info.num_classes, experience=j)
+        assert row["eval_exp"] == j and row["seen"] == (j <= 1)
+        assert "task_selection_accuracy" in alone
+        for key, value in alone.items():
+            assert row[key] == pytest.approx(value, rel=1e-5), key
