@@ -3,16 +3,18 @@
 FLOPs are counted with the formulas of ``torch.utils.flop_counter`` (Avalanche's MAC metric
 undercounts ViTs badly), through :class:`FlopCount`: the same per-operator count as
 ``FlopCounterMode`` without its per-module breakdown, whose module and gradient hooks made a
-counted training step ~2x slower instead of ~1.3x. Counting every operation costs Python dispatch time, so by default
-the meter is *sampled*: inside one experience, a training iteration's FLOPs depend only on
-the mini-batch shape and on which parameters exist and train, so each distinct
-(batch shape, parameter count, trainable count) is counted once and re-used for every
-further iteration with the same key; between iterations (data loading) nothing is counted.
-A strategy whose iterations cost different amounts at
-the same key (AGEM draws a memory batch of varying size inside each iteration) is
-registered with ``varying_iteration_cost=True``; its iterations are all counted. Everything outside the iterations (EWC importances,
-prototype passes, expansion scans, ...) is always counted in full. ``full`` counts every
-operation (the reference the sampled figure is tested against); ``off`` counts nothing.
+counted training step ~2x slower instead of ~1.45x (measured on ``vit-glyphs``).
+
+Counting every operation still costs Python dispatch time, so by default the meter is
+*sampled*: inside one experience, a training iteration's FLOPs depend only on the mini-batch
+shape and on which parameters exist and train, so each distinct (batch shape, parameter
+count, trainable count) is counted once and re-used for every further iteration with the
+same key; between iterations (data loading) nothing is counted. A strategy whose iterations
+cost different amounts at the same key (AGEM draws a memory batch of varying size inside
+each iteration) is registered with ``varying_iteration_cost=True``; its iterations are all
+counted. Everything outside the iterations (EWC importances, prototype passes, expansion
+scans, ...) is always counted in full. ``full`` counts every operation (the reference the
+sampled figure is tested against); ``off`` counts nothing.
 """
 from __future__ import annotations
 

@@ -83,7 +83,8 @@ def _stream_section(stream: str, runs: RunSet, group_by: str) -> str:
                           "Parameters after each experience, and parameters added since "
                           "the start."),
                   _figure(plots.compute_per_experience(experiences, group_by, colors),
-                          "Training FLOPs (torch.utils.flop_counter formulas) and seconds per experience."),
+                          "Training FLOPs (torch.utils.flop_counter's formulas) and seconds "
+                          "per experience."),
                   _figure(plots.accuracy_vs_cost(table, group_by, colors),
                           "Final accuracy against parameters and training FLOPs; the dashed "
                           "line joins the groups no other group beats at lower cost.")]
