@@ -3,10 +3,13 @@ both measured in this run.
 
 - peak: the best GFLOP/s of square fp32 matrix products (1024, 2048, 4096) on the device;
 - clplatform: ``naive`` on the default stream and backbone through ``clplatform.run`` with the
-  default settings — training FLOPs (the evaluator's default count) over training seconds,
-  the median of ``--repeats`` runs (a shared machine's noise moves one run by +-8 %);
+  default settings — training FLOPs (the evaluator's default count) over training seconds;
 - plain step: the same model's forward + backward + SGD step on one batch in a bare loop
   (what the kernels reach without any platform around them).
+
+The three are measured back to back ``--repeats`` times and each ratio is the median of the
+per-repeat ratios: a shared machine's speed drifts by 20 % over minutes, so a peak measured
+once at the start would not describe the minutes the platform ran in.
 
     python benchmarks/throughput.py [--batch-size 32] [--epochs 3] [--repeats 3]
                                     [--device cpu|cuda] [--profile 15]
@@ -18,6 +21,7 @@ from __future__ import annotations
 import _no_shadow  # noqa: F401  (first: benchmarks/strategies.py would hide a package)
 
 import argparse
+import statistics
 import tempfile
 import time
 
@@ -102,21 +106,13 @@ def plain_step(device: str, batch_size: int, seconds: float = 3.0,
     return rate
 
 
-def platform_training(device: str, batch_size: int, epochs: int,
-                      repeats: int) -> tuple[float, float]:
-    """(GFLOP/s, training seconds) of `naive` through clplatform, the median of ``repeats``
-    runs (its default FLOP count: each distinct iteration counted once, within 3 % of a
-    full count)."""
-    rates = []
-    with tempfile.TemporaryDirectory() as out:
-        for _ in range(repeats):
-            run = clplatform.run("naive", "glyphs", epochs=epochs, batch_size=batch_size,
-                                 device=device, out=out)
-            exps = run.experiences
-            seconds = float(exps["train_seconds"].sum())
-            rates.append((float(exps["train_flops"].sum()) / seconds / 1e9, seconds))
-            print(f"  clplatform run: {rates[-1][0]:.1f} GFLOP/s", flush=True)
-    return sorted(rates)[len(rates) // 2]
+def platform_training(device: str, batch_size: int, epochs: int, out: str) -> float:
+    """GFLOP/s of `naive` through clplatform (its default FLOP count: each distinct
+    iteration counted once, within 3 % of a full count) over its training seconds."""
+    run = clplatform.run("naive", "glyphs", epochs=epochs, batch_size=batch_size,
+                         device=device, out=out)
+    exps = run.experiences
+    return float(exps["train_flops"].sum()) / float(exps["train_seconds"].sum()) / 1e9
 
 
 def main() -> None:
@@ -130,15 +126,25 @@ def main() -> None:
     args = parser.parse_args()
     print(f"device={args.device} threads={torch.get_num_threads()} "
           f"batch_size={args.batch_size}")
-    peak, size = matmul_peak(args.device)
-    print(f"matmul_peak_gflops={peak:.1f} (fp32 {size}x{size})")
-    bare = plain_step(args.device, args.batch_size, profile=args.profile)
-    print(f"plain_step_gflops={bare:.1f} ({bare / peak:.2f} of peak)")
-    achieved, seconds = platform_training(args.device, args.batch_size, args.epochs,
-                                          args.repeats)
-    print(f"clplatform_train_gflops={achieved:.1f} (median; {seconds:.1f} s of training) "
-          f"({achieved / bare:.2f} of the plain step)")
-    print(f"throughput_ratio={achieved / peak:.2f}")
+    rows = []  # (peak, plain step, clplatform) of each repeat, measured back to back
+    with tempfile.TemporaryDirectory() as out:
+        for r in range(args.repeats):
+            peak, size = matmul_peak(args.device)
+            bare = plain_step(args.device, args.batch_size,
+                              profile=args.profile if r == 0 else 0)
+            achieved = platform_training(args.device, args.batch_size, args.epochs, out)
+            rows.append((peak, bare, achieved))
+            print(f"repeat {r}: matmul peak {peak:.1f} GFLOP/s (fp32 {size}x{size}), plain "
+                  f"step {bare:.1f} ({bare / peak:.2f}), clplatform {achieved:.1f} "
+                  f"({achieved / peak:.2f} of peak)", flush=True)
+    peak, bare, achieved = (statistics.median(column) for column in zip(*rows))
+    ratio = statistics.median(a / p for p, _, a in rows)
+    print(f"matmul_peak_gflops={peak:.1f} (median)")
+    print(f"plain_step_gflops={bare:.1f} ({statistics.median(b / p for p, b, _ in rows):.2f} "
+          f"of peak)")
+    print(f"clplatform_train_gflops={achieved:.1f} "
+          f"({statistics.median(a / b for _, b, a in rows):.2f} of the plain step)")
+    print(f"throughput_ratio={ratio:.2f}")
 
 
 if __name__ == "__main__":
