@@ -34,8 +34,8 @@ DOMAIN_STREAM = {"lftl": "glyphs-domains"}
 
 
 def _run(strategy: str, out: str, epochs: int | None, device: str, **stream_options):
-    kwargs = {"epochs": epochs} if epochs and strategy not in ("sema", "simplecil", "lftl") \
-        else {}
+    reads_epochs = "epochs" not in STRATEGIES.get(strategy).extra.get("unused_train", ())
+    kwargs = {"epochs": epochs} if epochs and reads_epochs else {}
     return clplatform.run(strategy, DOMAIN_STREAM.get(strategy, "glyphs"), out=out,
                           device=device, stream_options=stream_options, **kwargs)
 

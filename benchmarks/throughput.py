@@ -27,13 +27,12 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 import clplatform
+from clplatform.compute import FlopCount
 from clplatform.registry import create_backbone, create_stream
 from clplatform.runner import GLOBAL_TRAIN_DEFAULTS
 from clplatform.seeding import seed_everything
-from strategies.base import StrategyContext, TrainSettings
 
 
 def _sync(device: str) -> None:
@@ -67,9 +66,7 @@ def plain_step(device: str, batch_size: int, seconds: float = 3.0,
     also print the operators taking the most time (self time, top ``profile``)."""
     seed_everything(0)
     bm = create_stream("glyphs", seed=0)
-    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info,
-                          TrainSettings(batch_size=batch_size))
-    backbone = ctx.backbone
+    backbone = create_backbone("vit-glyphs")
     model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.num_features,
                                                           bm.info.num_classes)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -80,9 +77,9 @@ def plain_step(device: str, batch_size: int, seconds: float = 3.0,
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
-    with FlopCounterMode(display=False) as counter:
+    with FlopCount() as counter:
         step()
-    flops = counter.get_total_flops()
+    flops = counter.total
     for _ in range(3):
         step()
     _sync(device)

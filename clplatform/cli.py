@@ -44,7 +44,6 @@ def _component_options(set_help: str, stream_help: str):
                      help="backbone option (repeatable)"))
 
 
-
 class ClplatGroup(click.Group):
     """A click group that turns usage and user errors into one line and exit status 2."""
 

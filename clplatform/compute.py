@@ -104,8 +104,9 @@ class FlopMeter:
         self.count_every_iteration = False
         self._key: Hashable = None
         self._measuring = False
-        self._params: list[torch.nn.Parameter] | None = None
-        self._params_signature: Hashable = None
+        self._params: list[torch.nn.Parameter] | None = None  # re-read when the optimizer,
+        self._params_optimizer: Any = None                     # or its group sizes, change
+        self._params_groups: tuple[int, ...] = ()
         self.iterations_counted = 0
         self.iterations_reused = 0
 
@@ -176,11 +177,12 @@ class FlopMeter:
         which of them train is checked every iteration.
         """
         optimizer = getattr(strategy, "optimizer", None)
-        signature = (id(optimizer), tuple(len(g["params"]) for g in optimizer.param_groups)
-                     if optimizer is not None else ())
-        if signature != self._params_signature or self._params is None:
+        groups = (tuple(len(g["params"]) for g in optimizer.param_groups)
+                  if optimizer is not None else ())
+        if (self._params is None or optimizer is not self._params_optimizer
+                or groups != self._params_groups):
             self._params = list(strategy.model.parameters())
-            self._params_signature = signature
+            self._params_optimizer, self._params_groups = optimizer, groups
         shape = tuple(strategy.mb_x.shape) if torch.is_tensor(strategy.mb_x) else None
         return (shape, sum(p.numel() for p in self._params),
                 sum(p.numel() for p in self._params if p.requires_grad),
