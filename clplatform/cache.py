@@ -2,18 +2,27 @@
 
 Every file is written atomically: to a temporary file in the same folder, then renamed.
 A reader therefore sees the old file or the new one, never half of one.
+
+The cache only ever holds what clplatform can rebuild: a cache file that cannot be read
+(truncated, corrupt, from another version) is removed and rebuilt (:func:`read_cached`);
+something that is not clplatform's (a file where the cache folder should be, a folder where
+a cache file should be) is refused with a message naming it, before any work is done.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from .errors import UserError
+
+
+T = TypeVar("T")
 
 
 def cache_dir(*parts: str) -> Path:
@@ -21,8 +30,38 @@ def cache_dir(*parts: str) -> Path:
     root = os.environ.get("CLPLATFORM_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "clplatform")
     path = Path(root, *parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way (FileExistsError, NotADirectoryError), rights
+        source = "$CLPLATFORM_CACHE" if os.environ.get("CLPLATFORM_CACHE") else "default"
+        raise UserError(f"cannot use the cache folder {path} ({source} cache {root}): "
+                        f"{exc.strerror or exc}") from None
     return path
+
+
+def cache_file(*parts: str) -> Path:
+    """The path of a cache file (its folder created); something other than a file already
+    there (a folder, a socket) is not the cache's to replace: a UserError naming it."""
+    path = cache_dir(*parts[:-1]) / parts[-1]
+    if os.path.lexists(path) and not path.is_file():
+        raise UserError(f"{path} is in the way of a cache file (it is not a file); "
+                        "move it away")
+    return path
+
+
+def read_cached(path: Path, read: Callable[[Path], T]) -> T | None:
+    """``read(path)`` of the cache file ``path``, or None if there is none to use: missing,
+    or unreadable (any exception of ``read``: truncated, corrupt, foreign), in which case
+    it is removed with a warning so that the caller rebuilds it."""
+    if not path.is_file():
+        return None
+    try:
+        return read(path)
+    except Exception as exc:  # noqa: BLE001  (a cache file is only ever rebuilt, not trusted)
+        print(f"clplat: warning: rebuilding unreadable cache file {path} "
+              f"({type(exc).__name__})", file=sys.stderr)
+        path.unlink(missing_ok=True)
+        return None
 
 
 def stable_hash(obj: Any, length: int = 12) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .cache import atomic_path, cache_dir, stable_hash
+from .cache import atomic_path, cache_file, stable_hash
 from .data import dataset_tensors
 
 
@@ -37,7 +37,7 @@ def cached_weights_path(recipe: PretrainRecipe) -> Path:
     from .backbones import GlyphViTArch
     key = {"arch": dataclasses.asdict(GlyphViTArch()), "recipe": dataclasses.asdict(recipe),
            "render": RENDER_VERSION}
-    return cache_dir("backbones") / f"vit-glyphs-{stable_hash(key)}.pt"
+    return cache_file("backbones", f"vit-glyphs-{stable_hash(key)}.pt")  # refuses a folder
 
 
 def pretrain_glyph_vit(recipe: PretrainRecipe = PretrainRecipe(), out: Path | None = None,

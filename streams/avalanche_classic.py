@@ -15,6 +15,8 @@ from clplatform.errors import UserError
 from clplatform.options import opt
 from clplatform.registry import register_stream
 
+from .common import seed_option
+
 # name -> (torchvision dataset class that holds the files, Avalanche generator)
 TENSOR_DATASETS = {"MNIST"}  # Avalanche reads these as [0, 1] tensors already
 CLASSIC = {
@@ -35,8 +37,8 @@ class AvalancheOptions:
     root: str = opt("", "folder holding the dataset files (required)")
     experiences: int = opt(5, "experiences", min=1)
     download: bool = opt(False, "download the dataset into root if it is not there")
-    seed: Optional[int] = opt(None, "seed of the class order / permutations (default: run "
-                                    "seed)")
+    seed: Optional[int] = seed_option("seed of the class order / permutations (default: run "
+                                      "seed)")
 
     def validate(self) -> None:
         if not self.root:

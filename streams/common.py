@@ -8,6 +8,7 @@ appearance, so experience 0 holds classes 0..k-1, experience 1 the next ones, an
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -16,8 +17,16 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from clplatform.cache import atomic_path, cache_dir, stable_hash
+from clplatform.cache import atomic_path, cache_file, read_cached, stable_hash
 from clplatform.errors import UserError
+from clplatform.options import opt
+
+SEED_MAX = 2**32 - 1  # NumPy's and scikit-learn's seeds are unsigned 32-bit integers
+
+
+def seed_option(help: str = "seed of the data and the class order (default: run seed)"):
+    """The ``seed`` field of every stream's options: none (the run seed) or 0..2^32-1."""
+    return opt(None, help, min=0, max=SEED_MAX)
 
 
 @dataclass
@@ -102,18 +111,24 @@ def domain_incremental(train: list[tuple[torch.Tensor, torch.Tensor]],
 
 
 def cached_arrays(kind: str, key: dict, make) -> dict[str, np.ndarray]:
-    """``make()`` -> dict of arrays, cached on disk under a hash of ``key``."""
-    path = Path(cache_dir("streams"), f"{kind}-{stable_hash(key)}.npz")
-    if path.is_file():
-        try:
-            with np.load(path) as data:
-                return {k: data[k] for k in data.files}
-        except (OSError, ValueError):  # corrupt cache file: rebuild it
-            path.unlink(missing_ok=True)
+    """``make()`` -> dict of arrays, cached on disk under a hash of ``key`` (an unreadable
+    cache file is rebuilt; a cache that cannot be written only costs a warning)."""
+    path = cache_file("streams", f"{kind}-{stable_hash(key)}.npz")
+
+    def read(file: Path) -> dict[str, np.ndarray]:
+        with np.load(file) as data:
+            return {k: data[k] for k in data.files}
+    arrays = read_cached(path, read)
+    if arrays is not None:
+        return arrays
     arrays = make()
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+    except OSError as exc:
+        print(f"clplat: warning: cannot write cache file {path}: {exc.strerror or exc}",
+              file=sys.stderr)
     return arrays
 
 

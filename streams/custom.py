@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from clplatform.errors import UserError
-from clplatform.options import opt
+from clplatform.options import build_options, opt
 from clplatform.registry import register_stream
 
-from .common import (StreamInfo, cached_arrays, class_incremental, domain_incremental,
-                     seeded_permutation)
+from .common import (SEED_MAX, StreamInfo, cached_arrays, class_incremental,
+                     domain_incremental, seed_option, seeded_permutation)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                   ".pgm"}
@@ -55,6 +55,8 @@ def _labels(y, n: int, what: str) -> np.ndarray:
     y = np.asarray(y.cpu() if torch.is_tensor(y) else y)
     if y.ndim != 1 or len(y) != n:
         raise UserError(f"{what}: expected {n} labels (one per image), got shape {y.shape}")
+    if y.dtype.kind in "fc" and not np.isfinite(y).all():
+        raise UserError(f"{what}: labels contain NaN or infinite values")
     return y
 
 
@@ -71,6 +73,16 @@ def _split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, 
     return np.flatnonzero(~test), np.flatnonzero(test)
 
 
+@dataclass
+class ArraysOptions:
+    """The numbers of :func:`from_arrays` (validated like every other option)."""
+    experiences: Optional[int] = opt(None, "experiences of a class-incremental stream "
+                                           "(default: min(5, classes))", min=1)
+    test_fraction: float = opt(0.2, "test share of every class without a given test set",
+                               min=0, max=0.9)
+    seed: int = opt(0, "seed of the class order and the split", min=0, max=SEED_MAX)
+
+
 def from_arrays(x, y, domains=None, *, test: tuple | None = None, test_domains=None,
                 test_fraction: float = 0.2, experiences: int | None = None,
                 class_names: Sequence[str] | None = None, domain_order: Sequence | None = None,
@@ -83,6 +95,10 @@ def from_arrays(x, y, domains=None, *, test: tuple | None = None, test_domains=N
     The test set is ``test=(x, y)`` (with ``test_domains``) or a seeded ``test_fraction``
     of every class (and domain).
     """
+    checked = build_options(ArraysOptions, {"experiences": experiences,
+                                            "test_fraction": test_fraction, "seed": seed},
+                            f"stream {name}")
+    experiences, test_fraction, seed = checked.experiences, checked.test_fraction, checked.seed
     images = _images(x, name)
     labels = _labels(y, len(images), name)
     if test is not None:
@@ -119,7 +135,7 @@ def from_arrays(x, y, domains=None, *, test: tuple | None = None, test_domains=N
     info = StreamInfo(name, "class-incremental" if domains is None else "domain-incremental",
                       names, tuple(images.shape[1:]))
     if domains is None:
-        k = experiences or min(5, len(values))
+        k = experiences if experiences is not None else min(5, len(values))
         return class_incremental((images, encode(labels)), (test_images, encode(test_labels)),
                                  seeded_permutation(len(values), seed), k, info)
     if test_domains is None:
@@ -152,7 +168,7 @@ class FolderOptions:
     channels: int = opt(3, "channels the images are converted to (1: grayscale, 3: RGB)",
                         choices=(1, 3))
     skip_bad: bool = opt(False, "skip unreadable images with a warning instead of stopping")
-    seed: Optional[int] = opt(None, "seed of the class order and split (default: run seed)")
+    seed: Optional[int] = seed_option("seed of the class order and split (default: run seed)")
 
     def validate(self) -> None:
         if not self.root:
@@ -196,11 +212,12 @@ def _decode(files: list[Path], size: int, channels: int, skip_bad: bool
                 img = img.convert(mode).resize((size, size), Image.BILINEAR)
                 images.append(np.asarray(img, dtype=np.uint8))
                 kept.append(i)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError,
+                Image.DecompressionBombError) as exc:  # what PIL raises for a bad image
             if not skip_bad:
                 raise UserError(f"cannot read image {path}: {exc} (--stream-opt "
                                 "skip_bad=true skips unreadable images)") from None
-            print(f"clplat: warning: skipped unreadable image {path}", file=sys.stderr)
+            print(f"clplat: warning: skipped unreadable image {path}: {exc}", file=sys.stderr)
     if not images:
         raise UserError("no readable images")
     return np.stack(images), np.asarray(kept)
@@ -283,59 +300,119 @@ def _literal(value: Any) -> Any:
         return value
 
 
-def complete_benchmark(benchmark, name: str):
-    """A user's benchmark with what the platform's strategies expect: experiences that know
-    their classes (Avalanche's classes timeline) and task labels, and ``info``."""
+def _task_aware(dataset, what: str):
+    """``dataset`` as an Avalanche classification dataset whose mini-batches end with the
+    task label (``<x, y, t>``), as the strategies expect: its own task labels, else 0."""
+    from avalanche.benchmarks.utils import AvalancheDataset, ConstantSequence, TaskLabels
+    from avalanche.benchmarks.utils.classification_dataset import (
+        _as_taskaware_supervised_classification_dataset)
+    if not isinstance(dataset, AvalancheDataset):
+        if not hasattr(dataset, "targets"):
+            raise UserError(f"{what} holds a {type(dataset).__name__} without targets, not "
+                            "an Avalanche classification dataset")
+        return _as_taskaware_supervised_classification_dataset(dataset)
+    if not hasattr(dataset, "targets"):
+        raise UserError(f"{what} holds a dataset without targets (class labels)")
+    labels = getattr(dataset, "targets_task_labels", None)
+    if labels is not None and labels.use_in_getitem:
+        return dataset
+    labels = TaskLabels(labels.data if labels is not None
+                        else ConstantSequence(0, len(dataset)))
+    return dataset.update_data_attribute("targets_task_labels", labels)
+
+
+def complete_benchmark(benchmark, name: str, classes: Sequence[str] | None = None):
+    """A benchmark from any of Avalanche's generators (or a user's own ``CLScenario``) in the
+    one shape the platform's strategies expect: eager ``train_stream``/``test_stream`` of
+    dataset experiences numbered 0..n-1 whose datasets carry task labels (0 where they have
+    none), experiences that know their classes and task labels, and ``info`` (``classes``:
+    the name of each label, when the benchmark does not carry its own ``info``)."""
+    from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
+    from avalanche.benchmarks.scenarios.generic_scenario import CLScenario, EagerCLStream
     from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
     from avalanche.benchmarks.scenarios.task_aware import with_task_labels
-    first = benchmark.train_stream[0]
-    if not hasattr(first, "classes_in_this_experience"):
-        benchmark = with_classes_timeline(benchmark)
-    if not hasattr(first, "task_label"):
-        benchmark = with_task_labels(benchmark)
-    if not isinstance(getattr(benchmark, "info", None), StreamInfo):
-        benchmark.info = _infer_info(benchmark, name)
-    return benchmark
+    streams = []
+    for kind, stream in (("training", "train"), ("test", "test")):
+        experiences = list(getattr(benchmark, f"{stream}_stream"))  # lazy streams too
+        if not experiences:
+            raise UserError(f"stream {name} has no {kind} experience")
+        streams.append(EagerCLStream(stream, [
+            DatasetExperience(dataset=_task_aware(exp.dataset,
+                                                  f"stream {name}: {kind} experience {i}"),
+                              current_experience=i)
+            for i, exp in enumerate(experiences)]))
+    completed = with_task_labels(with_classes_timeline(CLScenario(streams)))
+    info = getattr(benchmark, "info", None)
+    completed.info = (info if isinstance(info, StreamInfo)
+                      else _infer_info(completed, name, classes))
+    return completed
 
 
-def _infer_info(benchmark, name: str) -> StreamInfo:
+def _infer_info(benchmark, name: str, classes: Sequence[str] | None = None) -> StreamInfo:
     """StreamInfo of a benchmark that does not carry one."""
     from clplatform.data import dataset_tensors
     targets, shape = set(), None
     for stream in (benchmark.train_stream, benchmark.test_stream):
         for exp in stream:
-            targets.update(int(t) for t in exp.dataset.targets)
+            labels = torch.as_tensor(list(exp.dataset.targets))
+            if torch.is_floating_point(labels) and not (
+                    torch.isfinite(labels).all() and labels.eq(labels.round()).all()):
+                raise UserError(f"stream {name}: labels must be integers >= 0")
+            targets.update(labels.long().tolist())
             if shape is None:
                 shape = tuple(dataset_tensors(exp.dataset)[0].shape[1:])
     if not targets or min(targets) < 0:
         raise UserError(f"stream {name}: labels must be integers >= 0")
-    classes = [str(c) for c in range(max(targets) + 1)]
+    names = [str(c) for c in range(max(targets) + 1)]
+    if classes is not None:
+        names[:len(classes)] = [str(c) for c in classes]
     domain = all(len(exp.classes_in_this_experience) == len(targets)
                  for exp in benchmark.train_stream) and len(benchmark.train_stream) > 1
-    return StreamInfo(name, "domain-incremental" if domain else "class-incremental", classes,
+    return StreamInfo(name, "domain-incremental" if domain else "class-incremental", names,
                       shape)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _pair(value, what: str) -> tuple:
+    """``(images, labels)`` of a returned dict, or a UserError naming what came instead."""
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        shape = (f"a {len(value)}-item {type(value).__name__}"
+                 if isinstance(value, (tuple, list)) else f"a {type(value).__name__}")
+        raise UserError(f"{what} is {shape}, not a pair (images, labels)")
+    return tuple(value)
+
+
 def callable_stream(reference: str, options: dict[str, Any], seed: int):
-    """Build the benchmark returned by the user's function ``reference``."""
+    """Build the benchmark returned by the user's function ``reference``. Whatever the
+    function raises, or returns that is not a benchmark or a dict of data, is a UserError
+    naming the function."""
     fn = _load_callable(reference)
     kwargs = {k: _literal(v) for k, v in options.items()}
     try:
         result = fn(**kwargs)
-    except TypeError as exc:
+    except UserError as exc:  # e.g. from_arrays called inside
         raise UserError(f"{reference}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001  (the user's code: report, do not crash)
+        raise UserError(f"{reference} raised {_first_line(exc)}") from None
     if isinstance(result, dict):
         if "train" not in result:
             raise UserError(f"{reference} returned a dict without 'train'")
         data = dict(result)
-        x, y = data.pop("train")
+        x, y = _pair(data.pop("train"), f"'train' returned by {reference}")
         test = data.pop("test", None)
+        if test is not None:
+            test = _pair(test, f"'test' returned by {reference}")
         data.setdefault("seed", seed)
         data.setdefault("name", reference)
         try:
             return from_arrays(x, y, data.pop("domains", None), test=test, **data)
-        except TypeError as exc:
-            raise UserError(f"{reference} returned an unusable dict: {exc}") from None
+        except (TypeError, ValueError, KeyError) as exc:  # arguments or data from_arrays
+            raise UserError(f"{reference} returned an unusable dict: "  # cannot take
+                            f"{_first_line(exc)}") from None
     if not (hasattr(result, "train_stream") and hasattr(result, "test_stream")):
         raise UserError(f"{reference} returned a {type(result).__name__}, not an Avalanche "
                         "benchmark or a dict of train/test data")

@@ -9,7 +9,7 @@ import torch
 from clplatform.options import opt
 from clplatform.registry import register_stream
 
-from .common import StreamInfo, class_incremental, seeded_permutation
+from .common import StreamInfo, class_incremental, seed_option, seeded_permutation
 
 
 @dataclass
@@ -17,7 +17,8 @@ class DigitsOptions:
     experiences: int = opt(5, "number of experiences (10 classes split evenly)", min=1, max=10)
     test_fraction: float = opt(0.25, "fraction of each class held out for testing",
                                min=0.05, max=0.9)
-    seed: Optional[int] = opt(None, "seed of the split and the class order (default: run seed)")
+    seed: Optional[int] = seed_option("seed of the split and the class order (default: run "
+                                      "seed)")
 
 
 @register_stream("digits", options=DigitsOptions,

@@ -20,7 +20,7 @@ from clplatform.options import opt
 from clplatform.registry import register_stream
 
 from .common import (StreamInfo, cached_arrays, class_incremental, domain_incremental,
-                     seeded_permutation, to_float_images)
+                     seed_option, seeded_permutation, to_float_images)
 from .render import (FONT_FAMILIES, LATIN, RENDER_VERSION, distinct_characters, fonts_for,
                      render_set)
 
@@ -61,7 +61,7 @@ class GlyphsOptions:
     test_samples_per_class: int = opt(16, "test images per class", min=1, max=10000)
     image_size: int = opt(32, "image side in pixels", min=8, max=64)
     jitter: float = opt(1.0, "strength of the random affine jitter (0 = none)", min=0, max=2)
-    seed: Optional[int] = opt(None, "seed of the data and the class order (default: run seed)")
+    seed: Optional[int] = seed_option()
 
 
 @register_stream("glyphs", options=GlyphsOptions,
@@ -84,7 +84,7 @@ class GlyphsDomainsOptions:
     test_samples_per_class: int = opt(8, "test images per class and domain", min=1, max=10000)
     image_size: int = opt(32, "image side in pixels", min=8, max=64)
     jitter: float = opt(1.0, "strength of the random affine jitter (0 = none)", min=0, max=2)
-    seed: Optional[int] = opt(None, "seed of the data (default: run seed)")
+    seed: Optional[int] = seed_option("seed of the data (default: run seed)")
 
     def validate(self) -> None:
         if not self.domains:
