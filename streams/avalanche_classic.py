@@ -45,6 +45,22 @@ class AvalancheOptions:
             raise UserError(f"stream 'avalanche:{self.benchmark}' needs --stream-opt root=DIR")
 
 
+def _class_names(opts: AvalancheOptions, benchmark) -> list[str]:
+    """The dataset's class names (torchvision's ``classes``) in the benchmark's labels: a
+    class-incremental benchmark renumbers the classes in their order of appearance
+    (``class_mapping[original] = label``), the others keep the dataset's labels."""
+    import torchvision
+    holder = getattr(torchvision.datasets, CLASSIC[opts.benchmark][0])
+    names = list(holder(opts.root, train=False, download=False).classes)
+    if opts.benchmark not in CLASS_INCREMENTAL:
+        return names
+    renamed = list(names)
+    for original, label in enumerate(benchmark.class_mapping):
+        if label >= 0:
+            renamed[label] = names[original]
+    return renamed
+
+
 def _check_files(opts: AvalancheOptions) -> None:
     import torchvision
     holder = getattr(torchvision.datasets, CLASSIC[opts.benchmark][0])
@@ -75,4 +91,5 @@ def avalanche_classic(opts: AvalancheOptions):
         benchmark = generator(opts.experiences, **kwargs)
     except ValueError as exc:  # e.g. experiences that do not divide the classes
         raise UserError(f"avalanche:{opts.benchmark}: {exc}") from None
-    return complete_benchmark(benchmark, f"avalanche:{opts.benchmark}")
+    return complete_benchmark(benchmark, f"avalanche:{opts.benchmark}",
+                              classes=_class_names(opts, benchmark))

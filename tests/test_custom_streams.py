@@ -233,9 +233,11 @@ def test_entry_points_of_an_installed_distribution(tmp_path, pretrained_backbone
 
 
 # ------------------------------------------------------------------ Avalanche classics
-def _fake_mnist(root: Path, n_train: int = 40, n_test: int = 20) -> Path:
-    """Tiny MNIST files in the dataset's own (idx) format."""
-    raw = root / "MNIST" / "raw"
+def _fake_mnist(root: Path, n_train: int = 40, n_test: int = 20, dataset: str = "MNIST"
+                ) -> Path:
+    """Tiny MNIST (or FashionMNIST: the same format) files in the dataset's own (idx)
+    format; the image of class c has a bright bar at rows 2 + 2c and 3 + 2c."""
+    raw = root / dataset / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
@@ -263,6 +265,30 @@ def test_avalanche_classic_offline(name, scenario, tmp_path, runs_dir, pretraine
         "class") else [40, 40])
     assert run.accuracy["n_samples"].groupby(run.accuracy["train_exp"]).sum().eq(
         20 if scenario.startswith("class") else 40).all()
+
+
+def test_avalanche_classic_records_the_dataset_class_names(tmp_path, pretrained_backbone):
+    """SplitFMNIST renumbers its classes in a seeded order: every label is recorded with the
+    name of the FashionMNIST class its images come from (read off the bar in the image)."""
+    from torchvision.datasets import FashionMNIST
+
+    from clplatform.data import dataset_tensors
+    from clplatform.registry import create_stream
+    root = _fake_mnist(tmp_path / "fmnist", dataset="FashionMNIST")
+    bm = create_stream("avalanche", benchmark="SplitFMNIST", root=str(root), experiences=2,
+                       seed=3)
+    names = bm.info.classes
+    assert sorted(names) == sorted(FashionMNIST.classes) and names != FashionMNIST.classes
+    for experience in [*bm.train_stream, *bm.test_stream]:
+        x, y = dataset_tensors(experience.dataset)
+        bar_row = x[:, 0, :, 4:24].mean(-1).argmax(-1)  # first row of the bar: 2 + 2c
+        for label, row in zip(y.tolist(), bar_row.tolist()):
+            assert names[label] == FashionMNIST.classes[(row - 2) // 2]
+    result = invoke("run", "--dry-run", "--stream", "avalanche:SplitFMNIST", "--stream-opt",
+                    f"root={root}", "--stream-opt", "experiences=5", "--out", tmp_path / "r")
+    assert _ok(result)["stream"]["classes"][:1] != ["0"]
+    assert sorted(json.loads(result.stdout)["stream"]["classes"]) == sorted(
+        FashionMNIST.classes)
 
 
 def test_avalanche_classic_never_downloads_unasked(tmp_path, runs_dir):
