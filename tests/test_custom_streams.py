@@ -141,6 +141,38 @@ def test_folder_bad_images(tmp_path, runs_dir, pretrained_backbone):
                 "--out", runs_dir, *FAST), "no images found")
 
 
+def _huge_png(path: Path, side: int = 15000) -> Path:
+    """A PNG whose header declares side x side pixels (the data of a 1-pixel image): PIL
+    refuses it on opening as a decompression bomb (over twice Image.MAX_IMAGE_PIXELS)."""
+    import zlib
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = 8 + 4  # signature, then the IHDR chunk's length; type and data follow
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", side, side)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_folder_decompression_bomb(tmp_path, runs_dir, pretrained_backbone):
+    from PIL import Image
+    root = _folder(tmp_path / "data")
+    bomb = _huge_png(root / "cat" / "huge.png")
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(bomb)
+    _bad(invoke("run", "--dry-run", "--stream", "folder", "--stream-opt", f"root={root}",
+                "--out", runs_dir), f"cannot read image {bomb}: Image size (225000000 pixels)"
+                                    " exceeds limit")
+    result = invoke("run", "--dry-run", "--stream", "folder", "--stream-opt", f"root={root}",
+                    "--stream-opt", "skip_bad=true", "--stream-opt", "experiences=2",
+                    "--out", runs_dir)
+    assert _ok(result)["stream"]["classes"]
+    assert f"skipped unreadable image {bomb}: Image size (225000000 pixels)" in result.stderr
+    assert not runs_dir.exists()
+
+
 # ------------------------------------------------------------------ callables
 @pytest.fixture(autouse=True)
 def _shapes_module(monkeypatch):
@@ -201,6 +233,80 @@ def test_callable_errors(tmp_path, runs_dir):
     _bad(invoke("run", "--stream", f"{SHAPES}:make_shapes", "--stream-opt", "colour=red",
                 "--out", runs_dir, *FAST), "unexpected keyword argument 'colour'")
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+BAD_STREAM_FUNCTIONS = """
+import numpy as np
+x = np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8)
+y = np.arange(40) % 4
+def runtime():
+    raise RuntimeError("no GPU here")
+def value():
+    raise ValueError("bad size")
+def key():
+    return {}["missing"]
+def train_five():
+    return {"train": 5}
+def train_triple():
+    return {"train": (x, y, y)}
+def test_triple():
+    return {"train": (x, y), "test": (x, y, y)}
+def triple():
+    return (x, y, y)
+def plain_list():
+    return [x, y]
+def nan_labels():
+    return {"train": (x, np.where(y == 3, np.nan, y).astype(float))}
+def empty_train_stream():
+    from avalanche.benchmarks.scenarios.generic_scenario import CLScenario, EagerCLStream
+    return CLScenario([EagerCLStream("train", []), EagerCLStream("test", [])])
+def zero_experiences():
+    return {"train": (x, y), "experiences": 0}
+def test_fraction_five():
+    return {"train": (x, y), "test_fraction": 5}
+def negative_seed():
+    return {"train": (x, y), "seed": -1}
+"""
+
+
+@pytest.mark.parametrize("function, message", [
+    ("runtime", "bad.py:runtime raised RuntimeError: no GPU here"),
+    ("value", "bad.py:value raised ValueError: bad size"),
+    ("key", "bad.py:key raised KeyError: 'missing'"),
+    ("train_five", "'train' returned by {script}:train_five is a int, not a pair (images, "
+                   "labels)"),
+    ("train_triple", "is a 3-item tuple, not a pair (images, labels)"),
+    ("test_triple", "'test' returned by {script}:test_triple is a 3-item tuple"),
+    ("triple", "bad.py:triple returned a tuple, not an Avalanche benchmark"),
+    ("plain_list", "bad.py:plain_list returned a list, not an Avalanche benchmark"),
+    ("nan_labels", "bad.py:nan_labels: labels contain NaN or infinite values"),
+    ("empty_train_stream", "bad.py:empty_train_stream has no training experience"),
+    ("zero_experiences", "invalid value 0 for experiences (stream {script}:zero_experiences)"
+                         ": must be >= 1"),
+    ("test_fraction_five", "invalid value 5.0 for test_fraction (stream "
+                           "{script}:test_fraction_five): must be <= 0.9"),
+    ("negative_seed", "invalid value -1 for seed (stream {script}:negative_seed): must be "
+                      ">= 0"),
+])
+def test_a_stream_function_that_fails_or_returns_garbage(function, message, tmp_path,
+                                                         runs_dir):
+    """One line naming the function and the problem, exit 2, nothing written."""
+    script = tmp_path / "bad.py"
+    script.write_text(BAD_STREAM_FUNCTIONS)
+    _bad(invoke("run", "--stream", f"{script}:{function}", "--out", runs_dir, *FAST),
+         message.format(script=script))
+    assert not runs_dir.exists()
+
+
+def test_from_arrays_validates_its_numbers():
+    x, y = np.zeros((12, 8, 8), np.uint8), np.arange(12) % 3
+    assert len(from_arrays(x, y, experiences=3).train_stream) == 3
+    with pytest.raises(UserError, match="invalid value 0 for experiences"):
+        from_arrays(x, y, experiences=0)
+    with pytest.raises(UserError, match="invalid value 5.0 for test_fraction"):
+        from_arrays(x, y, test_fraction=5)
+    with pytest.raises(UserError, match="invalid value 4294967296 for seed"):
+        from_arrays(x, y, seed=2**32)
 
 
 # ------------------------------------------------------------------ entry points
