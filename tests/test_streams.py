@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,93 @@ def test_generated_data_are_cached(private_cache):
     before = {f: f.stat().st_mtime_ns for f in files}
     create_stream("glyphs", **SMALL, seed=11)
     assert {f: f.stat().st_mtime_ns for f in files} == before
+
+
+# ------------------------------------------------------------------ seeds
+def _cli(*args, env=None):
+    from click.testing import CliRunner
+
+    from clplatform.cli import cli
+    return CliRunner(env=env).invoke(cli, [str(a) for a in args], prog_name="clplat")
+
+
+def _one_line_error(result, message: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("clplat: error: "), result.stderr
+    assert message in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("stream, seed, message", [
+    ("glyphs", "-1", "invalid value -1 for seed (stream 'glyphs'): must be >= 0"),
+    ("glyphs", "4294967296", "invalid value 4294967296 for seed (stream 'glyphs'): must be "
+                             "<= 4294967295"),
+    ("glyphs-domains", "-1", "invalid value -1 for seed (stream 'glyphs-domains')"),
+    ("digits", "-1", "invalid value -1 for seed (stream 'digits'): must be >= 0"),
+    ("digits", "4294967296", "invalid value 4294967296 for seed (stream 'digits')"),
+    ("folder", "-1", "invalid value -1 for seed (stream 'folder'): must be >= 0"),
+    ("avalanche:SplitMNIST", "-1", "invalid value -1 for seed (stream "
+                                   "'avalanche:SplitMNIST'): must be >= 0"),
+])
+def test_stream_seeds_are_validated(stream, seed, message, tmp_path):
+    """From the command line and from a TOML file alike: exit 2 before anything is built."""
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    extra = ["--stream-opt", f"root={root}"] if stream in ("folder", "avalanche:SplitMNIST") \
+        else []
+    _one_line_error(_cli("run", "--dry-run", "--stream", stream, "--stream-opt",
+                         f"seed={seed}", *extra, "--out", tmp_path / "runs"), message)
+    config = tmp_path / "run.toml"
+    config.write_text(f'[stream]\nname = "{stream}"\nseed = {seed}\n'
+                      + (f'root = "{root}"\n' if extra else ""))
+    _one_line_error(_cli("run", "--dry-run", "--config", config, "--out", tmp_path / "runs"),
+                    message)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_largest_stream_seed_works():
+    bm = create_stream("digits", seed=2**32 - 1)
+    assert bm.info.num_classes == 10 and len(bm.train_stream) == 5
+
+
+# ------------------------------------------------------------------ the cache
+NO_BACKBONE = ["--backbone-opt", "pretrained=false", "--stream-opt", "samples_per_class=2",
+               "--stream-opt", "test_samples_per_class=1", "--stream-opt", "seed=7"]
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not a zip archive", b"\x93NUMPY"])
+def test_a_corrupt_stream_cache_file_is_rebuilt(content, tmp_path, monkeypatch):
+    """An empty, truncated or foreign file where a stream's cached arrays should be: rebuilt
+    with a warning, the run goes on (it used to end as 'interrupted', exit 130)."""
+    monkeypatch.setenv("CLPLATFORM_CACHE", str(tmp_path / "cache"))
+    first = _cli("run", "--dry-run", *NO_BACKBONE, "--out", tmp_path / "runs")
+    assert first.exit_code == 0, first.output
+    cached, = (tmp_path / "cache" / "streams").glob("glyphs-*.npz")
+    good = cached.read_bytes()
+    cached.write_bytes(content)
+    again = _cli("run", "--dry-run", *NO_BACKBONE, "--out", tmp_path / "runs")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout) == json.loads(first.stdout)
+    assert f"rebuilding unreadable cache file {cached}" in again.stderr
+    assert cached.read_bytes() == good  # the same data, rebuilt and cached again
+
+
+def test_what_is_not_the_cache_is_refused_up_front(tmp_path, monkeypatch):
+    from clplatform.pretrain import PretrainRecipe, cached_weights_path
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    monkeypatch.setenv("CLPLATFORM_CACHE", str(blocker))
+    _one_line_error(_cli("run", "--dry-run", *NO_BACKBONE, "--out", tmp_path / "runs"),
+                    f"cannot use the cache folder {blocker}/streams ($CLPLATFORM_CACHE cache "
+                    f"{blocker})")
+    assert blocker.read_text() == "mine"
+    # a folder where the default backbone's weights go: refused before a minute of
+    # pre-training, and left alone
+    monkeypatch.setenv("CLPLATFORM_CACHE", str(tmp_path / "cache"))
+    weights = cached_weights_path(PretrainRecipe())
+    (weights / "keep").mkdir(parents=True)
+    for args in (["run", "--dry-run", "--stream", "digits"], ["pretrain"]):
+        result = _cli(*args, "--out", tmp_path / "out")
+        _one_line_error(result, f"{weights} is in the way of a cache file (it is not a file)")
+        assert "building the default backbone" not in result.stderr
+    assert (weights / "keep").is_dir()
