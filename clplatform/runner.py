@@ -154,10 +154,6 @@ class Prepared:
                                                        f"backbone {spec.backbone!r}")
         unused = [k for k in strategy_entry.extra.get("unused_train", ())
                   if getattr(train, k) is not None]
-        if unused:  # a warning, not an error: sweeps set them for every strategy at once
-            print(f"clplat: warning: strategy {spec.strategy!r} does not use "
-                  f"{', '.join(unused)}; its own hyper-parameters are set with --set "
-                  f"(clplat list strategies -v)", file=sys.stderr)
         defaults = {**GLOBAL_TRAIN_DEFAULTS, **strategy_entry.extra.get("train_defaults", {})}
         settings = TrainSettings(
             epochs=train.epochs if train.epochs is not None else defaults["epochs"],
@@ -200,6 +196,11 @@ class Prepared:
                       "device_requested": train.device, "flops": train.flops},
         }
         self.label = f"{spec.strategy}-{stream_source.label}-s{settings.seed}"
+        if unused:  # a warning, not an error: sweeps set them for every strategy at
+            # once; only once everything is built, so that an error stays the one line
+            print(f"clplat: warning: strategy {spec.strategy!r} does not use "
+                  f"{', '.join(unused)}; its own hyper-parameters are set with --set "
+                  f"(clplat list strategies -v)", file=sys.stderr)
 
     def restore(self, state: dict) -> None:
         """Continue after the checkpoint's experience: the model regrows what it had grown
