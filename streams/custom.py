@@ -303,16 +303,13 @@ def _literal(value: Any) -> Any:
 def _task_aware(dataset, what: str):
     """``dataset`` as an Avalanche classification dataset whose mini-batches end with the
     task label (``<x, y, t>``), as the strategies expect: its own task labels, else 0."""
-    from avalanche.benchmarks.utils import AvalancheDataset, ConstantSequence, TaskLabels
-    from avalanche.benchmarks.utils.classification_dataset import (
-        _as_taskaware_supervised_classification_dataset)
-    if not isinstance(dataset, AvalancheDataset):
-        if not hasattr(dataset, "targets"):
-            raise UserError(f"{what} holds a {type(dataset).__name__} without targets, not "
-                            "an Avalanche classification dataset")
-        return _as_taskaware_supervised_classification_dataset(dataset)
+    from avalanche.benchmarks.utils import (AvalancheDataset, ConstantSequence, TaskLabels,
+                                            as_classification_dataset)
     if not hasattr(dataset, "targets"):
-        raise UserError(f"{what} holds a dataset without targets (class labels)")
+        raise UserError(f"{what} holds a {type(dataset).__name__} without targets (class "
+                        "labels), not a classification dataset")
+    if not isinstance(dataset, AvalancheDataset):  # a torch dataset with targets
+        dataset = as_classification_dataset(dataset)
     labels = getattr(dataset, "targets_task_labels", None)
     if labels is not None and labels.use_in_getitem:
         return dataset

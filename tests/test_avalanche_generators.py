@@ -130,12 +130,21 @@ def filelist_helper(tmp):
                               train_transform=gray, eval_transform=gray)
 
 
+def torch_datasets(tmp):
+    """A scenario of experiences over plain torch datasets (with ``targets``)."""
+    from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
+    from avalanche.benchmarks.scenarios.generic_scenario import CLScenario, EagerCLStream
+    return CLScenario([EagerCLStream(name, [DatasetExperience(dataset=_plain(n, seed))])
+                       for name, n, seed in (("train", TRAIN, 0), ("test", TEST, 1))])
+
+
 # generator, training experiences, test experiences, samples per test pass
 GENERATORS = [(class_incremental, 2, 2, TEST), (nc, 2, 2, TEST), (nc_task_labels, 2, 2, TEST),
               (ni, 2, 1, TEST), (from_datasets, 2, 2, 2 * TEST), (new_instances, 2, 1, TEST),
               (task_incremental, 2, 2, TEST), (data_incremental, 4, 2, TEST),
               (dataset_helper, 2, 2, 2 * TEST), (tensors_helper, 2, 2, 2 * TEST),
-              (paths_helper, 2, 2, 2 * TEST), (filelist_helper, 1, 1, TEST)]
+              (paths_helper, 2, 2, 2 * TEST), (filelist_helper, 1, 1, TEST),
+              (torch_datasets, 1, 1, TEST)]
 
 
 @pytest.mark.parametrize("make, n_train, n_test, tested", GENERATORS,
@@ -189,3 +198,16 @@ def test_a_stream_function_returning_a_generator_benchmark(tmp_path, runs_dir,
     assert list(run.experiences["experience_size"]) == [12, 12]
     final = run.accuracy[run.accuracy["train_exp"] == 1]
     assert final["n_samples"].sum() == 12
+
+
+def test_a_dataset_without_class_labels_is_named():
+    from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
+    from avalanche.benchmarks.scenarios.generic_scenario import CLScenario, EagerCLStream
+
+    from clplatform.errors import UserError
+    unlabelled = TensorDataset(*_tensors(TEST, 1))  # no targets attribute
+    benchmark = CLScenario([EagerCLStream("train", [DatasetExperience(dataset=_plain(TRAIN, 0))]),
+                            EagerCLStream("test", [DatasetExperience(dataset=unlabelled)])])
+    with pytest.raises(UserError, match="mine: test experience 0 holds a TensorDataset "
+                                        r"without targets \(class labels\)"):
+        complete_benchmark(benchmark, "mine")
