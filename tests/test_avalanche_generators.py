@@ -1,7 +1,7 @@
 """Benchmarks built with Avalanche 0.6's own generators (the "Benchmark Generators" of its
 API: class_incremental_benchmark, nc/ni_benchmark, benchmark_from_datasets,
-new_instances_benchmark, task_incremental_benchmark, data_incremental_benchmark, the
-dataset/tensor/path/file-list helpers) run as they are: passed to ``clplatform.run`` or
+new_instances_benchmark, task_incremental_benchmark, data_incremental_benchmark,
+benchmark_with_validation_stream, the dataset/tensor/path/file-list helpers) run as they are: passed to ``clplatform.run`` or
 returned by a stream function, on tiny tensors, offline."""
 import json
 import warnings
@@ -130,6 +130,13 @@ def filelist_helper(tmp):
                               train_transform=gray, eval_transform=gray)
 
 
+def with_validation_stream(tmp):
+    from avalanche.benchmarks.scenarios.validation_scenario import (
+        benchmark_with_validation_stream)
+    return benchmark_with_validation_stream(class_incremental(tmp), validation_size=0.25,
+                                            seed=0)
+
+
 def torch_datasets(tmp):
     """A scenario of experiences over plain torch datasets (with ``targets``)."""
     from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
@@ -144,6 +151,7 @@ GENERATORS = [(class_incremental, 2, 2, TEST), (nc, 2, 2, TEST), (nc_task_labels
               (task_incremental, 2, 2, TEST), (data_incremental, 4, 2, TEST),
               (dataset_helper, 2, 2, 2 * TEST), (tensors_helper, 2, 2, 2 * TEST),
               (paths_helper, 2, 2, 2 * TEST), (filelist_helper, 1, 1, TEST),
+              (with_validation_stream, 2, 2, TEST),
               (torch_datasets, 1, 1, TEST)]
 
 
