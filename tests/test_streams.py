@@ -199,3 +199,16 @@ def test_what_is_not_the_cache_is_refused_up_front(tmp_path, monkeypatch):
         _one_line_error(result, f"{weights} is in the way of a cache file (it is not a file)")
         assert "building the default backbone" not in result.stderr
     assert (weights / "keep").is_dir()
+
+
+def test_a_cache_that_cannot_be_written_costs_only_a_warning(tmp_path, monkeypatch, capsys):
+    import errno
+    monkeypatch.setenv("CLPLATFORM_CACHE", str(tmp_path / "cache"))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(np, "savez", disk_full)
+    bm = create_stream("glyphs", **SMALL, seed=12, experiences=2)
+    assert bm.info.num_classes == 62 and len(bm.train_stream) == 2
+    assert "cannot write cache file" in capsys.readouterr().err
+    assert not list((tmp_path / "cache" / "streams").iterdir())  # no partial file left
