@@ -351,9 +351,13 @@ def _infer_info(benchmark, name: str, classes: Sequence[str] | None = None) -> S
     targets, shape = set(), None
     for stream in (benchmark.train_stream, benchmark.test_stream):
         for exp in stream:
-            labels = torch.as_tensor(list(exp.dataset.targets))
-            if torch.is_floating_point(labels) and not (
-                    torch.isfinite(labels).all() and labels.eq(labels.round()).all()):
+            try:
+                labels = torch.as_tensor(list(exp.dataset.targets))
+            except (TypeError, ValueError, RuntimeError):  # strings, None, mixed
+                labels = torch.tensor(float("nan"))
+            if labels.is_complex() or labels.dtype == torch.bool or (
+                    torch.is_floating_point(labels) and not (
+                        torch.isfinite(labels).all() and labels.eq(labels.round()).all())):
                 raise UserError(f"stream {name}: labels must be integers >= 0")
             targets.update(labels.long().tolist())
             if shape is None:

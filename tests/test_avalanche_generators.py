@@ -219,3 +219,7 @@ def test_a_dataset_without_class_labels_is_named():
     with pytest.raises(UserError, match="mine: test experience 0 holds a TensorDataset "
                                         r"without targets \(class labels\)"):
         complete_benchmark(benchmark, "mine")
+    for labels in (["cat", "dog"] * (TEST // 2), [0.5] * TEST, [float("nan")] * TEST):
+        unlabelled.targets = labels
+        with pytest.raises(UserError, match="stream mine: labels must be integers >= 0"):
+            complete_benchmark(benchmark, "mine")
