@@ -1,8 +1,9 @@
 """Benchmarks built with Avalanche 0.6's own generators (the "Benchmark Generators" of its
 API: class_incremental_benchmark, nc/ni_benchmark, benchmark_from_datasets,
 new_instances_benchmark, task_incremental_benchmark, data_incremental_benchmark,
-benchmark_with_validation_stream, the dataset/tensor/path/file-list helpers) run as they are: passed to ``clplatform.run`` or
-returned by a stream function, on tiny tensors, offline."""
+benchmark_with_validation_stream, the dataset/tensor/path/file-list helpers) run as they
+are: passed to ``clplatform.run`` or returned by a stream function, on tiny tensors,
+offline."""
 import json
 import warnings
 from pathlib import Path
