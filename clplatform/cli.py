@@ -188,9 +188,11 @@ _report_options = _options(
 
 def _report(runs, out, group_by, export, export_format, include_incomplete, default_out,
             title, detail_single_run=False):
-    from reports import build_report, check_export_format, comparison_text, export_tables
-    if export:
+    from reports import (build_report, check_export_folder, check_export_format,
+                         comparison_text, export_tables)
+    if export:  # before anything is written
         check_export_format(export_format)
+        check_export_folder(export)
     loaded, path = build_report(runs, out or default_out(runs), title, group_by,
                                 include_incomplete)
     if detail_single_run and len(loaded.runs) == 1:
@@ -216,15 +218,26 @@ def runs_command(folders, as_json):
     are kept), failed (with the reason), or stale (recorded as running, but its process on
     this host is gone).
     """
+    import os
+
     from .store import json_safe, list_runs
     table = list_runs(list(folders) or ["runs"])
     if as_json:
         click.echo(json.dumps(json_safe(table.to_dict(orient="records"))))
         return
+
+    def shown_path(path: str) -> str:  # relative to the current folder when shorter
+        relative = os.path.relpath(path)
+        return relative if len(relative) < len(path) else path
+
+    def count(row) -> str:
+        return "" if row["status"] == "corrupt" else f"{row['experiences']:.0f}/{row['of']:.0f}"
     shown = table.assign(
-        experiences=table["experiences"].astype(str) + "/" + table["of"].astype(str),
-        final_accuracy=(100 * table["final_accuracy"].astype(float)).round(2),
-        reason=table["reason"].fillna("")).drop(columns=["of"])
+        run=table["run"].map(shown_path),
+        experiences=table.apply(count, axis=1) if len(table) else "",
+        final_accuracy=(100 * table["final_accuracy"].astype(float)).map(
+            lambda v: "" if v != v else f"{v:.2f}"),
+        reason=table["reason"].fillna("")).drop(columns=["of"]).fillna("")
     click.echo(shown.to_string(index=False))
 
 
@@ -243,7 +256,7 @@ def report_command(runs, out, group_by, export, export_format, include_incomplet
         return single / "report.html" if len(paths) == 1 and (single / "run.json").is_file() \
             else Path("report.html")
     _report(runs, out, group_by, export, export_format, include_incomplete, default_out,
-            "clplatform report", detail_single_run=True)
+            None, detail_single_run=True)
 
 
 @cli.command("compare")
@@ -256,7 +269,7 @@ def compare_command(runs, out, group_by, export, export_format, include_incomple
     comparison.html unless --out says otherwise.
     """
     _report(runs, out, group_by, export, export_format, include_incomplete,
-            lambda paths: "comparison.html", "clplatform comparison")
+            lambda paths: "comparison.html", None)
 
 
 @cli.command("sweep")
