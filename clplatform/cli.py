@@ -230,15 +230,15 @@ def runs_command(folders, as_json):
         relative = os.path.relpath(path)
         return relative if len(relative) < len(path) else path
 
-    def count(row) -> str:
-        return "" if row["status"] == "corrupt" else f"{row['experiences']:.0f}/{row['of']:.0f}"
-    shown = table.assign(
-        run=table["run"].map(shown_path),
-        experiences=table.apply(count, axis=1) if len(table) else "",
-        final_accuracy=(100 * table["final_accuracy"].astype(float)).map(
-            lambda v: "" if v != v else f"{v:.2f}"),
-        reason=table["reason"].fillna("")).drop(columns=["of"]).fillna("")
-    click.echo(shown.to_string(index=False))
+    def number(format_: str):
+        return lambda v: "" if v is None or v != v else format_.format(v)
+    shown = table.astype(object).where(table.notna(), None).assign(
+        run=table["run"].map(shown_path), seed=table["seed"].map(number("{:.0f}")),
+        experiences=table["experiences"].map(number("{:.0f}")) + "/"
+        + table["of"].map(number("{:.0f}")),
+        final_accuracy=(100 * table["final_accuracy"].astype(float)).map(number("{:.2f}")))
+    shown.loc[table["status"] == "corrupt", "experiences"] = ""
+    click.echo(shown.drop(columns=["of"]).fillna("").to_string(index=False))
 
 
 @cli.command("report")
