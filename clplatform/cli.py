@@ -215,8 +215,9 @@ def runs_command(folders, as_json):
     """List the runs under DIR (default: runs) with their status.
 
     Status: running, complete, interrupted (stopped by a signal; the finished experiences
-    are kept), failed (with the reason), or stale (recorded as running, but its process on
-    this host is gone).
+    are kept), failed (with the reason), stale (recorded as running, but its process on
+    this host is gone), or corrupt (a file that does not fit its schema, named in the
+    reason). Paths are shown relative to the current folder.
     """
     import os
 

@@ -8,7 +8,8 @@ A run directory holds
   and ``rounds.csv`` for active strategies (accuracy after each query-and-adapt round),
 - ``summary.json``: the derived metrics.
 Every file is written atomically; ``run.json`` is written first (status ``running``) and last
-(``complete`` or ``failed``), so a directory is never silently partial.
+(``complete`` or ``failed``), so a directory is never silently partial. Every file is read
+back through its schema (:mod:`clplatform.records`).
 """
 from __future__ import annotations
 
