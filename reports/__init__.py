@@ -86,5 +86,6 @@ def build_report(paths, out: str | Path, title: str | None = None,
     return runs, path
 
 
-__all__ = ["RunSet", "build_report", "check_export_folder", "check_export_format", "comparison_table", "comparison_text", "export_tables",
-           "find_run_dirs", "load_runs", "run_summary_text", "GROUP_BY", "EXPORT_FORMATS"]
+__all__ = ["RunSet", "build_report", "check_export_folder", "check_export_format",
+           "comparison_table", "comparison_text", "export_tables", "find_run_dirs", "load_runs",
+           "run_summary_text", "GROUP_BY", "EXPORT_FORMATS"]
