@@ -188,9 +188,11 @@ _report_options = _options(
 
 def _report(runs, out, group_by, export, export_format, include_incomplete, default_out,
             title, detail_single_run=False):
-    from reports import build_report, check_export_format, comparison_text, export_tables
-    if export:
+    from reports import (build_report, check_export_folder, check_export_format,
+                         comparison_text, export_tables)
+    if export:  # before anything is written
         check_export_format(export_format)
+        check_export_folder(export)
     loaded, path = build_report(runs, out or default_out(runs), title, group_by,
                                 include_incomplete)
     if detail_single_run and len(loaded.runs) == 1:
@@ -213,19 +215,31 @@ def runs_command(folders, as_json):
     """List the runs under DIR (default: runs) with their status.
 
     Status: running, complete, interrupted (stopped by a signal; the finished experiences
-    are kept), failed (with the reason), or stale (recorded as running, but its process on
-    this host is gone).
+    are kept), failed (with the reason), stale (recorded as running, but its process on
+    this host is gone), or corrupt (a file that does not fit its schema, named in the
+    reason). Paths are shown relative to the current folder.
     """
+    import os
+
     from .store import json_safe, list_runs
     table = list_runs(list(folders) or ["runs"])
     if as_json:
         click.echo(json.dumps(json_safe(table.to_dict(orient="records"))))
         return
-    shown = table.assign(
-        experiences=table["experiences"].astype(str) + "/" + table["of"].astype(str),
-        final_accuracy=(100 * table["final_accuracy"].astype(float)).round(2),
-        reason=table["reason"].fillna("")).drop(columns=["of"])
-    click.echo(shown.to_string(index=False))
+
+    def shown_path(path: str) -> str:  # relative to the current folder when shorter
+        relative = os.path.relpath(path)
+        return relative if len(relative) < len(path) else path
+
+    def number(format_: str):
+        return lambda v: "" if v is None or v != v else format_.format(v)
+    shown = table.astype(object).where(table.notna(), None).assign(
+        run=table["run"].map(shown_path), seed=table["seed"].map(number("{:.0f}")),
+        experiences=table["experiences"].map(number("{:.0f}")) + "/"
+        + table["of"].map(number("{:.0f}")),
+        final_accuracy=(100 * table["final_accuracy"].astype(float)).map(number("{:.2f}")))
+    shown.loc[table["status"] == "corrupt", "experiences"] = ""
+    click.echo(shown.drop(columns=["of"]).fillna("").to_string(index=False))
 
 
 @cli.command("report")
@@ -243,7 +257,7 @@ def report_command(runs, out, group_by, export, export_format, include_incomplet
         return single / "report.html" if len(paths) == 1 and (single / "run.json").is_file() \
             else Path("report.html")
     _report(runs, out, group_by, export, export_format, include_incomplete, default_out,
-            "clplatform report", detail_single_run=True)
+            None, detail_single_run=True)
 
 
 @cli.command("compare")
@@ -256,7 +270,7 @@ def compare_command(runs, out, group_by, export, export_format, include_incomple
     comparison.html unless --out says otherwise.
     """
     _report(runs, out, group_by, export, export_format, include_incomplete,
-            lambda paths: "comparison.html", "clplatform comparison")
+            lambda paths: "comparison.html", None)
 
 
 @cli.command("sweep")

@@ -90,12 +90,25 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int,
     return logits, selected
 
 
+def _scored_loss(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean cross-entropy over the samples whose class is not masked (NaN if none is)."""
+    scored = logits.gather(1, y[:, None]).squeeze(1) != MASK_VALUE
+    if not scored.any():
+        return float("nan")
+    return F.cross_entropy(logits[scored], y[scored]).item()
+
+
 def scores(logits: torch.Tensor, y: torch.Tensor, selected: torch.Tensor | None = None,
            experience: int | None = None) -> dict[str, float]:
     """Accuracy (sample-weighted), per-class-mean accuracy, task-aware accuracy (argmax over
     the classes present in ``y`` only) and mean loss of ``logits`` against labels ``y``;
     with the modules chosen (``selected``) and ``experience`` given, also
-    ``task_selection_accuracy`` (how often a sample picked that experience's module)."""
+    ``task_selection_accuracy`` (how often a sample picked that experience's module).
+
+    The loss is the mean cross-entropy over the samples whose class the model scores: a
+    class it has no unit for yet is scored MASK_VALUE, and a loss against that constant
+    (about -MASK_VALUE) measures the mask, not the model; NaN when no sample's class is
+    scored (an experience not learned yet, in a class-incremental stream)."""
     classes = y.unique()
     outside = torch.ones(logits.shape[1], dtype=torch.bool)
     outside[classes] = False
@@ -105,7 +118,7 @@ def scores(logits: torch.Tensor, y: torch.Tensor, selected: torch.Tensor | None 
     result = {"accuracy": correct.float().mean().item(),
               "class_mean_accuracy": per_class.mean().item(),
               "task_accuracy": task_correct.float().mean().item(),
-              "loss": F.cross_entropy(logits, y, reduction="sum").item() / len(y),
+              "loss": _scored_loss(logits, y),
               "n_samples": len(y)}
     if selected is not None and experience is not None:
         result["task_selection_accuracy"] = (selected == experience).float().mean().item()

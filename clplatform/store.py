@@ -8,7 +8,8 @@ A run directory holds
   and ``rounds.csv`` for active strategies (accuracy after each query-and-adapt round),
 - ``summary.json``: the derived metrics.
 Every file is written atomically; ``run.json`` is written first (status ``running``) and last
-(``complete`` or ``failed``), so a directory is never silently partial.
+(``complete`` or ``failed``), so a directory is never silently partial. Every file is read
+back through its schema (:mod:`clplatform.records`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import pandas as pd
 
 from .cache import write_json, write_text
 from .errors import UserError
+from .records import check_json, check_table
 
 RUN_FILE, CONFIG_FILE, SUMMARY_FILE = "run.json", "config.json", "summary.json"
 ACCURACY_FILE, EXPERIENCES_FILE, ROUNDS_FILE = "accuracy.csv", "experiences.csv", "rounds.csv"
@@ -115,7 +117,8 @@ class Run:
 
     @property
     def status(self) -> str:
-        return self.record.get("status", "unknown")
+        """:func:`run_status` of the record (``stale`` for a killed run)."""
+        return run_status(self.record)
 
     def __repr__(self) -> str:
         return (f"Run({str(self.path)!r}, status={self.status!r}, "
@@ -123,6 +126,7 @@ class Run:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON file of a run directory, checked against its schema (:mod:`.records`)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -131,16 +135,18 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise UserError(f"corrupt file {path}: {exc}") from None
     if not isinstance(data, dict):
         raise UserError(f"corrupt file {path}: expected a JSON object")
-    return data
+    return check_json(path, data)
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        return pd.DataFrame()
+    """A records table of a run directory (empty if absent), checked against its schema."""
     try:
-        return pd.read_csv(path)
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return pd.DataFrame()
     except (OSError, ValueError) as exc:
         raise UserError(f"corrupt records file {path}: {exc}") from None
+    return check_table(path, text)
 
 
 def find_run_dirs(paths: list[str | os.PathLike]) -> list[Path]:
@@ -187,22 +193,26 @@ def run_status(record: dict[str, Any]) -> str:
 
 def list_runs(paths: list[str | os.PathLike]) -> pd.DataFrame:
     """One row per run directory under ``paths``: id, status, strategy, stream, seed,
-    experiences done / in the stream, final accuracy, start time."""
+    experiences done / in the stream, final accuracy, start time. A run whose files do not
+    fit their schema is listed with status ``corrupt`` and the problem as its reason."""
     rows = []
     for path in find_run_dirs(paths):
-        record = _read_json(path / RUN_FILE)
-        config = _read_json(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else {}
-        summary = _read_json(path / SUMMARY_FILE) if (path / SUMMARY_FILE).is_file() else {}
-        experiences = _read_csv(path / EXPERIENCES_FILE)
-        stream = config.get("stream", {})
+        try:
+            run = load_run(path)
+        except UserError as exc:
+            rows.append({"run": str(path), "status": "corrupt", "reason": str(exc)})
+            continue
+        stream = run.config["stream"]
         rows.append({
-            "run": str(path), "status": run_status(record),
-            "strategy": config.get("strategy", {}).get("name"), "stream": stream.get("name"),
-            "seed": record.get("seed"), "experiences": len(experiences),
-            "of": stream.get("experiences_in_stream"),
-            "final_accuracy": summary.get("final_accuracy"),
-            "started": record.get("started"), "reason": record.get("reason")})
-    return pd.DataFrame(rows)
+            "run": str(path), "status": run.status,
+            "strategy": run.config["strategy"]["name"], "stream": stream["name"],
+            "seed": run.record.get("seed"), "experiences": len(run.experiences),
+            "of": stream["experiences_in_stream"],
+            "final_accuracy": run.summary.get("final_accuracy"),
+            "started": run.record.get("started"), "reason": run.record.get("reason")})
+    columns = ["run", "status", "strategy", "stream", "seed", "experiences", "of",
+               "final_accuracy", "started", "reason"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def load_run(path: str | os.PathLike) -> Run:

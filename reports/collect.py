@@ -1,9 +1,11 @@
 """Gathering runs for a report: find run directories, load them, merge their records."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -24,6 +26,41 @@ class RunSet:
 
 
 IDENTITY = ["run", "strategy", "stream", "backbone", "seed"]
+
+# resolved settings that do not change a run's results: where it went, on which device, how
+# its costs were counted, and what follows from the seed (the stream's seed, class order)
+NO_EFFECT = ("train.seed", "train.out", "train.device", "train.device_requested",
+             "train.eval_batch_size", "train.flops", "stream.name", "stream.seed",
+             "stream.classes", "stream.domains")
+SHORT_NAMES = {"train.epochs": "epochs", "train.batch_size": "batch_size", "train.lr": "lr",
+               "backbone.name": "backbone"}
+
+
+def settings(config: dict) -> dict[str, Any]:
+    """The stream, backbone and training settings of a resolved configuration that can
+    change results, flat (``epochs``, ``stream.experiences``, ``backbone.pretrained``...)
+    and as text (a table column keeps its values as written); the strategy's own
+    hyper-parameters are in the label."""
+    flat = {}
+    for table in ("stream", "backbone", "train"):
+        for key, value in config[table].items():
+            name = f"{table}.{key}"
+            if name not in NO_EFFECT:
+                flat[SHORT_NAMES.get(name, name)] = (
+                    json.dumps(value) if isinstance(value, (list, dict)) else str(value))
+    return flat
+
+
+def is_setting(column: str) -> bool:
+    """A column of the runs table that holds one of :func:`settings`."""
+    return column in SHORT_NAMES.values() or column.startswith(("stream.", "backbone.",
+                                                                 "train."))
+
+
+def differing(values: list[dict[str, Any]]) -> list[str]:
+    """The keys whose value is not the same in every dict of ``values``."""
+    keys = list(dict.fromkeys(k for v in values for k in v))
+    return [k for k in keys if len({repr(v.get(k)) for v in values}) > 1]
 
 
 def _identity(run: Run) -> dict:
@@ -47,8 +84,24 @@ def _label(run: Run) -> str:
     return name + "".join(f" {k}={v}" for k, v in sorted(changed.items()))
 
 
+def check_groups(table: pd.DataFrame, group_by: str) -> None:
+    """Refuse to average runs of different streams (options, experience counts) in one row:
+    possible only when ``--group-by`` is coarser than the label."""
+    stream_settings = [c for c in table.columns if c.startswith("stream.")]
+    for (stream, group), runs in table.groupby(["stream", group_by], sort=True):
+        for column in stream_settings:
+            values = runs[column].dropna().unique()
+            if len(values) > 1:
+                shown = ", ".join(str(v) for v in sorted(values, key=str))
+                raise UserError(
+                    f"runs of {group_by} {group!r} on stream {stream!r} differ in {column} "
+                    f"({shown}): they cannot be averaged; use --group-by label")
+
+
 def load_runs(paths: list[str | os.PathLike], include_incomplete: bool = False) -> RunSet:
-    """Load every run under ``paths``; runs that did not complete are skipped unless asked."""
+    """Load every run under ``paths`` (each checked by :func:`clplatform.store.load_run`: a
+    malformed one is an error naming the file); runs that did not complete are skipped
+    unless asked."""
     runs, skipped = [], []
     for path in find_run_dirs(paths):
         run = load_run(path)
@@ -58,23 +111,25 @@ def load_runs(paths: list[str | os.PathLike], include_incomplete: bool = False) 
         if run.accuracy.empty:
             skipped.append((path, "no records"))
             continue
-        for frame, columns, name in ((run.accuracy, ("train_exp", "eval_exp", "accuracy"),
-                                      "accuracy.csv"),
-                                     (run.experiences, ("train_exp", "params_total"),
-                                      "experiences.csv")):
-            missing = [c for c in columns if c not in frame.columns]
-            if missing:
-                raise UserError(f"corrupt records file {path / name}: missing column "
-                                f"{missing[0]!r}")
         runs.append(run)
     if not runs:
         detail = f" ({len(skipped)} incomplete skipped; see --include-incomplete)" \
             if skipped else ""
         raise UserError(f"no complete run to report{detail}")
+    # runs of one stream that differ in a setting are told apart by it: the setting is a
+    # column of every table and part of the label, so runs are averaged only over seeds
+    configured = {id(run): settings(run.config) for run in runs}
+    varying = {stream: differing([configured[id(r)] for r in runs
+                                  if r.config["stream"]["name"] == stream])
+               for stream in sorted({r.config["stream"]["name"] for r in runs})}
+    columns = list(dict.fromkeys(k for keys in varying.values() for k in keys))
     rows, accuracy, experiences, rounds = [], [], [], []
     for run in runs:
         ident = _identity(run)
-        ident["label"] = _label(run)
+        shown = varying[ident["stream"]]
+        ident.update({k: configured[id(run)].get(k) for k in columns})
+        ident["label"] = _label(run) + "".join(
+            f" {k}={configured[id(run)].get(k)}" for k in shown)
         summary = summarize(run.accuracy, run.experiences if not run.experiences.empty
                             else None)
         summary["wall_seconds"] = run.summary.get("wall_seconds")

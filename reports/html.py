@@ -15,7 +15,7 @@ from clplatform.cache import write_text
 
 from . import plots
 from .collect import RunSet
-from .tables import comparison_table
+from .tables import comparison_table, count
 
 STYLE = """
 body { font-family: 'DejaVu Sans', Arial, sans-serif; margin: 2em auto; max-width: 1200px;
@@ -24,6 +24,9 @@ h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom:
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
+table.comparison td, table.comparison th { white-space: nowrap; }
+table.record td { text-align: left; max-width: 60em; overflow-wrap: anywhere; }
+.scroll { overflow-x: auto; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; }
 figcaption { font-size: 0.85em; color: #555; }
 .swatch { display: inline-block; width: 0.9em; height: 0.9em; margin-right: 0.4em;
@@ -44,21 +47,25 @@ def _figure(fig, caption: str) -> str:
             f'{_png(fig)}"><figcaption>{html.escape(caption)}</figcaption></figure>')
 
 
-def _table(frame: pd.DataFrame, colors: dict | None = None, key: str | None = None) -> str:
+def _table(frame: pd.DataFrame, row_colors: list | None = None,
+           key: str | None = None, wrap: bool = False) -> str:
+    """``frame`` as an HTML table; ``row_colors``: a colour swatch per row in column ``key``.
+    Cells of numbers never wrap (the table scrolls); ``wrap``: a table of long texts."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     rows = []
-    for _, row in frame.iterrows():
+    for i, (_, row) in enumerate(frame.iterrows()):
         cells = []
         for column in frame.columns:
             text = html.escape(str(row[column]))
-            if colors and column == key and row[column] in colors:
-                r, g, b, _a = colors[row[column]]
+            if row_colors and column == key:
+                r, g, b, _a = row_colors[i]
                 text = (f'<span class="swatch" style="background: rgb({int(255 * r)},'
                         f'{int(255 * g)},{int(255 * b)})"></span>{text}')
             cells.append(f"<td>{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<table class="comparison"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table>')
+    kind = "record" if wrap else "comparison"
+    return (f'<div class="scroll"><table class="{kind}"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
 def _stream_section(stream: str, runs: RunSet, group_by: str) -> str:
@@ -68,12 +75,14 @@ def _stream_section(stream: str, runs: RunSet, group_by: str) -> str:
                    if not runs.experiences.empty else runs.experiences)
     colors = plots.group_colors(table[group_by])
     parts = [f"<h2>Stream {html.escape(stream)}</h2>",
-             f'<p class="note">{len(table)} runs; cells are mean ± standard deviation over '
-             f"the runs (seeds) of each {html.escape(group_by)}.</p>",
-             _table(comparison_table(table, group_by), colors, group_by),
+             f'<p class="note">{count(len(table), "run")}; cells are mean ± standard '
+             f"deviation over the runs (seeds) of each {html.escape(group_by)}.</p>",
+             _table(comparison_table(table, group_by),
+                    [colors[g] for g in sorted(colors)], group_by),
              _figure(plots.accuracy_matrices(accuracy, group_by),
                      "Accuracy matrix: accuracy (%) on test experience j after training "
-                     "experience i, mean over runs."),
+                     "experience i, mean over runs; blank: experiences not trained yet "
+                     "(j > i)."),
              _figure(plots.accuracy_over_experiences(accuracy, group_by, colors),
                      "Mean accuracy over the experiences seen so far (A_i)."),
              _figure(plots.forgetting_per_experience_plot(accuracy, group_by, colors),
@@ -86,8 +95,9 @@ def _stream_section(stream: str, runs: RunSet, group_by: str) -> str:
                           "Training FLOPs (torch.utils.flop_counter's formulas) and seconds "
                           "per experience."),
                   _figure(plots.accuracy_vs_cost(table, group_by, colors),
-                          "Final accuracy against parameters and training FLOPs; the dashed "
-                          "line joins the groups no other group beats at lower cost.")]
+                          "Final accuracy against parameters and training FLOPs"
+                          + ("; the dashed line (Pareto front) joins the groups no other "
+                             "group beats at lower cost." if len(colors) > 1 else "."))]
     rounds = (runs.rounds[runs.rounds["stream"] == stream]
               if runs.rounds is not None and not runs.rounds.empty else None)
     if rounds is not None and not rounds.empty:
@@ -96,15 +106,46 @@ def _stream_section(stream: str, runs: RunSet, group_by: str) -> str:
                              "set after every query-and-adapt round, against the labels "
                              "used (0: the model before adaptation)."))
     listing = table[["run", "strategy", "seed", "final_accuracy"]].assign(
-        final_accuracy=lambda f: (100 * f["final_accuracy"]).round(2))
+        final_accuracy=lambda f: (100 * f["final_accuracy"]).map("{:.1f}".format))
     parts += ["<h3>Runs</h3>", _table(listing.rename(columns={"final_accuracy": "A_T (%)"}))]
     return "\n".join(parts)
 
 
-def report_html(runs: RunSet, title: str, group_by: str = "label") -> str:
+def _run_section(run) -> str:
+    """A single run: its command, configuration, versions and hardware."""
+    def flat(prefix: str, values: dict) -> list[tuple[str, str]]:
+        return [(f"{prefix}{k}", ", ".join(map(str, v)) if isinstance(v, list) else str(v))
+                for k, v in values.items()]
+    record = run.record
+    config = [item for table in ("strategy", "stream", "backbone", "train")
+              for item in flat(f"{table}.", run.config[table])]
+    about = [("run", run.path.name), ("status", run.status),
+             ("command", record.get("command") or "(unknown)"),
+             ("started", record.get("started") or ""), ("ended", record.get("ended") or ""),
+             *flat("", record.get("versions") or {}),
+             *flat("", record.get("hardware") or {})]
+    return "\n".join([
+        "<h2>Run</h2>",
+        _table(pd.DataFrame(about, columns=["", "value"]), wrap=True),
+        "<h3>Configuration (resolved)</h3>",
+        _table(pd.DataFrame(config, columns=["setting", "value"]), wrap=True)])
+
+
+def report_title(runs: RunSet) -> str:
+    """The title of a report on ``runs``: the same whoever writes it (a run, ``clplat
+    report``, ``clplat compare``)."""
+    if len(runs.runs) == 1:
+        return f"clplatform run {runs.runs[0].path.name}"
+    return "clplatform comparison"
+
+
+def report_html(runs: RunSet, title: str | None = None, group_by: str = "label") -> str:
     """The whole report as one HTML string."""
+    title = title or report_title(runs)
     sections = [_stream_section(stream, runs, group_by)
                 for stream in sorted(runs.table["stream"].unique())]
+    if len(runs.runs) == 1:
+        sections.insert(0, _run_section(runs.runs[0]))
     skipped = ""
     if runs.skipped:
         items = "".join(f"<li>{html.escape(str(p))}: {html.escape(s)}</li>"
@@ -119,7 +160,8 @@ def report_html(runs: RunSet, title: str, group_by: str = "label") -> str:
             + "\n".join(sections) + skipped + "</body></html>\n")
 
 
-def write_report(runs: RunSet, path: str | Path, title: str, group_by: str = "label") -> Path:
+def write_report(runs: RunSet, path: str | Path, title: str | None = None,
+                 group_by: str = "label") -> Path:
     path = Path(path)
     write_text(path, report_html(runs, title, group_by))
     return path

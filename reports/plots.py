@@ -67,8 +67,12 @@ def accuracy_matrices(accuracy: pd.DataFrame, group_by: str):
     for ax, group in zip(axes.flat, groups):
         mats = [accuracy_matrix(r) for _, r in
                 accuracy[accuracy[group_by] == group].groupby("run")]
-        mat = 100 * sum(mats) / len(mats)
-        image = ax.imshow(mat.values, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+        mat = 100 * pd.concat(mats).groupby(level=0).mean()
+        # a[i, j] for j > i: an experience not trained yet, left blank
+        untrained = np.asarray(mat.columns)[None, :] > np.asarray(mat.index)[:, None]
+        cmap = plt.get_cmap("viridis").with_extremes(bad="white")
+        image = ax.imshow(np.ma.masked_array(mat.values, untrained | np.isnan(mat.values)),
+                          vmin=0, vmax=100, cmap=cmap, aspect="auto")
         ax.set_xticks(range(mat.shape[1]), [str(c) for c in mat.columns])
         ax.set_yticks(range(mat.shape[0]), [str(i) for i in mat.index])
         ax.set_xlabel("test experience j")
@@ -76,6 +80,8 @@ def accuracy_matrices(accuracy: pd.DataFrame, group_by: str):
         ax.set_title(str(group), fontsize=10)
         if mat.size <= 144:
             for (i, j), value in np.ndenumerate(mat.values):
+                if untrained[i, j] or np.isnan(value):
+                    continue
                 ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7,
                         color="white" if value < 60 else "black")
         fig.colorbar(image, ax=ax, label="accuracy (%)", fraction=0.046)
@@ -199,7 +205,8 @@ def accuracy_vs_cost(table: pd.DataFrame, group_by: str, colors):
             ax.scatter([row["cost"]], [row["acc"]], s=60, color=colors[group],
                        edgecolor="black", label=str(group), zorder=3)
         front = _pareto(means, "cost", "acc")
-        ax.plot(front["cost"], front["acc"], "k--", lw=1, label="Pareto front", zorder=2)
+        if len(front) > 1:  # a front of one point is no front
+            ax.plot(front["cost"], front["acc"], "k--", lw=1, label="Pareto front", zorder=2)
         ax.set_xlabel(label)
         ax.set_ylabel("final accuracy A_T (%)")
     _legend(axes)

@@ -21,34 +21,45 @@ PERCENT_METRICS = {
 }
 
 
-def _fmt_percent(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{100 * value:6.2f} %"
+def count(n: int, noun: str) -> str:
+    """``1 run``, ``2 runs``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+COSTS = {"final_params_total": ("parameters after the last experience", 1, "{:,.0f}"),
+         "params_growth_ratio": ("parameter growth ratio", 1, "{:.4f}"),
+         "total_train_flops": ("training FLOPs (total, GFLOPs)", 1e-9, "{:,.1f}"),
+         "inference_flops_per_sample": ("inference MFLOPs per sample", 1e-6, "{:.2f}"),
+         "peak_memory_bytes": ("peak memory (MiB)", 1 / 2**20, "{:,.0f}"),
+         "train_seconds": ("train seconds", 1, "{:.1f}"),
+         "eval_seconds": ("eval seconds", 1, "{:.1f}"),
+         "wall_seconds": ("wall seconds", 1, "{:.1f}")}
+# metrics a run defines only for some strategies: left out where the run has none
+ONLY_WHEN_RECORDED = ("final_task_selection_accuracy",)
 
 
 def run_summary_text(run) -> str:
-    """Header, summary metrics and the accuracy matrix (percent) of a stored run."""
+    """Header, summary metrics and the accuracy matrix (percent) of a stored run: one
+    column of labels, one of right-aligned values."""
     cfg = run.config
     lines = [f"run        {run.path}",
              f"strategy   {cfg['strategy']['name']}   stream {cfg['stream']['name']}   "
              f"backbone {cfg['backbone']['name']}   seed {cfg['train']['seed']}   "
              f"status {run.status}", ""]
-    width = 40
-    for key, label in PERCENT_METRICS.items():
-        lines.append(f"  {label:<{width}}  {_fmt_percent(run.summary.get(key))}")
-    costs = {"final_params_total": ("parameters after the last experience", 1, "{:,.0f}"),
-             "params_growth_ratio": ("parameter growth ratio", 1, "{:.4f}"),
-             "total_train_flops": ("training FLOPs (total, GFLOPs)", 1e-9, "{:,.1f}"),
-             "inference_flops_per_sample": ("inference MFLOPs per sample", 1e-6, "{:.2f}"),
-             "peak_memory_bytes": ("peak memory (MiB)", 1 / 2**20, "{:,.0f}"),
-             "train_seconds": ("train seconds", 1, "{:.1f}"),
-             "eval_seconds": ("eval seconds", 1, "{:.1f}"),
-             "wall_seconds": ("wall seconds", 1, "{:.1f}")}
-    for key, (label, scale, fmt) in costs.items():
-        value = run.summary.get(key)
-        if value is not None:
-            lines.append(f"  {label:<{width}}  {fmt.format(value * scale):>8}")
+    shown = [(label, "n/a" if _missing(run.summary.get(key))
+              else f"{100 * run.summary[key]:.2f} %")
+             for key, label in PERCENT_METRICS.items()
+             if not (key in ONLY_WHEN_RECORDED and _missing(run.summary.get(key)))]
+    shown += [(label, fmt.format(run.summary[key] * scale) + "  ")
+              for key, (label, scale, fmt) in COSTS.items()
+              if not _missing(run.summary.get(key))]
+    width = max(len(label) for label, _ in shown)
+    value_width = max(len(value) for _, value in shown)
+    lines += [f"  {label:<{width}}  {value:>{value_width}}".rstrip() for label, value in shown]
     if not run.accuracy.empty:
         matrix = (100 * accuracy_matrix(run.accuracy)).round(1)
         matrix.index.name, matrix.columns.name = "after exp", "test exp"
@@ -88,9 +99,18 @@ def comparison_table(table: pd.DataFrame, group_by: str = "label") -> pd.DataFra
 
     One table per stream is expected: the caller splits runs of different streams.
     """
+    from .collect import is_setting
+    # the settings in which these runs differ (epochs, stream options, ...), as columns
+    shown = [c for c in table.columns if c != group_by and is_setting(c)
+             and table[c].astype(str).nunique() > 1]
     rows = []
     for group, runs in table.groupby(group_by, sort=True):
-        row = {group_by: group, "runs": len(runs),
+        shown_group = group
+        for c in shown if group_by == "label" else ():  # the label without the columns
+            shown_group = shown_group.replace(f" {c}={runs[c].iloc[0]}", "")
+        row = {group_by: shown_group,
+               **{c: ", ".join(sorted(runs[c].astype(str).unique())) for c in shown},
+               "runs": len(runs),
                "seeds": ",".join(str(s) for s in sorted(runs["seed"].unique()))}
         for key, (header, scale, fmt) in COMPARISON_COLUMNS.items():
             if key in runs.columns:
@@ -106,5 +126,6 @@ def comparison_text(table: pd.DataFrame, group_by: str = "label") -> str:
     blocks = []
     for stream, runs in table.groupby("stream", sort=True):
         frame = comparison_table(runs, group_by)
-        blocks.append(f"stream {stream} ({len(runs)} runs)\n" + frame.to_string(index=False))
+        blocks.append(f"stream {stream} ({count(len(runs), 'run')})\n"
+                      + frame.to_string(index=False))
     return "\n\n".join(blocks)

@@ -116,8 +116,20 @@ class ReplayOptions:
 @register_strategy("replay", resumable=True, options=ReplayOptions,
                    help="experience replay with a fixed-size buffer (Avalanche's Replay)")
 def replay(ctx: StrategyContext, opts: ReplayOptions):
-    from avalanche.training import Replay
-    return Replay(mem_size=opts.mem_size, **_common(ctx))
+    from avalanche.training.plugins import ReplayPlugin
+    from avalanche.training.templates import SupervisedTemplate
+
+    class Replay(ReplayPlugin):
+        """Avalanche's ``Replay`` (its ReplayPlugin on the supervised template), minus the
+        deprecated ``storage_policy.update`` call: Avalanche's ``@deprecated`` calls
+        ``warnings.simplefilter("once", DeprecationWarning)`` first, so no filter silences
+        it. The same buffer update through ``post_adapt``, as ``update`` does itself."""
+
+        def after_training_exp(self, strategy, **kwargs):
+            self.storage_policy.post_adapt(strategy, strategy.experience)
+    common = _common(ctx)
+    common["plugins"].append(Replay(opts.mem_size))
+    return SupervisedTemplate(**common)
 
 
 @dataclass

@@ -193,3 +193,19 @@ def test_a_setting_the_strategy_does_not_use_is_named(runs_dir, pretrained_backb
     assert result.exit_code == 0, result.stderr
     assert ("clplat: warning: strategy 'simplecil' does not use epochs, lr; its own "
             "hyper-parameters are set with --set") in result.stderr
+
+
+def test_python_api_replay_prints_no_deprecation_warning(tmp_path, pretrained_backbone):
+    """Avalanche's @deprecated re-enables DeprecationWarning on each call (simplefilter), so
+    the platform must not call deprecated functions (replay's storage_policy.update)."""
+    from pathlib import Path
+    script = ("import clplatform\n"
+              "run = clplatform.run(strategy='replay', stream='glyphs', epochs=1, "
+              "strategy_options={'mem_size': 20}, out=%r, stream_options=dict("
+              "experiences=3, samples_per_class=6, test_samples_per_class=3))\n"
+              "print(type(run.summary['final_accuracy']).__name__)\n" % str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "float"  # as the README says
+    assert "Warning" not in done.stderr, done.stderr[-2000:]

@@ -200,4 +200,34 @@ def test_one_evaluation_pass_scores_every_experience_as_separate_passes(pretrain
         assert row["eval_exp"] == j and row["seen"] == (j <= 1)
         assert "task_selection_accuracy" in alone
         for key, value in alone.items():
-            assert row[key] == pytest.approx(value, rel=1e-5), key
+            assert row[key] == pytest.approx(value, rel=1e-5, nan_ok=True), key
+
+
+def test_loss_is_not_made_of_the_masking_constant(runs_dir, pretrained_backbone):
+    """A class the head has no unit for yet is scored MASK_VALUE; its samples have no loss
+    (NaN when no sample of the experience is scored), the rest their cross-entropy."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    import clplatform
+    from clplatform.evaluator import evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)  # units for classes 0..2 of 5
+    x, y = torch.randn(8, 4), torch.tensor([0, 1, 2, 3, 4, 0, 1, 4])
+    row = evaluate(model, x, y, 3, "cpu", num_classes=5)
+    scored = y < 3
+    expected = F.cross_entropy(model(x[scored]), y[scored]).item()
+    assert row["loss"] == pytest.approx(expected, rel=1e-5)
+    assert math.isnan(evaluate(model, x[~scored], y[~scored], 3, "cpu", 5)["loss"])
+    # a class-incremental run: experiences not trained yet have no loss, the others a
+    # cross-entropy of a few nats (not ~1,000)
+    run = clplatform.run("naive", "glyphs", stream_options=TINY_GLYPHS, epochs=1,
+                         out=runs_dir)
+    trained = run.accuracy[run.accuracy["train_exp"] >= 0]
+    unseen = trained[trained["eval_exp"] > trained["train_exp"]]
+    assert len(unseen) == 3 and unseen["loss"].isna().all()
+    seen = trained[trained["eval_exp"] <= trained["train_exp"]]
+    assert seen["loss"].notna().all() and (seen["loss"] < 50).all()

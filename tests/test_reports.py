@@ -1,10 +1,12 @@
 """Reports: tables, HTML, exports, bad input, and a real browser rendering the HTML."""
 import json
+from html import escape as html_escape
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -72,7 +74,7 @@ def test_html_is_self_contained_with_every_figure(runs_folder, tmp_path):
 def test_different_streams_are_grouped_separately(runs_folder):
     result = invoke("compare", runs_folder, "--out", runs_folder / "all.html")
     assert result.exit_code == 0
-    assert "stream digits (1 runs)" in result.stdout
+    assert "stream digits (1 run)" in result.stdout
     assert "stream glyphs (4 runs)" in result.stdout
 
 
@@ -100,7 +102,7 @@ def test_incomplete_runs_are_skipped_unless_asked(runs_folder, tmp_path):
     assert result.exit_code == 2 and "no complete run to report" in result.stderr
     result = invoke("compare", target.parent, "--out", tmp_path / "x.html",
                     "--include-incomplete")
-    assert result.exit_code == 0 and "stream digits (1 runs)" in result.stdout
+    assert result.exit_code == 0 and "stream digits (1 run)" in result.stdout
 
 
 @pytest.mark.parametrize("case, message", [
@@ -212,3 +214,86 @@ def test_parquet_export_or_a_clear_error(runs_folder, tmp_path):
     bad = invoke("compare", runs_folder / "digits", "--out", tmp_path / "r.html",
                  "--export", tmp_path / "x", "--export-format", "xlsx")
     assert bad.exit_code == 2 and "invalid --export-format 'xlsx'" in bad.stderr
+
+
+def test_export_to_an_unwritable_folder_writes_nothing(runs_folder, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = invoke("compare", runs_folder / "digits", "--out", tmp_path / "r.html",
+                    "--export", blocker / "tables")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert f"cannot create export folder {blocker / 'tables'}" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no HTML either
+
+
+@pytest.fixture(scope="module")
+def settings_folder(tmp_path_factory, pretrained_backbone):
+    """naive with --epochs 0 once, --epochs 1 twice, and once on a 2-experience stream."""
+    out = tmp_path_factory.mktemp("settings-runs")
+    for epochs, seed, experiences in ((0, 0, 3), (1, 0, 3), (1, 1, 3), (1, 0, 2)):
+        clplatform.run("naive", "glyphs", stream_options={**TINY_GLYPHS,
+                                                          "experiences": experiences},
+                       epochs=epochs, seed=seed, out=out)
+    return out
+
+
+def test_compare_averages_only_runs_with_the_same_settings(settings_folder, tmp_path):
+    result = invoke("compare", settings_folder, "--out", tmp_path / "c.html",
+                    "--export", tmp_path / "x")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    header = lines[1].split()
+    assert header[:5] == ["label", "stream.experiences", "stream.experiences_in_stream",
+                          "epochs", "runs"]
+    rows = sorted(tuple(line.split()[:5]) for line in lines[2:5])
+    assert rows == [("naive", "2", "2", "1", "1"), ("naive", "3", "3", "0", "1"),
+                    ("naive", "3", "3", "1", "2")]
+    exported = pd.read_csv(tmp_path / "x" / "runs.csv")
+    assert {"epochs", "stream.experiences"} <= set(exported.columns)
+    assert exported["label"].nunique() == 3  # one group (colour, heat map) per setting
+    text = (tmp_path / "c.html").read_text()
+    assert "<th>epochs</th>" in text and "<th>stream.experiences</th>" in text
+    # a coarser grouping may not average different streams
+    merged = invoke("compare", settings_folder, "--out", tmp_path / "m.html",
+                    "--group-by", "strategy")
+    assert merged.exit_code == 2 and merged.stderr.count("\n") == 1
+    assert "differ in stream.experiences (2, 3): they cannot be averaged" in merged.stderr
+    assert not (tmp_path / "m.html").exists()
+
+
+def test_single_run_report(runs_folder, tmp_path):
+    from reports import load_runs, plots
+    run_dir = next((runs_folder / "digits").iterdir())
+    written = (run_dir / "report.html").read_text()
+    title = re.search("<title>(.*?)</title>", written).group(1)
+    assert title == f"clplatform run {run_dir.name}"
+    result = invoke("report", run_dir, "--out", tmp_path / "again.html")
+    assert result.exit_code == 0, result.stderr
+    text = (tmp_path / "again.html").read_text()
+    assert re.search("<title>(.*?)</title>", text).group(1) == title  # the same title
+    record = json.loads((run_dir / "run.json").read_text())
+    for shown in ("<h2>Run</h2>", "Configuration (resolved)", "<td>stream.experiences</td>",
+                  f"<td>{html_escape(record['command'])}</td>",
+                  f"<td>torch</td><td>{record['versions']['torch']}</td>", "1 run;"):
+        assert shown in text, shown
+    assert "1 runs" not in text and "Pareto front" not in text
+    assert "table.comparison td, table.comparison th { white-space: nowrap; }" in text
+    # A_T with one decimal, as in the comparison table
+    assert re.search(r"<td>\d+\.\d</td></tr></tbody></table></div></body>", text.replace(
+        "\n", ""))
+    # experiences not trained yet are masked in the heat map, trained ones drawn
+    runs = load_runs([run_dir])
+    image = plots.accuracy_matrices(runs.accuracy, "label").axes[0].images[0]
+    mask = np.ma.getmaskarray(image.get_array())
+    assert mask.shape == (5, 5)
+    assert (mask == np.triu(np.ones((5, 5), dtype=bool), k=1)).all()
+
+
+def test_summary_text_is_aligned_and_shows_only_recorded_metrics(runs_folder):
+    from clplatform import load_run
+    from reports.tables import run_summary_text
+    text = run_summary_text(load_run(next((runs_folder / "digits").iterdir())))
+    metrics = [line for line in text.splitlines()[3:] if line.startswith("  ")]
+    assert len(metrics) == 16 and "task-selection" not in text
+    ends = {len(line.rstrip(" %")) for line in metrics}
+    assert len(ends) == 1  # every value ends in the same column
