@@ -15,6 +15,12 @@ each iteration) is registered with ``varying_iteration_cost=True``; its iteratio
 counted. Everything outside the iterations (EWC importances, prototype passes, expansion
 scans, ...) is always counted in full. ``full`` counts every operation (the reference the
 sampled figure is tested against); ``off`` counts nothing.
+
+Attention: ``torch.utils.flop_counter`` has formulas for the CUDA kernels of
+``scaled_dot_product_attention`` (flash, memory-efficient, cuDNN) but not for the fused CPU
+kernel that timm's ViTs run on a CPU (``_scaled_dot_product_flash_attention_for_cpu``) nor
+for the "overrideable" and MPS variants; :data:`SDPA_FLOP_FORMULAS` adds them with torch's
+own attention formulas (the math path needs none: it decomposes into matrix products, counted).
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from typing import Any, Hashable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
+from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
 FLOP_MODES = ("sampled", "full", "off")
 
@@ -52,6 +58,50 @@ def _layout_queries() -> frozenset:
 _LAYOUT_QUERIES = _layout_queries()
 
 
+def _sdpa_forward_flops(query, key, value, *args, out_val=None, **kwargs) -> int:
+    """An attention kernel ``(query, key, value, ...)`` in [batch, heads, tokens, dim]."""
+    return sdpa_flop_count(query.shape, key.shape, value.shape)
+
+
+def _sdpa_backward_flops(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
+    """Its backward ``(grad_out, query, key, value, ...)``: torch's count (the scores are
+    recomputed, then four products)."""
+    return sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
+
+
+# tensors, not shapes, come in (FlopCounterMode's custom_mapping reads this flag)
+_sdpa_forward_flops._get_raw = _sdpa_backward_flops._get_raw = True  # type: ignore[attr-defined]
+
+
+def _sdpa_formulas() -> dict:
+    """The SDPA kernels of this torch that its flop registry lacks -> a formula."""
+    kernels = {"_scaled_dot_product_flash_attention_for_cpu": _sdpa_forward_flops,
+               "_scaled_dot_product_flash_attention_for_cpu_backward": _sdpa_backward_flops,
+               "_scaled_dot_product_fused_attention_overrideable": _sdpa_forward_flops,
+               "_scaled_dot_product_fused_attention_overrideable_backward":
+                   _sdpa_backward_flops,
+               "_scaled_dot_product_attention_math_for_mps": _sdpa_forward_flops}
+    found = {}
+    for name, formula in kernels.items():
+        packet = getattr(torch.ops.aten, name, None)
+        if packet is not None and packet not in flop_registry:
+            found[packet] = formula
+    return found
+
+
+#: Formulas ``FlopCount`` adds to ``torch.utils.flop_counter.flop_registry`` (usable as
+#: ``FlopCounterMode(custom_mapping=SDPA_FLOP_FORMULAS)``).
+SDPA_FLOP_FORMULAS = _sdpa_formulas()
+
+
+def flop_formula(func):
+    """The FLOP formula of an operator (an OpOverload or a higher-order operator) as
+    :class:`FlopCount` applies it, or None: torch's registry, then :data:`SDPA_FLOP_FORMULAS`."""
+    key = func if isinstance(func, torch._ops.HigherOrderOperator) else func._overloadpacket
+    formula = flop_registry.get(key)
+    return formula if formula is not None else SDPA_FLOP_FORMULAS.get(key)
+
+
 @functools.lru_cache(maxsize=None)
 def _decomposes(func) -> bool:
     """Whether ``func.decompose`` can split the operator (it has a composite kernel)."""
@@ -62,29 +112,32 @@ def _decomposes(func) -> bool:
 
 class FlopCount(TorchDispatchMode):
     """``with FlopCount() as c: ...`` -> ``c.total``: FLOPs of every operator that runs inside,
-    by ``torch.utils.flop_counter``'s formulas (the total ``FlopCounterMode`` reports).
+    by ``torch.utils.flop_counter``'s formulas plus :data:`SDPA_FLOP_FORMULAS` (the total
+    ``FlopCounterMode(custom_mapping=SDPA_FLOP_FORMULAS)`` reports).
 
     Like ``FlopCounterMode``, an operator without a formula is first decomposed, so the
-    matrix products inside a composite operator are counted.
+    matrix products inside a composite operator are counted. ``uncounted`` names the
+    operators that ran without a formula (element-wise ones, mostly).
     """
     supports_higher_order_operators = True
 
     def __init__(self) -> None:
         super().__init__()
         self.total = 0
+        self.uncounted: set = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _LAYOUT_QUERIES:
             return NotImplemented
-        higher_order = isinstance(func, torch._ops.HigherOrderOperator)
-        formula = flop_registry.get(func if higher_order else func._overloadpacket)
+        formula = flop_formula(func)
         if formula is None:
-            if not higher_order and _decomposes(func):
+            if not isinstance(func, torch._ops.HigherOrderOperator) and _decomposes(func):
                 with self:
                     out = func.decompose(*args, **kwargs)
                 if out is not NotImplemented:
                     return out
+            self.uncounted.add(func)
             return func(*args, **kwargs)
         out = func(*args, **kwargs)
         self.total += formula(*args, **kwargs, out_val=out)
