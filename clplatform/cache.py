@@ -16,11 +16,15 @@ from typing import Any, Iterator
 from .errors import UserError
 
 
+def cache_root() -> Path:
+    """The cache folder (``$CLPLATFORM_CACHE``, else ``~/.cache/clplatform``), not created."""
+    return Path(os.environ.get("CLPLATFORM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "clplatform"))
+
+
 def cache_dir(*parts: str) -> Path:
-    """The cache folder (``$CLPLATFORM_CACHE``, else ``~/.cache/clplatform``), created."""
-    root = os.environ.get("CLPLATFORM_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "clplatform")
-    path = Path(root, *parts)
+    """A folder of the cache (:func:`cache_root`), created."""
+    path = Path(cache_root(), *parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
