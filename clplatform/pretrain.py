@@ -136,7 +136,7 @@ def pretrained_glyph_vit_path() -> Path:
         print(f"building the default backbone vit-glyphs (first use: {recipe.epochs} epochs "
               f"of pre-training, 70 s on 2 idle CPU cores; the time left on this machine "
               f"follows)...", file=sys.stderr, flush=True)
-        path, accuracy = pretrain_glyph_vit()
+        path, accuracy = pretrain_glyph_vit(recipe)
         print(f"vit-glyphs pre-trained: {accuracy:.1%} test accuracy on glyphs-pretrain; "
               f"cached at {path}", file=sys.stderr)
     return path
