@@ -76,11 +76,22 @@ def test_log_lines_carry_epoch_iteration_and_the_mean_loss(pretrained_backbone):
     assert trained and float(trained.group(1)) == pytest.approx(mean, abs=1e-4)
 
 
-def test_a_run_on_a_terminal_or_quiet_prints_no_log_lines():
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_quiet_prints_nothing_and_a_terminal_gets_bars_not_lines():
     buffer = io.StringIO()
     quiet = ProgressPlugin(enabled=False, file=buffer, interval=0)
     quiet.start_experience(0, 3)
-    assert quiet._log is None and buffer.getvalue() == ""
+    quiet.close()
+    assert buffer.getvalue() == ""
+    terminal = _Terminal()
+    bars = ProgressPlugin(enabled=True, file=terminal, interval=0)
+    bars.start_experience(1, 3)
+    bars.close()
+    assert "experiences" in terminal.getvalue() and "clplat:" not in terminal.getvalue()
 
 
 def test_step_progress_estimates_the_time_left_from_the_steps_measured():
