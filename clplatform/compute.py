@@ -18,9 +18,10 @@ sampled figure is tested against); ``off`` counts nothing.
 
 Attention: ``torch.utils.flop_counter`` has formulas for the CUDA kernels of
 ``scaled_dot_product_attention`` (flash, memory-efficient, cuDNN) but not for the fused CPU
-kernel that timm's ViTs run on a CPU (``_scaled_dot_product_flash_attention_for_cpu``) nor
-for the "overrideable" and MPS variants; :data:`SDPA_FLOP_FORMULAS` adds them with torch's
-own attention formulas (the math path needs none: it decomposes into matrix products, counted).
+kernel that timm's ViTs run on a CPU (``_scaled_dot_product_flash_attention_for_cpu``), the
+"overrideable" and MPS variants, nor the fused inference paths of ``nn.MultiheadAttention``
+and ``nn.TransformerEncoderLayer``; :data:`ATTENTION_FLOP_FORMULAS` adds them with torch's own
+attention formulas (the math path needs none: it decomposes into matrix products, counted).
 """
 from __future__ import annotations
 
@@ -69,20 +70,62 @@ def _sdpa_backward_flops(grad_out, query, key, value, *args, out_val=None, **kwa
     return sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
 
 
-# tensors, not shapes, come in (FlopCounterMode's custom_mapping reads this flag)
-_sdpa_forward_flops._get_raw = _sdpa_backward_flops._get_raw = True  # type: ignore[attr-defined]
+def _sequence_lengths(x: torch.Tensor) -> list[int]:
+    """Tokens of each sequence of ``x``: [batch, tokens, dim], [tokens, dim], or a nested
+    tensor of sequences of their own lengths (padding dropped by the fast path)."""
+    if x.is_nested:
+        return [t.shape[0] for t in x.unbind()]
+    return [x.shape[-2]] * (x.shape[0] if x.dim() == 3 else 1)
 
 
-def _sdpa_formulas() -> dict:
-    """The SDPA kernels of this torch that its flop registry lacks -> a formula."""
-    kernels = {"_scaled_dot_product_flash_attention_for_cpu": _sdpa_forward_flops,
-               "_scaled_dot_product_flash_attention_for_cpu_backward": _sdpa_backward_flops,
-               "_scaled_dot_product_fused_attention_overrideable": _sdpa_forward_flops,
-               "_scaled_dot_product_fused_attention_overrideable_backward":
-                   _sdpa_backward_flops,
-               "_scaled_dot_product_attention_math_for_mps": _sdpa_forward_flops}
+def _attention_block_flops(query, key, embed_dim: int, num_heads: int) -> int:
+    """Multi-head attention as ``nn.MultiheadAttention`` computes it: projections of query,
+    key and value, attention, output projection (biases not counted, as for ``addmm``)."""
+    head_dim = embed_dim // num_heads
+    total = 0
+    for q_tokens, k_tokens in zip(_sequence_lengths(query), _sequence_lengths(key)):
+        total += 2 * (q_tokens + 2 * k_tokens) * embed_dim * embed_dim  # in-projections
+        total += sdpa_flop_count((1, num_heads, q_tokens, head_dim),
+                                 (1, num_heads, k_tokens, head_dim),
+                                 (1, num_heads, k_tokens, head_dim))
+        total += 2 * q_tokens * embed_dim * embed_dim  # output projection
+    return total
+
+
+def _native_multi_head_attention_flops(query, key, value, embed_dim, num_head, *args,
+                                       out_val=None, **kwargs) -> int:
+    """``nn.MultiheadAttention``'s fused inference path."""
+    return _attention_block_flops(query, key, embed_dim, num_head)
+
+
+def _transformer_encoder_layer_flops(src, embed_dim, num_heads, *args, out_val=None,
+                                     **kwargs) -> int:
+    """``nn.TransformerEncoderLayer``'s fused inference path: attention, then the
+    feed-forward network (two linear layers through ``ffn_weight_1``'s width)."""
+    ffn_weight_1 = kwargs["ffn_weight_1"] if "ffn_weight_1" in kwargs else args[11]
+    tokens = sum(_sequence_lengths(src))
+    return (_attention_block_flops(src, src, embed_dim, num_heads)
+            + 2 * 2 * tokens * embed_dim * ffn_weight_1.shape[0])
+
+
+_ATTENTION_KERNELS = {
+    "_scaled_dot_product_flash_attention_for_cpu": _sdpa_forward_flops,
+    "_scaled_dot_product_flash_attention_for_cpu_backward": _sdpa_backward_flops,
+    "_scaled_dot_product_fused_attention_overrideable": _sdpa_forward_flops,
+    "_scaled_dot_product_fused_attention_overrideable_backward": _sdpa_backward_flops,
+    "_scaled_dot_product_attention_math_for_mps": _sdpa_forward_flops,
+    "_native_multi_head_attention": _native_multi_head_attention_flops,
+    "_transformer_encoder_layer_fwd": _transformer_encoder_layer_flops,
+}
+for _formula in _ATTENTION_KERNELS.values():
+    # tensors, not shapes, come in (FlopCounterMode's custom_mapping reads this flag)
+    _formula._get_raw = True  # type: ignore[attr-defined]
+
+
+def _attention_formulas() -> dict:
+    """The attention kernels of this torch that its flop registry lacks -> a formula."""
     found = {}
-    for name, formula in kernels.items():
+    for name, formula in _ATTENTION_KERNELS.items():
         packet = getattr(torch.ops.aten, name, None)
         if packet is not None and packet not in flop_registry:
             found[packet] = formula
@@ -90,16 +133,17 @@ def _sdpa_formulas() -> dict:
 
 
 #: Formulas ``FlopCount`` adds to ``torch.utils.flop_counter.flop_registry`` (usable as
-#: ``FlopCounterMode(custom_mapping=SDPA_FLOP_FORMULAS)``).
-SDPA_FLOP_FORMULAS = _sdpa_formulas()
+#: ``FlopCounterMode(custom_mapping=ATTENTION_FLOP_FORMULAS)``).
+ATTENTION_FLOP_FORMULAS = _attention_formulas()
 
 
 def flop_formula(func):
     """The FLOP formula of an operator (an OpOverload or a higher-order operator) as
-    :class:`FlopCount` applies it, or None: torch's registry, then :data:`SDPA_FLOP_FORMULAS`."""
+    :class:`FlopCount` applies it, or None: torch's registry, then
+    :data:`ATTENTION_FLOP_FORMULAS`."""
     key = func if isinstance(func, torch._ops.HigherOrderOperator) else func._overloadpacket
     formula = flop_registry.get(key)
-    return formula if formula is not None else SDPA_FLOP_FORMULAS.get(key)
+    return formula if formula is not None else ATTENTION_FLOP_FORMULAS.get(key)
 
 
 @functools.lru_cache(maxsize=None)
@@ -112,8 +156,8 @@ def _decomposes(func) -> bool:
 
 class FlopCount(TorchDispatchMode):
     """``with FlopCount() as c: ...`` -> ``c.total``: FLOPs of every operator that runs inside,
-    by ``torch.utils.flop_counter``'s formulas plus :data:`SDPA_FLOP_FORMULAS` (the total
-    ``FlopCounterMode(custom_mapping=SDPA_FLOP_FORMULAS)`` reports).
+    by ``torch.utils.flop_counter``'s formulas plus :data:`ATTENTION_FLOP_FORMULAS` (the total
+    ``FlopCounterMode(custom_mapping=ATTENTION_FLOP_FORMULAS)`` reports).
 
     Like ``FlopCounterMode``, an operator without a formula is first decomposed, so the
     matrix products inside a composite operator are counted. ``uncounted`` names the

@@ -90,3 +90,36 @@ def test_every_sdpa_operator_of_this_torch_has_a_formula_or_decomposes():
         if flop_formula(op) is None and not _decomposes(op):
             missing.append(name)
     assert not missing
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+def test_fused_inference_paths_of_torch_attention_modules_count_like_the_slow_ones():
+    """nn.MultiheadAttention and nn.TransformerEncoderLayer run one fused kernel in
+    inference (no grad, eval); it must count what their step-by-step path counts."""
+    from torch import nn
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(64, 4, batch_first=True).eval()
+    layer = nn.TransformerEncoderLayer(64, 4, 128, batch_first=True).eval()
+    x = torch.randn(2, 10, 64)
+    for module, call in ((attention, lambda: attention(x, x, x, need_weights=False)),
+                         (layer, lambda: layer(x))):
+        with torch.no_grad(), FlopCount() as fused:
+            call()
+        with FlopCount() as slow:  # gradients enabled: the step-by-step path
+            call()
+        assert fused.total == slow.total > 0, type(module).__name__
+        assert not fused.uncounted & {torch.ops.aten._native_multi_head_attention.default,
+                                      torch.ops.aten._transformer_encoder_layer_fwd.default}
+    # 2-layer encoder with padding: the fast path drops the padded tokens (nested tensors);
+    # its count is that of each sequence alone, without padding
+    encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True).eval()
+    lengths = [10, 6]
+    padding = torch.arange(10)[None, :] >= torch.tensor(lengths)[:, None]
+    with torch.no_grad(), FlopCount() as fused:
+        encoder(x, src_key_padding_mask=padding)
+    per_sequence = 0
+    for i, n in enumerate(lengths):
+        with FlopCount() as slow:
+            encoder(x[i:i + 1, :n])
+        per_sequence += slow.total
+    assert fused.total == per_sequence

@@ -110,7 +110,7 @@ def test_flop_count_equals_torch_flop_counter_mode():
     from torch.utils.flop_counter import FlopCounterMode
 
     from clplatform.backbones import build_glyph_vit
-    from clplatform.compute import SDPA_FLOP_FORMULAS, FlopCount
+    from clplatform.compute import ATTENTION_FLOP_FORMULAS, FlopCount
     torch.manual_seed(0)
     model = torch.nn.Sequential(build_glyph_vit(), torch.nn.Linear(96, 5))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -120,13 +120,13 @@ def test_flop_count_equals_torch_flop_counter_mode():
         optimizer.zero_grad()
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
-    with FlopCounterMode(display=False, custom_mapping=SDPA_FLOP_FORMULAS) as reference:
+    with FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOP_FORMULAS) as reference:
         step()
     with FlopCount() as lean:
         step()
     assert lean.total == reference.get_total_flops() > 0
     with torch.inference_mode():
-        with FlopCounterMode(display=False, custom_mapping=SDPA_FLOP_FORMULAS) as reference:
+        with FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOP_FORMULAS) as reference:
             model(x)
         with FlopCount() as lean:
             model(x)
