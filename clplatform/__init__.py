@@ -21,10 +21,12 @@ _warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"avalanc
 _warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional")
 
 from .errors import UserError  # noqa: E402
-from .registry import (create_backbone, create_stream, create_strategy, register_backbone,
-                       register_strategy, register_stream)
-from .runner import run
-from .store import Run, load_run
+from .registry import (create_backbone, create_stream, create_strategy,  # noqa: E402
+                       lazy_exports, register_backbone, register_strategy, register_stream)
+
+# torch, Avalanche and pandas load with the first run or record, not with the package
+# (``clplat list`` and ``--help`` need none of them)
+__getattr__ = lazy_exports(__name__, {"run": ".runner", "Run": ".store", "load_run": ".store"})
 
 __version__ = "0.1.0"
 

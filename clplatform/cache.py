@@ -25,10 +25,15 @@ from .errors import UserError
 T = TypeVar("T")
 
 
+def cache_root() -> Path:
+    """The cache folder (``$CLPLATFORM_CACHE``, else ``~/.cache/clplatform``), not created."""
+    return Path(os.environ.get("CLPLATFORM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "clplatform"))
+
+
 def cache_dir(*parts: str) -> Path:
-    """The cache folder (``$CLPLATFORM_CACHE``, else ``~/.cache/clplatform``), created."""
-    root = os.environ.get("CLPLATFORM_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "clplatform")
+    """A folder of the cache (:func:`cache_root`), created."""
+    root = cache_root()
     path = Path(root, *parts)
     try:
         path.mkdir(parents=True, exist_ok=True)

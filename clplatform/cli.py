@@ -375,13 +375,13 @@ def list_command(what, verbose):
 @cli.command("pretrain")
 @click.option("--force", is_flag=True, help="build again even if the cached weights exist")
 @click.option("--out", metavar="FILE", help="also write the weights to FILE")
-@click.option("-q", "--quiet", is_flag=True, help="no progress bar")
+@click.option("-q", "--quiet", is_flag=True, help="no progress (bar or log lines)")
 def pretrain_command(force, out, quiet):
     """Build the default backbone vit-glyphs: pre-train it on glyphs-pretrain.
 
-    The weights are cached (about a minute on 2 CPU cores) and used by every run whose
-    backbone is vit-glyphs. Greek and Cyrillic characters, none a Latin look-alike, so the
-    downstream Latin classes stay unseen.
+    The weights are cached (70 s on 2 idle CPU cores; the progress shows the time left on
+    this machine) and used by every run whose backbone is vit-glyphs. Greek and Cyrillic
+    characters, none a Latin look-alike, so the downstream Latin classes stay unseen.
     """
     import shutil
 

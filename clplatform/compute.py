@@ -15,6 +15,13 @@ each iteration) is registered with ``varying_iteration_cost=True``; its iteratio
 counted. Everything outside the iterations (EWC importances, prototype passes, expansion
 scans, ...) is always counted in full. ``full`` counts every operation (the reference the
 sampled figure is tested against); ``off`` counts nothing.
+
+Attention: ``torch.utils.flop_counter`` has formulas for the CUDA kernels of
+``scaled_dot_product_attention`` (flash, memory-efficient, cuDNN) but not for the fused CPU
+kernel that timm's ViTs run on a CPU (``_scaled_dot_product_flash_attention_for_cpu``), the
+"overrideable" and MPS variants, nor the fused inference paths of ``nn.MultiheadAttention``
+and ``nn.TransformerEncoderLayer``; :data:`ATTENTION_FLOP_FORMULAS` adds them with torch's own
+attention formulas (the math path needs none: it decomposes into matrix products, counted).
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from typing import Any, Hashable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
+from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
 FLOP_MODES = ("sampled", "full", "off")
 
@@ -52,6 +59,93 @@ def _layout_queries() -> frozenset:
 _LAYOUT_QUERIES = _layout_queries()
 
 
+def _sdpa_forward_flops(query, key, value, *args, out_val=None, **kwargs) -> int:
+    """An attention kernel ``(query, key, value, ...)`` in [batch, heads, tokens, dim]."""
+    return sdpa_flop_count(query.shape, key.shape, value.shape)
+
+
+def _sdpa_backward_flops(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
+    """Its backward ``(grad_out, query, key, value, ...)``: torch's count (the scores are
+    recomputed, then four products)."""
+    return sdpa_backward_flop_count(grad_out.shape, query.shape, key.shape, value.shape)
+
+
+def _sequence_lengths(x: torch.Tensor) -> list[int]:
+    """Tokens of each sequence of ``x``: [batch, tokens, dim], [tokens, dim], or a nested
+    tensor of sequences of their own lengths (padding dropped by the fast path)."""
+    if x.is_nested:
+        return [t.shape[0] for t in x.unbind()]
+    return [x.shape[-2]] * (x.shape[0] if x.dim() == 3 else 1)
+
+
+def _attention_block_flops(query, key, embed_dim: int, num_heads: int) -> int:
+    """Multi-head attention as ``nn.MultiheadAttention`` computes it: projections of query,
+    key and value, attention, output projection (biases not counted, as for ``addmm``)."""
+    head_dim = embed_dim // num_heads
+    total = 0
+    for q_tokens, k_tokens in zip(_sequence_lengths(query), _sequence_lengths(key)):
+        total += 2 * (q_tokens + 2 * k_tokens) * embed_dim * embed_dim  # in-projections
+        total += sdpa_flop_count((1, num_heads, q_tokens, head_dim),
+                                 (1, num_heads, k_tokens, head_dim),
+                                 (1, num_heads, k_tokens, head_dim))
+        total += 2 * q_tokens * embed_dim * embed_dim  # output projection
+    return total
+
+
+def _native_multi_head_attention_flops(query, key, value, embed_dim, num_head, *args,
+                                       out_val=None, **kwargs) -> int:
+    """``nn.MultiheadAttention``'s fused inference path."""
+    return _attention_block_flops(query, key, embed_dim, num_head)
+
+
+def _transformer_encoder_layer_flops(src, embed_dim, num_heads, *args, out_val=None,
+                                     **kwargs) -> int:
+    """``nn.TransformerEncoderLayer``'s fused inference path: attention, then the
+    feed-forward network (two linear layers through ``ffn_weight_1``'s width)."""
+    ffn_weight_1 = kwargs["ffn_weight_1"] if "ffn_weight_1" in kwargs else args[11]
+    tokens = sum(_sequence_lengths(src))
+    return (_attention_block_flops(src, src, embed_dim, num_heads)
+            + 2 * 2 * tokens * embed_dim * ffn_weight_1.shape[0])
+
+
+_ATTENTION_KERNELS = {
+    "_scaled_dot_product_flash_attention_for_cpu": _sdpa_forward_flops,
+    "_scaled_dot_product_flash_attention_for_cpu_backward": _sdpa_backward_flops,
+    "_scaled_dot_product_fused_attention_overrideable": _sdpa_forward_flops,
+    "_scaled_dot_product_fused_attention_overrideable_backward": _sdpa_backward_flops,
+    "_scaled_dot_product_attention_math_for_mps": _sdpa_forward_flops,
+    "_native_multi_head_attention": _native_multi_head_attention_flops,
+    "_transformer_encoder_layer_fwd": _transformer_encoder_layer_flops,
+}
+for _formula in _ATTENTION_KERNELS.values():
+    # tensors, not shapes, come in (FlopCounterMode's custom_mapping reads this flag)
+    _formula._get_raw = True  # type: ignore[attr-defined]
+
+
+def _attention_formulas() -> dict:
+    """The attention kernels of this torch that its flop registry lacks -> a formula."""
+    found = {}
+    for name, formula in _ATTENTION_KERNELS.items():
+        packet = getattr(torch.ops.aten, name, None)
+        if packet is not None and packet not in flop_registry:
+            found[packet] = formula
+    return found
+
+
+#: Formulas ``FlopCount`` adds to ``torch.utils.flop_counter.flop_registry`` (usable as
+#: ``FlopCounterMode(custom_mapping=ATTENTION_FLOP_FORMULAS)``).
+ATTENTION_FLOP_FORMULAS = _attention_formulas()
+
+
+def flop_formula(func):
+    """The FLOP formula of an operator (an OpOverload or a higher-order operator) as
+    :class:`FlopCount` applies it, or None: torch's registry, then
+    :data:`ATTENTION_FLOP_FORMULAS`."""
+    key = func if isinstance(func, torch._ops.HigherOrderOperator) else func._overloadpacket
+    formula = flop_registry.get(key)
+    return formula if formula is not None else ATTENTION_FLOP_FORMULAS.get(key)
+
+
 @functools.lru_cache(maxsize=None)
 def _decomposes(func) -> bool:
     """Whether ``func.decompose`` can split the operator (it has a composite kernel)."""
@@ -62,29 +156,32 @@ def _decomposes(func) -> bool:
 
 class FlopCount(TorchDispatchMode):
     """``with FlopCount() as c: ...`` -> ``c.total``: FLOPs of every operator that runs inside,
-    by ``torch.utils.flop_counter``'s formulas (the total ``FlopCounterMode`` reports).
+    by ``torch.utils.flop_counter``'s formulas plus :data:`ATTENTION_FLOP_FORMULAS` (the total
+    ``FlopCounterMode(custom_mapping=ATTENTION_FLOP_FORMULAS)`` reports).
 
     Like ``FlopCounterMode``, an operator without a formula is first decomposed, so the
-    matrix products inside a composite operator are counted.
+    matrix products inside a composite operator are counted. ``uncounted`` names the
+    operators that ran without a formula (element-wise ones, mostly).
     """
     supports_higher_order_operators = True
 
     def __init__(self) -> None:
         super().__init__()
         self.total = 0
+        self.uncounted: set = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _LAYOUT_QUERIES:
             return NotImplemented
-        higher_order = isinstance(func, torch._ops.HigherOrderOperator)
-        formula = flop_registry.get(func if higher_order else func._overloadpacket)
+        formula = flop_formula(func)
         if formula is None:
-            if not higher_order and _decomposes(func):
+            if not isinstance(func, torch._ops.HigherOrderOperator) and _decomposes(func):
                 with self:
                     out = func.decompose(*args, **kwargs)
                 if out is not NotImplemented:
                     return out
+            self.uncounted.add(func)
             return func(*args, **kwargs)
         out = func(*args, **kwargs)
         self.total += formula(*args, **kwargs, out_val=out)

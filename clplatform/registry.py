@@ -8,16 +8,39 @@ strategy, options of a stream or backbone) and one line of help::
 
 and built by name with ``create_strategy``/``create_stream``/``create_backbone``, which
 validate the options (one place, one message) before calling the builder.
+
+Registering is cheap: a module that registers components imports torch, Avalanche or timm
+inside its builders, not at its top, so that listing them (``clplat list strategies -v``)
+imports none of them; a package re-exports its heavy classes with :func:`lazy_exports`.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from .errors import UserError
 from .options import build_options
+
+
+def lazy_exports(module: str, exports: Mapping[str, str]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) for ``module``: ``exports`` maps a public name to
+    the module defining it (a relative name is read as in an ``import`` statement of
+    ``module``), imported on first access, so ``from module import Name`` works without
+    importing it up front::
+
+        __getattr__ = lazy_exports(__name__, {"SEMAModel": ".model"})
+    """
+    def __getattr__(name: str) -> Any:
+        if name not in exports:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        own = sys.modules[module]
+        value = getattr(importlib.import_module(exports[name], own.__package__), name)
+        setattr(own, name, value)  # once: later lookups are plain
+        return value
+    return __getattr__
 
 
 @dataclass
@@ -66,7 +89,6 @@ class Registry:
         points. Loading the object registers it if it uses ``@register_*``; a plain builder
         is registered under the entry point's name (no options). A plugin that fails to
         load is named in a warning and left out."""
-        import sys
         from importlib.metadata import entry_points
         for point in entry_points(group=self._group):
             try:

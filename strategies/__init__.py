@@ -2,7 +2,10 @@
 
 See :mod:`strategies.base` for what a builder receives and returns.
 """
+from clplatform.registry import lazy_exports
+
 from . import baselines, lftl, prompts, sema, simplecil  # noqa: F401  (registration)
-from .base import StrategyContext, TrainSettings
+
+__getattr__ = lazy_exports(__name__, {"StrategyContext": ".base", "TrainSettings": ".base"})
 
 __all__ = ["StrategyContext", "TrainSettings"]

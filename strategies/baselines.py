@@ -7,17 +7,19 @@ the offline upper bound: it trains once on the concatenation of all experiences.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
-
-from torch.nn import CrossEntropyLoss
+from typing import TYPE_CHECKING, Optional
 
 from clplatform.options import opt
 from clplatform.registry import register_strategy
 
-from .base import StrategyContext, trainable_parameters
+if TYPE_CHECKING:
+    from .base import StrategyContext
 
 
 def _common(ctx: StrategyContext, freeze_backbone: bool = False) -> dict:
+    from torch.nn import CrossEntropyLoss
+
+    from .base import trainable_parameters
     model = ctx.classifier(freeze_backbone=freeze_backbone)
     return {"model": model, "optimizer": ctx.sgd(trainable_parameters(model)),
             "criterion": CrossEntropyLoss(), **ctx.template_kwargs()}

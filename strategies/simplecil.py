@@ -6,67 +6,26 @@ the highest cosine similarity. Its accuracy measures how well the backbone trans
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING
 
-from clplatform.evaluator import MASK_VALUE
-from clplatform.registry import register_strategy
+from clplatform.registry import lazy_exports, register_strategy
 
-from .base import StrategyContext
+if TYPE_CHECKING:
+    from .base import StrategyContext
 
-
-class PrototypeHead(nn.Module):
-    """Cosine similarity to per-class mean features; classes never seen are masked."""
-
-    def __init__(self, num_features: int, num_classes: int):
-        super().__init__()
-        self.register_buffer("sums", torch.zeros(num_classes, num_features))
-        self.register_buffer("counts", torch.zeros(num_classes))
-
-    @torch.no_grad()
-    def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        self.sums.index_add_(0, labels, features.to(self.sums.dtype))
-        self.counts.index_add_(0, labels, torch.ones_like(labels, dtype=self.counts.dtype))
-
-    @property
-    def prototypes(self) -> torch.Tensor:
-        return self.sums / self.counts.clamp(min=1).unsqueeze(1)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        logits = F.normalize(features, dim=1) @ F.normalize(self.prototypes, dim=1).T
-        return logits.masked_fill(self.counts == 0, MASK_VALUE)
-
-
-def _simplecil_class():
-    from avalanche.training.templates import SupervisedTemplate
-
-    class SimpleCIL(SupervisedTemplate):
-        """Avalanche template whose 'training' is one pass that accumulates prototypes."""
-
-        def _train_exp(self, experience, eval_streams=None, **kwargs):
-            self.model.eval()
-            with torch.inference_mode():
-                for self.mbatch in self.dataloader:
-                    self._unpack_minibatch()
-                    features = self.model.forward_features(self.mb_x)
-                    self.model.head.add(features, self.mb_y)
-
-        def experience_extras(self) -> dict:
-            head = self.model.head
-            seen = int((head.counts > 0).sum())
-            # what must be kept: one prototype (and its count) per class seen so far
-            return {"stored_bytes": seen * (head.sums.shape[1] + 1) * head.sums.element_size(),
-                    "classes_seen": seen}
-
-    return SimpleCIL
+__getattr__ = lazy_exports(__name__, {"PrototypeHead": ".prototype_head"})
 
 
 @register_strategy("simplecil", train_defaults={"epochs": 1, "batch_size": 128},
                    unused_train=("epochs", "lr"), resumable=True,
                    help="class prototypes on frozen features, cosine classifier, no training")
 def simplecil(ctx: StrategyContext, opts: None):
+    import torch
+    from torch import nn
+
     from clplatform.backbones import ClassifierModel
+
+    from .prototype_head import PrototypeHead, _simplecil_class
     model = ClassifierModel(ctx.backbone, PrototypeHead(ctx.backbone.num_features,
                                                         ctx.info.num_classes)).freeze_backbone()
     # the optimizer never steps; Avalanche's template requires one

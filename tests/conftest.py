@@ -10,8 +10,15 @@ import pytest
 TINY_GLYPHS = {"experiences": 3, "samples_per_class": 6, "test_samples_per_class": 3}
 
 
+@pytest.fixture(scope="session")
+def user_cache() -> Path:
+    """The cache a user's runs fill (not written by the tests)."""
+    from clplatform.cache import cache_root
+    return cache_root()
+
+
 @pytest.fixture(scope="session", autouse=True)
-def private_cache(tmp_path_factory) -> Path:
+def private_cache(tmp_path_factory, user_cache) -> Path:
     """All caching goes to CLPLATFORM_TEST_CACHE (to reuse one) or a fresh temporary folder."""
     path = Path(os.environ.get("CLPLATFORM_TEST_CACHE") or tmp_path_factory.mktemp("cache"))
     old = os.environ.get("CLPLATFORM_CACHE")
@@ -24,11 +31,13 @@ def private_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pretrained_backbone(private_cache) -> tuple[Path, float]:
-    """The real default backbone, built once per session (about a minute on 2 cores)."""
+def pretrained_backbone(private_cache, user_cache) -> tuple[Path, float]:
+    """The real default backbone: a copy of the user's cached one when that one is complete
+    and built by the current recipe, else built once per session (70 s on 2 idle cores)."""
     import torch
 
-    from clplatform.pretrain import pretrained_glyph_vit_path
+    from clplatform.pretrain import adopt_cached_weights, pretrained_glyph_vit_path
+    adopt_cached_weights(user_cache)
     path = pretrained_glyph_vit_path()
     accuracy = torch.load(path, weights_only=True)["pretrain_test_accuracy"]
     return path, accuracy

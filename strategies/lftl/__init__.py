@@ -3,10 +3,11 @@
 ``model.py`` (backbone + bottleneck + weight-normalised classifier), ``strategy.py`` (source
 training, query-and-adapt rounds). The oracle and label masking are the platform's
 (``clplatform/active.py``)."""
-from clplatform.registry import register_strategy
+from clplatform.registry import lazy_exports, register_strategy
 
 from .config import LFTLOptions
-from .model import LFTLModel
+
+__getattr__ = lazy_exports(__name__, {"LFTLModel": ".model"})
 
 
 @register_strategy("lftl", resumable=True, options=LFTLOptions, active=True,
@@ -15,6 +16,7 @@ from .model import LFTLModel
                         "and visual persistence (Lyu et al. 2024); experience 0 is the "
                         "labelled source, later ones unlabelled targets with a label oracle")
 def lftl(ctx, opts: LFTLOptions):
+    from .model import LFTLModel
     from .strategy import _template
     model = LFTLModel(ctx.backbone, ctx.info.num_classes, opts)
     return _template()(model=model, opts=opts, **ctx.template_kwargs())

@@ -3,18 +3,20 @@ prefix tuning, full precision) and ``qprompt`` (quantization-aware prompt traini
 ``config.py`` (hyper-parameters), ``quantizer.py`` (the quantizer), ``layer.py`` (prefix
 attention, prompt tensors), ``model.py`` (injection into a timm ViT), ``strategy.py``
 (training as an Avalanche template)."""
-from clplatform.registry import register_strategy
+from clplatform.registry import lazy_exports, register_strategy
 
 from .config import PromptOptions, QPromptOptions
-from .layer import PrefixAttention, PromptTensor
-from .model import PromptModel
-from .quantizer import TensorQuantizer, kmeans_1d, stored_bits
+
+__getattr__ = lazy_exports(__name__, {
+    "PrefixAttention": ".layer", "PromptTensor": ".layer", "PromptModel": ".model",
+    "TensorQuantizer": ".quantizer", "kmeans_1d": ".quantizer", "stored_bits": ".quantizer"})
 
 # Adam at 0.03 x batch / 256 (the spec's rule) with the default batch of 32; 5 epochs
 PROMPT_TRAIN_DEFAULTS = {"epochs": 5, "batch_size": 32, "lr": 0.03 * 32 / 256}
 
 
 def _build(ctx, opts):
+    from .model import PromptModel
     from .strategy import _template
     model = PromptModel(ctx.backbone, ctx.info.num_classes, opts)
     return _template()(model=model, opts=opts, train=ctx.train, **ctx.template_kwargs())

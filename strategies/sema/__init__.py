@@ -2,11 +2,14 @@
 ``shared/specs/sema.md``: ``config.py`` (hyper-parameters), ``layer.py`` (adapters,
 descriptors, router, block), ``model.py`` (injection into a timm ViT), ``strategy.py``
 (expansion and training as an Avalanche template)."""
-from clplatform.registry import register_strategy
+from clplatform.registry import lazy_exports, register_strategy
 
 from .config import SEMAOptions
-from .layer import Adapter, LossStatistics, RepresentationDescriptor, SEMABlock, SoftRouter
-from .model import SEMAModel
+
+__getattr__ = lazy_exports(__name__, {
+    "SEMAModel": ".model", **dict.fromkeys(
+        ("Adapter", "LossStatistics", "RepresentationDescriptor", "SEMABlock", "SoftRouter"),
+        ".layer")})
 
 
 @register_strategy("sema", options=SEMAOptions, unused_train=("epochs", "batch_size", "lr"),
@@ -14,6 +17,7 @@ from .model import SEMAModel
                    help="self-expanding mixture of adapters with representation descriptors "
                         "(Wang et al. 2025)")
 def sema(ctx, opts: SEMAOptions):
+    from .model import SEMAModel
     from .strategy import _template
     model = SEMAModel(ctx.backbone, ctx.info.num_classes, opts)
     return _template()(model=model, opts=opts, **ctx.template_kwargs())
