@@ -90,8 +90,9 @@ def _cell_id(strategy: str, stream_label: str, seed: int, grid: dict[str, str]) 
 def plan(strategies: list[str], streams: list[str], seeds: list[int],
          grid: dict[str, list[str]], base: RunSpec) -> list[Cell]:
     """Every cell of the sweep, validated (names, option names and values, training
-    settings, as a run validates them) without building anything. A grid key is a training setting (epochs, batch_size, lr), ``stream.KEY``,
-    ``backbone.KEY``, or a strategy hyper-parameter — applied to the strategies that have it
+    settings, as a run validates them) without building anything. A grid key is a training
+    setting (epochs, batch_size, lr), ``stream.KEY``, ``backbone.KEY``, or a strategy
+    hyper-parameter — applied to the strategies that have it
     (others run once per remaining combination)."""
     import itertools
 

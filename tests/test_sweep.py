@@ -229,7 +229,8 @@ def test_every_cell_gets_the_training_checks_of_a_run():
     for strategies, grid, train, message in [
         (["naive"], [], {"lr": "nan"}, "invalid value 'nan' for lr"),
         (["naive"], ["lr=abc,0.1"], {}, "invalid value 'abc' for lr"),
-        (["naive", "ewc"], ["epochs=1,0"], {}, "invalid value 0 for epochs ([train]): must be >= 1"),
+        (["naive", "ewc"], ["epochs=1,0"], {},
+         "invalid value 0 for epochs ([train]): must be >= 1"),
         (["naive"], [], {"epochs": "0"}, "must be >= 1"),
         (["naive"], [], {"batch_size": "0"}, "invalid value 0 for batch_size"),
         (["naive"], [], {"out": ""}, "--out is empty"),
