@@ -67,7 +67,8 @@ class ClplatGroup(click.Group):
             click.echo(f"clplat: error: {message}", err=True)
             code = 2
         except UserError as exc:
-            click.echo(f"clplat: error: {exc}", err=True)
+            message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            click.echo(f"clplat: error: {message}", err=True)
             code = 2
         except Exception as exc:  # noqa: BLE001  (a bug: one line, the traceback in a file)
             code = _internal_error(exc, ClplatGroup.debug)

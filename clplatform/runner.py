@@ -315,6 +315,7 @@ def _execute(spec, progress, exiting_after, resume, run_dir, held: contextlib.Ex
                   "ended": None, "pid": os.getpid(), "host": platform.node()}
         record["resumed"] = [*record.get("resumed", []), now]
         record.pop("traceback", None)
+        write_json(run_dir / RUN_FILE, record)
     else:
         prepared = Prepared(spec, progress)
         run_dir = new_run_dir(prepared.out, prepared.label, exact=run_dir)
@@ -332,8 +333,6 @@ def _execute(spec, progress, exiting_after, resume, run_dir, held: contextlib.Ex
             remove_run_dir(run_dir)
             raise
     prepared.stop.ignore_after_stop = exiting_after
-    if resume is not None:
-        write_json(run_dir / RUN_FILE, record)
 
     def finished_records() -> tuple[pd.DataFrame, pd.DataFrame, list]:
         """Accuracy, experience and round records of every finished experience."""
