@@ -405,7 +405,7 @@ def test_a_run_directory_in_use_is_refused(resumable_copy, tmp_path, pretrained_
         line = _refused("run", "--resume", resumable_copy)
     assert f"run {resumable_copy} is in use by another process (pid " in line
     # a live run: its resume is refused, the run goes on
-    proc = _start(tmp_path / "live", "--epochs", "100")
+    proc = _start(tmp_path / "live", "--epochs", "30")  # experience 1 outlasts the check
     try:
         live = _wait_for("*/checkpoint.pt", tmp_path / "live").parent
         line = _refused("run", "--resume", live)
