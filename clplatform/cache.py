@@ -10,11 +10,12 @@ a cache file should be) is refused with a message naming it, before any work is 
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import secrets
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -75,29 +76,58 @@ def stable_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+def _temp_file(path: Path) -> Path:
+    """Create a new, empty temporary file ``.NAME.<random>.tmp`` next to ``path``. Created
+    with mode 0666 less the umask, like any file the process creates (``mkstemp`` would make
+    it 0600, and the rename would carry that onto shared caches and run folders)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def temp_files(folder: str | os.PathLike, name: str = "*") -> list[Path]:
+    """The temporary files that atomic writes of ``name`` (a glob) left in ``folder`` (a
+    process killed between creating and renaming one)."""
+    return sorted(Path(folder).glob(f".{name}.*.tmp"))
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _temp_file(path)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """Atomically; the space is reserved before anything is written, so a full disk fails
+    at once. A failure (disk full, permissions) is a user-facing error naming the file, and
+    the previous content stays."""
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            if len(data) and hasattr(os, "posix_fallocate"):
+                try:
+                    os.posix_fallocate(fh.fileno(), 0, len(data))
+                except OSError as exc:
+                    if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # not supported
+                        raise
+            fh.write(data)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Atomically; a failure (disk full, permissions) is a user-facing error naming the
-    file, and the previous content stays."""
-    try:
-        with atomic_path(path) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    """Atomically, as :func:`write_bytes` (UTF-8)."""
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

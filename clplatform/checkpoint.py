@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cache import atomic_path
 from .errors import UserError
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -298,6 +297,12 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
 
 # ----------------------------------------------------------------------------- files
 def save(run_dir: Path, prepared, experience: int) -> None:
+    """Serialized in memory first, then written atomically with its space reserved: the
+    previous checkpoint stays until the new one is complete and renamed onto it, and a
+    failure (disk full) names this file."""
+    import io
+
+    from .cache import write_bytes
     from .store import json_safe
     state = {"experience": experience, "model": prepared.strategy.model.state_dict(),
              "strategy": strategy_state(prepared.strategy),
@@ -305,18 +310,78 @@ def save(run_dir: Path, prepared, experience: int) -> None:
     optimizer = optimizer_state(prepared.strategy)
     if optimizer is not None:
         state["optimizer"] = optimizer
-    with atomic_path(run_dir / CHECKPOINT_FILE) as tmp:
-        torch.save(state, tmp)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(Path(run_dir) / CHECKPOINT_FILE, buffer.getbuffer())
+
+
+# what every checkpoint holds, and the type of each part
+REQUIRED = {"experience": int, "model": dict, "strategy": dict, "rng": dict, "evaluator": dict}
 
 
 def load(run_dir: Path) -> dict[str, Any]:
+    """The checkpoint's state, read without unpickling anything; a damaged, unsafe or
+    malformed file is a one-line error naming it."""
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
-        raise UserError(f"no checkpoint in {run_dir}: nothing finished to resume from")
+        raise UserError(f"no checkpoint in {run_dir}: no experience of this run finished; "
+                        "start it again")
     try:
-        return torch.load(path, weights_only=True, map_location="cpu")
+        state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001  (a damaged file is the user's problem to see)
-        raise UserError(f"corrupt checkpoint {path}: {exc}") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        if lines and lines[0].startswith("Weights only load failed"):
+            # torch's advice (load it with weights_only=False) is the wrong one here
+            lines = [line for line in lines[1:] if "weights_only" not in line
+                     and not line.startswith("Check the documentation")] or lines
+            if "global" in lines[0].lower():  # it would import and call something
+                raise UserError(f"unsafe checkpoint {path}: refused, it holds more than "
+                                f"plain data ({lines[0]})") from None
+        raise UserError(f"corrupt checkpoint {path}: "
+                        f"{lines[0] if lines else type(exc).__name__}") from None
+    if not isinstance(state, dict):
+        raise UserError(f"corrupt checkpoint {path}: holds a {type(state).__name__}, not "
+                        "a checkpoint's dict")
+    for key, kind in REQUIRED.items():
+        if key not in state:
+            raise UserError(f"corrupt checkpoint {path}: no {key!r} in it")
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise UserError(f"corrupt checkpoint {path}: {key!r} is a "
+                            f"{type(state[key]).__name__}, not a {kind.__name__}")
+    return state
+
+
+def restore(prepared, run_dir: Path) -> None:
+    """Load the checkpoint of ``run_dir`` into ``prepared``; whatever in it does not fit the
+    rebuilt run is a one-line error naming the file."""
+    path = Path(run_dir) / CHECKPOINT_FILE
+    state = load(run_dir)
+    experiences = len(prepared.benchmark.train_stream)
+    if not 0 <= state["experience"] < experiences:
+        raise UserError(f"corrupt checkpoint {path}: experience {state['experience']} is not "
+                        f"one of the stream's {experiences}")
+    try:
+        prepared.restore(state)
+    except UserError as exc:
+        raise UserError(f"checkpoint {path}: {exc}") from None
+    except (LookupError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise UserError(f"corrupt checkpoint {path}: {type(exc).__name__}"
+                        + (f": {first}" if first else "")) from None
+
+
+def resume_spec(run_dir: str | Path):
+    """The RunSpec of the run in ``run_dir``, from its config.json (a damaged one is a
+    one-line error naming it)."""
+    from .store import CONFIG_FILE, load_run
+    run = load_run(run_dir)
+    try:
+        return spec_from_config(run.config)
+    except UserError as exc:
+        raise UserError(f"{Path(run_dir) / CONFIG_FILE}: {exc}") from None
+    except (LookupError, TypeError, ValueError, AttributeError) as exc:
+        raise UserError(f"corrupt file {Path(run_dir) / CONFIG_FILE}: {type(exc).__name__} "
+                        f"{exc}".strip()) from None
 
 
 def spec_from_config(config: dict[str, Any]):

@@ -47,7 +47,10 @@ def _component_options(set_help: str, stream_help: str):
 class ClplatGroup(click.Group):
     """A click group that turns usage and user errors into one line and exit status 2."""
 
+    debug = False  # --debug: an internal error prints its whole traceback
+
     def main(self, args=None, prog_name=None, **kwargs):
+        ClplatGroup.debug = False
         try:
             code = super().main(args=args, prog_name=prog_name or "clplat",
                                 standalone_mode=False, **kwargs)
@@ -64,14 +67,37 @@ class ClplatGroup(click.Group):
             click.echo(f"clplat: error: {message}", err=True)
             code = 2
         except UserError as exc:
-            click.echo(f"clplat: error: {exc}", err=True)
+            message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            click.echo(f"clplat: error: {message}", err=True)
             code = 2
+        except Exception as exc:  # noqa: BLE001  (a bug: one line, the traceback in a file)
+            code = _internal_error(exc, ClplatGroup.debug)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _internal_error(exc: Exception, debug: bool) -> int:
+    """An unexpected exception (a bug in clplatform or a plugged-in component): one line
+    naming it and the file holding its traceback (the run directory's traceback.txt when a
+    run had started); with --debug, the traceback itself. Exit status 1."""
+    import traceback
+
+    from .errors import save_traceback
+    if debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    path = save_traceback(exc)
+    first = (str(exc).strip().splitlines() or [""])[0]
+    where = f"full traceback in {path}" if path else "traceback not saved"
+    click.echo(f"clplat: internal error: {type(exc).__name__}"
+               + (f": {first}" if first else "") + f" ({where}"
+               + ("" if debug else "; --debug prints it") + ")", err=True)
+    return 1
 
 
 @click.group(cls=ClplatGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="clplatform", prog_name="clplat")
-def cli():
+@click.option("--debug", is_flag=True,
+              help="on an internal error, print the full traceback (it is always saved)")
+def cli(debug):
     """clplatform: continual-learning experiments on Avalanche streams with timm backbones.
 
     \b
@@ -84,6 +110,7 @@ def cli():
     clplat pretrain                      build the default backbone vit-glyphs
     """
     import clplatform  # noqa: F401  (warning filters)
+    ClplatGroup.debug = debug
 
 
 @cli.command("run")
@@ -135,7 +162,8 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
         if any(v is not None and v != () for v in given) or dry_run:
             raise UserError("--resume continues a run with its own configuration; give no "
                             "other run options")
-        _finish(execute(_resume_spec(resume), progress=not quiet, exiting_after=True,
+        from .checkpoint import resume_spec
+        _finish(execute(resume_spec(resume), progress=not quiet, exiting_after=True,
                         resume=resume), as_json)
         return
     backbone_options = parse_assignments(backbone_opts, "--backbone-opt")
@@ -150,15 +178,6 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
         click.echo(json.dumps(json_safe(check_only(spec))))
         return
     _finish(execute(spec, progress=not quiet, exiting_after=True), as_json)
-
-
-def _resume_spec(run_dir: str):
-    from .checkpoint import spec_from_config
-    from .store import load_run
-    run = load_run(run_dir)
-    if run.status == "complete":
-        raise UserError(f"run {run_dir} is complete: nothing to resume")
-    return spec_from_config(run.config)
 
 
 def _finish(result, as_json: bool) -> None:

@@ -6,6 +6,7 @@ before the run directory exists, so bad input never leaves a directory behind.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import os
@@ -31,7 +32,7 @@ CONFIG_TABLES = ("strategy", "stream", "backbone", "train")
 class TrainOptions:
     """``[train]`` options; unset values come from the strategy's defaults, then these."""
     epochs: int | None = opt(None, "training epochs per experience (default: the strategy's, "
-                                   "else 3)", min=0, max=10000)
+                                   "else 3)", min=1, max=10000)
     batch_size: int | None = opt(None, "training mini-batch size (default: the strategy's, "
                                        "else 32)", min=1, max=65536)
     lr: float | None = opt(None, "learning rate (default: the strategy's, else 0.003)",
@@ -42,6 +43,10 @@ class TrainOptions:
     flops: str = opt("sampled", "training FLOP counting: each distinct iteration once "
                      "(sampled), every operation (full), or none (off)",
                      choices=("sampled", "full", "off"))
+
+    def validate(self) -> None:
+        from .store import check_output_folder
+        check_output_folder(self.out)
 
 
 GLOBAL_TRAIN_DEFAULTS = {"epochs": 3, "batch_size": 32, "lr": 0.003}
@@ -117,6 +122,17 @@ def make_spec(config: str | os.PathLike | None = None, *, strategy: str | None =
     return spec
 
 
+def train_options(spec: RunSpec, strategy_entry) -> tuple[TrainOptions, list[str]]:
+    """The validated ``[train]`` settings of ``spec`` — what a run checks first and a sweep
+    checks for every cell before any starts — and the settings given that the strategy does
+    not use (registered ``unused_train``): those are left out, unchecked (``--epochs 0`` means
+    nothing to a strategy that takes no epochs)."""
+    unused = [k for k in strategy_entry.extra.get("unused_train", ())
+              if spec.train.get(k) is not None]
+    used = {k: v for k, v in spec.train.items() if k not in unused}
+    return build_options(TrainOptions, used, "[train]"), unused
+
+
 def resolve_device(device: str) -> str:
     import torch
     if device == "auto":
@@ -148,12 +164,10 @@ class Prepared:
         backbone_key, backbone_opts = resolve_backbone_name(spec.backbone,
                                                             spec.backbone_options)
         backbone_entry = BACKBONES.get(backbone_key)
-        train = build_options(TrainOptions, spec.train, "[train]")
+        train, unused = train_options(spec, strategy_entry)
         hparams = strategy_entry.make_options(spec.strategy_options, f"strategy {spec.strategy!r}")
         backbone_options = backbone_entry.make_options(backbone_opts,
                                                        f"backbone {spec.backbone!r}")
-        unused = [k for k in strategy_entry.extra.get("unused_train", ())
-                  if getattr(train, k) is not None]
         defaults = {**GLOBAL_TRAIN_DEFAULTS, **strategy_entry.extra.get("train_defaults", {})}
         settings = TrainSettings(
             epochs=train.epochs if train.epochs is not None else defaults["epochs"],
@@ -256,42 +270,70 @@ def execute(spec: RunSpec, progress: bool = False, exiting_after: bool = False,
     """Run ``spec`` and return the stored :class:`clplatform.store.Run`. ``exiting_after``
     (the command line): after a stop signal, further signals are ignored while the last
     records are written. ``resume``: continue the run in that directory; ``run_dir``: the
-    directory of a new run (it must not exist; default: a fresh one under ``--out``)."""
+    directory of a new run (it must not exist; default: a fresh one under ``--out``).
+
+    The run holds its directory's lock (:func:`clplatform.store.run_lock`) from start to
+    end: a second process refuses to resume a run that is still going."""
+    with contextlib.ExitStack() as held:
+        return _execute(spec, progress, exiting_after, resume, run_dir, held)
+
+
+def _execute(spec, progress, exiting_after, resume, run_dir, held: contextlib.ExitStack):
     import pandas as pd
 
     from . import metrics
+    from .cache import temp_files
+    from .errors import save_traceback
     from .evaluator import INITIAL
     from .store import (ACCURACY_FILE, CONFIG_FILE, EXPERIENCES_FILE, ROUNDS_FILE, RUN_FILE,
                         SUMMARY_FILE,
-                        hardware, json_safe, load_run, new_run_dir, versions, write_json,
+                        hardware, json_safe, load_run, new_run_dir, release_space,
+                        remove_run_dir, reserve_space, run_lock, versions, write_json,
                         write_table)
 
     from . import checkpoint
-    prepared = Prepared(spec, progress)
-    prepared.stop.ignore_after_stop = exiting_after
     now = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     if resume is not None:
         run_dir = Path(resume)
+        held.enter_context(run_lock(run_dir))  # before anything is read: a live run refuses
+        if load_run(run_dir).status == "complete":
+            raise UserError(f"run {run_dir} is complete: nothing to resume")
+        try:
+            prepared = Prepared(spec, progress)
+        except UserError as exc:
+            raise UserError(f"cannot resume from {run_dir / CONFIG_FILE}: {exc}") from None
         if prepared.joint:
             raise UserError(f"strategy {spec.strategy!r} trains once on the whole stream: "
                             "nothing finished to resume from; start it again")
         if not prepared.resumable:
             raise UserError(f"strategy {spec.strategy!r} cannot be resumed (it is not "
                             "registered resumable=True)")
-        prepared.restore(checkpoint.load(run_dir))
+        checkpoint.restore(prepared, run_dir)
+        for stale in temp_files(run_dir):  # writes a killed process left unfinished
+            stale.unlink(missing_ok=True)
+        reserve_space(run_dir)
         record = {**load_run(run_dir).record, "status": "running", "reason": None,
                   "ended": None, "pid": os.getpid(), "host": platform.node()}
         record["resumed"] = [*record.get("resumed", []), now]
         record.pop("traceback", None)
+        write_json(run_dir / RUN_FILE, record)
     else:
+        prepared = Prepared(spec, progress)
         run_dir = new_run_dir(prepared.out, prepared.label, exact=run_dir)
+        held.enter_context(run_lock(run_dir))
         record = {"id": run_dir.name, "status": "running", "reason": None,
                   "seed": prepared.settings.seed, "versions": versions(),
                   "hardware": hardware(prepared.settings.device), "started": now,
                   "ended": None, "command": " ".join(sys.argv),
                   "pid": os.getpid(), "host": platform.node()}
-        write_json(run_dir / CONFIG_FILE, prepared.config)
-    write_json(run_dir / RUN_FILE, record)
+        try:
+            reserve_space(run_dir)
+            write_json(run_dir / CONFIG_FILE, prepared.config)
+            write_json(run_dir / RUN_FILE, record)
+        except BaseException:  # a full disk: no empty or partial directory stays
+            remove_run_dir(run_dir)
+            raise
+    prepared.stop.ignore_after_stop = exiting_after
 
     def finished_records() -> tuple[pd.DataFrame, pd.DataFrame, list]:
         """Accuracy, experience and round records of every finished experience."""
@@ -311,6 +353,7 @@ def execute(spec: RunSpec, progress: bool = False, exiting_after: bool = False,
             write_table(run_dir / ROUNDS_FILE, rounds)
         if prepared.resumable:
             checkpoint.save(run_dir, prepared, experience)
+    failure = None
     try:
         with prepared.stop:
             started = time.perf_counter()
@@ -320,18 +363,29 @@ def execute(spec: RunSpec, progress: bool = False, exiting_after: bool = False,
         summary = {**metrics.summarize(accuracy, experiences), "wall_seconds": wall_seconds}
         write_json(run_dir / SUMMARY_FILE, json_safe(summary))
         record["status"] = "complete"
-        # only an unfinished run needs it (a model's state dict can be large)
-        (run_dir / checkpoint.CHECKPOINT_FILE).unlink(missing_ok=True)
     except BaseException as exc:
+        failure = exc
         record["status"] = ("interrupted" if isinstance(exc, (KeyboardInterrupt, RunInterrupted))
                             else "failed")
         record["reason"] = (f"interrupted by {exc}" if isinstance(exc, RunInterrupted)
                             else f"{type(exc).__name__}: {exc}")
         record["traceback"] = traceback.format_exc()
+        if isinstance(exc, Exception) and not isinstance(exc, UserError):
+            save_traceback(exc, run_dir)  # a bug: the command line names the file
         raise
     finally:
         record["ended"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-        write_json(run_dir / RUN_FILE, record)
+        release_space(run_dir)  # room for this last record, even on a full disk
+        try:
+            write_json(run_dir / RUN_FILE, record)
+        except UserError as exc:
+            if failure is None:
+                raise
+            print(f"clplat: warning: {exc}", file=sys.stderr)  # the failure itself follows
+    # complete and recorded as such: only an unfinished run needs its checkpoint (a model's
+    # state dict can be large); deleted earlier, a kill before run.json says complete would
+    # leave a run with neither
+    (run_dir / checkpoint.CHECKPOINT_FILE).unlink(missing_ok=True)
     write_single_report(run_dir)
     return load_run(run_dir)
 

@@ -18,18 +18,23 @@ import math
 import os
 import platform
 import secrets
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 
-from .cache import write_json, write_text
+from .cache import write_bytes, write_json, write_text
 from .errors import UserError
 from .records import check_json, check_table
 
 RUN_FILE, CONFIG_FILE, SUMMARY_FILE = "run.json", "config.json", "summary.json"
+# space held for the last update of run.json, released just before it (a full disk still
+# gets the run marked failed with its reason)
+RESERVE_FILE, RESERVE_BYTES = ".reserve", 64 * 1024
 ACCURACY_FILE, EXPERIENCES_FILE, ROUNDS_FILE = "accuracy.csv", "experiences.csv", "rounds.csv"
 
 
@@ -54,8 +59,16 @@ def hardware(device: str) -> dict[str, Any]:
     return info
 
 
-def output_folder(out: str | os.PathLike) -> Path:
-    """``out``, created if missing; an error naming it if it cannot be created or written."""
+def check_output_folder(out: str | os.PathLike, flag: str = "--out") -> None:
+    """An empty name would silently mean the current directory: refused."""
+    if not str(out).strip():
+        raise UserError(f"{flag} is empty: name a folder (e.g. {flag} runs)")
+
+
+def output_folder(out: str | os.PathLike, flag: str = "--out") -> Path:
+    """``out``, created if missing; an error naming it if it is empty, cannot be created or
+    written."""
+    check_output_folder(out, flag)
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -84,6 +97,61 @@ def new_run_dir(out: str | os.PathLike, label: str, exact: Path | None = None) -
             return path
         except FileExistsError:
             continue
+
+
+@contextmanager
+def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold the run directory's exclusive lock for the block: a run (new or resumed) holds it
+    for its whole life, so a second process refuses to train into the same directory. It is
+    an ``flock`` on the directory itself: the OS releases it when the process dies, however
+    it dies, and no lock file is left behind. A file system that cannot lock (some network
+    file systems) leaves the directory unprotected."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system
+        yield
+        return
+    run_dir = Path(run_dir)
+    try:
+        fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except FileNotFoundError:
+        raise UserError(f"not a directory: {run_dir}") from None
+    except OSError as exc:
+        raise UserError(f"cannot open run directory {run_dir}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"run {run_dir} is in use by another process{_holder(run_dir)}: "
+                            "wait for it to end or stop it") from None
+        except OSError:
+            pass  # no locks on this file system
+        yield
+    finally:
+        os.close(fd)
+
+
+def _holder(run_dir: Path) -> str:
+    """`` (pid N on HOST)`` from the run record, when it says."""
+    try:
+        record = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+        return f" (pid {int(record['pid'])} on {record['host']})"
+    except (OSError, ValueError, TypeError, KeyError):
+        return ""
+
+
+def reserve_space(run_dir: Path) -> None:
+    """Set aside the space of the run record's last update (see :func:`release_space`)."""
+    write_bytes(run_dir / RESERVE_FILE, bytes(RESERVE_BYTES))
+
+
+def release_space(run_dir: Path) -> None:
+    (run_dir / RESERVE_FILE).unlink(missing_ok=True)
+
+
+def remove_run_dir(run_dir: Path) -> None:
+    """A run directory that could not be set up (nothing of the run in it yet)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def json_safe(value: Any) -> Any:
@@ -230,4 +298,4 @@ def load_run(path: str | os.PathLike) -> Run:
 
 
 __all__ = ["Run", "load_run", "find_run_dirs", "list_runs", "new_run_dir", "output_folder",
-           "write_json", "write_table", "json_safe"]
+           "run_lock", "write_json", "write_table", "json_safe"]

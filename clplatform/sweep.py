@@ -89,14 +89,16 @@ def _cell_id(strategy: str, stream_label: str, seed: int, grid: dict[str, str]) 
 
 def plan(strategies: list[str], streams: list[str], seeds: list[int],
          grid: dict[str, list[str]], base: RunSpec) -> list[Cell]:
-    """Every cell of the sweep, validated (names, option names and values) without building
-    anything. A grid key is a training setting (epochs, batch_size, lr), ``stream.KEY``,
-    ``backbone.KEY``, or a strategy hyper-parameter — applied to the strategies that have it
+    """Every cell of the sweep, validated (names, option names and values, training
+    settings, as a run validates them) without building anything. A grid key is a training
+    setting (epochs, batch_size, lr), ``stream.KEY``, ``backbone.KEY``, or a strategy
+    hyper-parameter — applied to the strategies that have it
     (others run once per remaining combination)."""
     import itertools
 
     from .registry import BACKBONES, STRATEGIES
     from .backbones import resolve_backbone_name
+    from .runner import train_options
     from streams import StreamSource
     entries = {name: STRATEGIES.get(name) for name in strategies}
     strategy_keys = [k for k in grid if k not in TRAIN_KEYS and "." not in k]
@@ -129,6 +131,7 @@ def plan(strategies: list[str], streams: list[str], seeds: list[int],
                                      if k.startswith("backbone.")}},
                 train={**base.train, "seed": seed,
                        **{k: v for k, v in chosen.items() if k in TRAIN_KEYS}})
+            train_options(spec, entries[strategy])  # the checks a run makes first
             entries[strategy].make_options(spec.strategy_options, f"strategy {strategy!r}")
             key, opts = resolve_backbone_name(spec.backbone, spec.backbone_options)
             BACKBONES.get(key).make_options(opts, f"backbone {spec.backbone!r}")
@@ -158,10 +161,10 @@ def run_cell(spec: dict[str, Any], run_dir: str, threads: int,
     ``ship``: send the run directory's files back. Returns status, reason, seconds."""
     import torch
 
-    from .checkpoint import CHECKPOINT_FILE, spec_from_config
+    from .checkpoint import CHECKPOINT_FILE, resume_spec
     from .interrupt import RunInterrupted
     from .runner import execute
-    from .store import RUN_FILE, load_run
+    from .store import RUN_FILE, load_run, run_lock
     torch.set_num_threads(threads)
     path = Path(run_dir)
     if files is not None:
@@ -174,10 +177,11 @@ def run_cell(spec: dict[str, Any], run_dir: str, threads: int,
         if run is not None and run.status == "complete":
             result["status"] = "skipped"
         elif run is not None and (path / CHECKPOINT_FILE).is_file():
-            execute(spec_from_config(run.config), progress=False, resume=path)
+            execute(resume_spec(path), progress=False, resume=path)
         else:
-            if run is not None:  # nothing finished: start again
-                shutil.rmtree(path)
+            if run is not None:  # nothing finished: start again (unless it is still going)
+                with run_lock(path):
+                    shutil.rmtree(path)
             execute(RunSpec(**spec), progress=False, run_dir=path)
     except (Exception, RunInterrupted) as exc:  # noqa: BLE001  (recorded; the sweep goes on)
         result = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}".strip()}
@@ -202,11 +206,32 @@ def _write_files(path: Path, files: dict[str, bytes]) -> None:
 
 
 # ----------------------------------------------------------------------------- executors
-class LocalExecutor:
-    """A process pool; a new process per run (no state or memory carried over)."""
+def die_with_parent(parent: int) -> None:
+    """In a worker process: be sent SIGTERM when the process that started it dies (even by
+    SIGKILL), so no orphan keeps training into the sweep's folder; SIGTERM stops a run at its
+    next safe point, marked interrupted (resumable). Linux only (``prctl``), a no-op
+    elsewhere."""
+    import ctypes
+    import signal
+    if not sys.platform.startswith("linux"):
+        return
+    PR_SET_PDEATHSIG = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the call: nothing would be sent
+        os.kill(os.getpid(), signal.SIGTERM)
 
-    def __init__(self, workers: int):
+
+class LocalExecutor:
+    """A process pool; a new process per run (no state or memory carried over). The workers
+    die with the driver (:func:`die_with_parent`)."""
+
+    def __init__(self, workers: int, task: Callable[..., dict] = run_cell):
         self.workers = workers
+        self.task = task
 
     def run(self, tasks: list[tuple[Cell, dict]],
             done: Callable[[Cell, dict], dict | None]) -> None:
@@ -216,8 +241,9 @@ class LocalExecutor:
         pending = list(tasks)
         while pending:
             pool = ProcessPoolExecutor(self.workers, multiprocessing.get_context("spawn"),
+                                       initializer=die_with_parent, initargs=(os.getpid(),),
                                        max_tasks_per_child=1)
-            futures = {pool.submit(run_cell, **kwargs): cell for cell, kwargs in pending}
+            futures = {pool.submit(self.task, **kwargs): cell for cell, kwargs in pending}
             pending = []
             try:
                 for future in as_completed(futures):
@@ -311,7 +337,7 @@ def run_sweep(cells: list[Cell], out: str | os.PathLike, opts: SweepOptions,
     workers = opts.workers or 1
     if workers < 1:
         raise UserError("--workers must be >= 1")
-    out = output_folder(Path(out).resolve())
+    out = output_folder(out).resolve()
     threads = opts.threads or max(1, (os.cpu_count() or 1) // workers)
     marker = out / f".sweep-{uuid.uuid4().hex}"  # a worker that sees it shares OUT
     marker.touch()

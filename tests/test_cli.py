@@ -99,6 +99,7 @@ BAD_INPUTS = [
     (["--stream-opt", "bogus=1"], "unknown option 'bogus' for stream 'glyphs'; valid keys"),
     (["--strategy", "ewc", "--set", "ewc_lambda=abc"], "invalid value 'abc' for ewc_lambda"),
     (["--epochs", "-1"], "invalid value -1 for epochs"),
+    (["--epochs", "0"], "invalid value 0 for epochs ([train]): must be >= 1"),
     (["--epochs", "two"], "invalid value 'two' for epochs"),
     (["--lr", "fast"], "invalid value 'fast' for lr"),
     (["--device", "tpu"], "invalid value 'tpu' for device"),
@@ -209,3 +210,21 @@ def test_python_api_replay_prints_no_deprecation_warning(tmp_path, pretrained_ba
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "float"  # as the README says
     assert "Warning" not in done.stderr, done.stderr[-2000:]
+
+
+def test_empty_out_is_refused_and_epochs_0_only_where_epochs_mean_nothing(
+        tmp_path, monkeypatch, pretrained_backbone):
+    monkeypatch.chdir(tmp_path)  # where an empty --out used to put the run
+    for args in (["run", "--out", ""], ["run", "--out", " ", "--dry-run"],
+                 ["sweep", "--strategies", "naive", "--out", ""]):
+        result = invoke(*args, "--quiet") if args[0] == "run" else invoke(*args)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip().splitlines() == [
+            "clplat: error: --out is empty: name a folder (e.g. --out runs)"]
+    assert list(tmp_path.iterdir()) == []
+    # simplecil takes no epochs: a warning, and the run keeps its own setting
+    result = invoke("run", "--strategy", "simplecil", "--epochs", "0", "--dry-run",
+                    *TINY[:-3])
+    assert result.exit_code == 0, result.stderr
+    assert "does not use epochs" in result.stderr
+    assert json.loads(result.stdout)["train"]["epochs"] == 1

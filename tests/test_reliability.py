@@ -263,3 +263,279 @@ def test_resume_refuses_what_it_cannot_do(tmp_path, pretrained_backbone):
     (run.path / "config.json").write_text(json.dumps(config))
     assert "strategy 'joint' trains once on the whole stream" in bad("--resume", run.path)
     assert f"not a directory: {tmp_path / 'missing'}" in bad("--resume", tmp_path / "missing")
+
+
+# ----------------------------------------------------------------------------- run lifecycle
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory, pretrained_backbone) -> Path:
+    """A real run stopped by a signal after its second experience (checkpoint of experience
+    1 on disk), made with umask 022; tests take copies of it (``resumable_copy``)."""
+    import shutil as _shutil  # noqa: F401
+
+    from clplatform import checkpoint
+    from clplatform.interrupt import RunInterrupted
+    out = tmp_path_factory.mktemp("interrupted")
+    save = checkpoint.save
+
+    def save_then_stop(run_dir, prepared, experience):
+        save(run_dir, prepared, experience)
+        if experience == 1:
+            raise RunInterrupted(signal.SIGTERM)
+    old_umask = os.umask(0o022)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(checkpoint, "save", save_then_stop)
+            with pytest.raises(RunInterrupted):
+                clplatform.run("naive", "glyphs", stream_options=TINY_GLYPHS, epochs=1,
+                               out=out)
+    finally:
+        os.umask(old_umask)
+    run_dir = next(out.iterdir())
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    return run_dir
+
+
+@pytest.fixture
+def resumable_copy(interrupted_run, tmp_path) -> Path:
+    import shutil
+    return Path(shutil.copytree(interrupted_run, tmp_path / interrupted_run.name))
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from clplatform.cli import cli
+    return CliRunner().invoke(cli, [*map(str, args)], prog_name="clplat")
+
+
+def _refused(*args) -> str:
+    """The one line of a command that must end with exit status 2."""
+    result = _cli(*args)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert len(lines) == 1 and lines[0].startswith("clplat: error: "), result.stderr
+    return lines[0]
+
+
+def test_files_respect_the_umask(interrupted_run, tmp_path):
+    """Atomic writes used to be 0600 whatever the umask (mkstemp), which broke shared caches
+    and sweep folders."""
+    import stat
+
+    import torch
+
+    from clplatform.cache import atomic_path, write_json
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in interrupted_run.iterdir()}
+    assert {"run.json", "config.json", "accuracy.csv", "checkpoint.pt"} <= set(modes)
+    assert set(modes.values()) == {0o644}, modes
+    old = os.umask(0o027)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        with atomic_path(tmp_path / "w.pt") as tmp:  # torch.save's path (the weights cache)
+            torch.save({"x": torch.zeros(2)}, tmp)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "w.pt").stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("damage, message", [
+    ({}, "no 'experience' in it"),
+    ("tensor", "holds a Tensor, not a checkpoint's dict"),
+    ({"drop": "rng"}, "no 'rng' in it"),
+    ({"drop": "evaluator"}, "no 'evaluator' in it"),
+    ({"set": ("model", 3)}, "'model' is a int, not a dict"),
+    ({"set": ("experience", "1")}, "'experience' is a str, not a int"),
+    ({"set": ("experience", 7)}, "experience 7 is not one of the stream's 3"),
+    ({"set": ("evaluator", {})}, "corrupt checkpoint"),
+    ({"set": ("rng", {"torch": 1})}, "corrupt checkpoint"),
+    ({"set": ("strategy", {"clock": []})}, "corrupt checkpoint"),
+])
+def test_resume_of_a_malformed_checkpoint_is_one_line_naming_it(damage, message,
+                                                                resumable_copy):
+    import torch
+    path = resumable_copy / "checkpoint.pt"
+    if damage == "tensor":
+        torch.save(torch.zeros(3), path)
+    else:
+        state = torch.load(path, weights_only=True) if damage else {}
+        if "drop" in damage:
+            del state[damage["drop"]]
+        if "set" in damage:
+            state[damage["set"][0]] = damage["set"][1]
+        torch.save(state, path)
+    before = (resumable_copy / "run.json").read_text()
+    line = _refused("run", "--resume", resumable_copy)
+    assert str(path) in line and message in line
+    assert (resumable_copy / "run.json").read_text() == before  # nothing written
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda c: {}, "corrupt file"),
+    (lambda c: {**c, "strategy": "naive"}, "corrupt file"),
+    (lambda c: {**c, "train": {"seed": 0}}, "corrupt file"),
+    (lambda c: {**c, "train": {**c["train"], "lr": "fast"}}, "invalid value 'fast' for lr"),
+    (lambda c: {**c, "stream": {**c["stream"], "experiences": -3}}, "experiences"),
+])
+def test_resume_with_a_damaged_config_is_one_line_naming_it(damage, message, resumable_copy):
+    path = resumable_copy / "config.json"
+    path.write_text(json.dumps(damage(json.loads(path.read_text()))))
+    line = _refused("run", "--resume", resumable_copy)
+    assert str(path) in line and message in line
+
+
+def test_a_malicious_checkpoint_is_refused_in_one_line(resumable_copy, tmp_path):
+    import torch
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    torch.save({"experience": 1, "model": Evil()}, resumable_copy / "checkpoint.pt")
+    line = _refused("run", "--resume", resumable_copy)
+    assert f"unsafe checkpoint {resumable_copy / 'checkpoint.pt'}" in line
+    assert "system" in line and "weights_only" not in line
+    assert not marker.exists()
+
+
+def test_a_run_directory_in_use_is_refused(resumable_copy, tmp_path, pretrained_backbone):
+    from clplatform.store import run_lock
+    # another process holds the run (an flock: the same process opening it again conflicts)
+    with run_lock(resumable_copy):
+        line = _refused("run", "--resume", resumable_copy)
+    assert f"run {resumable_copy} is in use by another process (pid " in line
+    # a live run: its resume is refused, the run goes on
+    proc = _start(tmp_path / "live", "--epochs", "30")  # experience 1 outlasts the check
+    try:
+        live = _wait_for("*/checkpoint.pt", tmp_path / "live").parent
+        line = _refused("run", "--resume", live)
+        assert f"is in use by another process (pid {proc.pid} on " in line
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    # dead: the OS released its lock, the run resumes (its record says it was resumed)
+    record = json.loads((resumable_copy / "run.json").read_text())
+    assert _cli("run", "--resume", resumable_copy, "--quiet").exit_code == 0
+    after = json.loads((resumable_copy / "run.json").read_text())
+    assert after["status"] == "complete" and after["started"] == record["started"]
+
+
+_KILL_SCRIPT = """
+import os, signal, sys
+import clplatform, clplatform.store
+from clplatform import cache
+when = sys.argv[2]
+write_json, replace = clplatform.store.write_json, os.replace
+def killing_write_json(path, obj):
+    if when == "before-complete" and path.name == "run.json" and obj["status"] == "complete":
+        os.kill(os.getpid(), signal.SIGKILL)
+    write_json(path, obj)
+def killing_replace(src, dst):
+    if when == "checkpoint" and str(dst).endswith("checkpoint.pt") and os.path.exists(dst):
+        os.kill(os.getpid(), signal.SIGKILL)  # the new checkpoint written, not renamed yet
+    replace(src, dst)
+clplatform.store.write_json = killing_write_json
+os.replace = killing_replace
+clplatform.run("naive", "glyphs", stream_options=%r, epochs=1, out=sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("when", ["checkpoint", "before-complete"])
+def test_sigkill_around_checkpoint_writes_leaves_a_resumable_run(when, tmp_path,
+                                                                 pretrained_backbone):
+    from clplatform.cache import temp_files
+    proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT % (TINY_GLYPHS,),
+                           str(tmp_path), when], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    run_dir = next(tmp_path.iterdir())
+    assert list_runs([run_dir])["status"][0] == "stale"
+    assert (run_dir / "checkpoint.pt").is_file()
+    if when == "checkpoint":
+        assert temp_files(run_dir, "checkpoint.pt")  # what the kill left
+    done = _cli("run", "--resume", run_dir, "--quiet")
+    assert done.exit_code == 0, (done.stderr, done.exception)
+    run = clplatform.load_run(run_dir)
+    assert run.status == "complete" and list(run.experiences["train_exp"]) == [0, 1, 2]
+    assert not temp_files(run_dir) and not (run_dir / "checkpoint.pt").exists()
+    assert not (run_dir / ".reserve").exists()
+
+
+class _FullDisk:
+    """A disk that fills up: ``posix_fallocate`` (how every clplatform write reserves its
+    space) fails with ENOSPC once ``full``; writing a file named ``fills`` fills it, and only
+    removing the run's space reserve frees some."""
+
+    def __init__(self, monkeypatch, fills: str | None, full: bool = False):
+        import errno
+        self.full, self.fills = full, fills
+        allocate, unlink = os.posix_fallocate, os.unlink
+
+        def fallocate(fd, offset, length):
+            name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+            if self.fills and name.startswith(f".{self.fills}."):
+                self.full = True
+            if self.full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return allocate(fd, offset, length)
+
+        def remove(path, *args, **kwargs):
+            if os.path.basename(path) == ".reserve":
+                self.full = False
+            return unlink(path, *args, **kwargs)
+        monkeypatch.setattr(os, "posix_fallocate", fallocate)
+        monkeypatch.setattr(os, "unlink", remove)
+
+
+def test_disk_full_names_the_file_and_marks_the_run_failed(tmp_path, monkeypatch,
+                                                           pretrained_backbone):
+    from clplatform.cache import temp_files
+    from clplatform.errors import UserError
+    _FullDisk(monkeypatch, fills="checkpoint.pt")
+    with pytest.raises(UserError, match=r"cannot write .*/checkpoint\.pt: No space left"):
+        clplatform.run("naive", "glyphs", stream_options=TINY_GLYPHS, epochs=1, out=tmp_path)
+    run_dir = next(tmp_path.iterdir())
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "failed"
+    assert "checkpoint.pt: No space left on device" in record["reason"]
+    assert list_runs([run_dir])["reason"][0] == record["reason"]
+    assert not temp_files(run_dir) and not (run_dir / ".reserve").exists()
+
+
+def test_a_completely_full_disk_leaves_no_run_directory(tmp_path, monkeypatch,
+                                                        pretrained_backbone):
+    _FullDisk(monkeypatch, fills=None, full=True)
+    line = _refused("run", "--strategy", "naive", *TINY, "--epochs", "1",
+                    "--out", tmp_path / "runs", "--quiet")
+    assert "No space left on device" in line and str(tmp_path / "runs") in line
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_an_internal_error_is_one_line_naming_its_traceback_file(tmp_path, monkeypatch,
+                                                                 pretrained_backbone):
+    from clplatform import metrics
+
+    def broken(*_args, **_kwargs):
+        raise ZeroDivisionError("a bug in the metrics")
+    monkeypatch.setattr(metrics, "summarize", broken)
+    result = _cli("run", "--strategy", "naive", *TINY, "--epochs", "1", "--out", tmp_path,
+                  "--quiet")
+    run_dir = next(tmp_path.iterdir())
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"clplat: internal error: ZeroDivisionError: a bug in the metrics (full traceback in "
+        f"{run_dir / 'traceback.txt'}; --debug prints it)"]
+    text = (run_dir / "traceback.txt").read_text()
+    assert text.startswith("Traceback") and "in broken" in text
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    # no run directory yet: the file goes to the cache folder; --debug prints the traceback
+    monkeypatch.setenv("CLPLATFORM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("clplatform.runner.dry_run", broken)
+    result = _cli("--debug", "run", "--dry-run")
+    assert result.exit_code == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    saved = list((tmp_path / "cache" / "errors").glob("clplat-traceback-*.txt"))
+    assert len(saved) == 1 and "in broken" in saved[0].read_text()
+    assert last == (f"clplat: internal error: ZeroDivisionError: a bug in the metrics "
+                    f"(full traceback in {saved[0]})")

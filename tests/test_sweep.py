@@ -3,6 +3,7 @@ failed runs are recorded and retried, a killed worker does not stop the sweep, a
 of the same sweep skips what is complete."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -220,3 +221,119 @@ def test_a_node_without_the_sweep_folder_sends_the_run_back(tmp_path, pretrained
     again = ray_cell(_spec_dict(cell.spec), str(target), 1,
                      shared_check=str(tmp_path / "not-visible"), files=result["files"])
     assert again["status"] == "skipped"
+
+
+def test_every_cell_gets_the_training_checks_of_a_run():
+    """The [train] settings of each cell (base options and grid values) are validated like
+    a run's, before anything starts."""
+    for strategies, grid, train, message in [
+        (["naive"], [], {"lr": "nan"}, "invalid value 'nan' for lr"),
+        (["naive"], ["lr=abc,0.1"], {}, "invalid value 'abc' for lr"),
+        (["naive", "ewc"], ["epochs=1,0"], {},
+         "invalid value 0 for epochs ([train]): must be >= 1"),
+        (["naive"], [], {"epochs": "0"}, "must be >= 1"),
+        (["naive"], [], {"batch_size": "0"}, "invalid value 0 for batch_size"),
+        (["naive"], [], {"out": ""}, "--out is empty"),
+    ]:
+        with pytest.raises(UserError, match=re.escape(message)):
+            plan(strategies, ["glyphs"], [0], parse_grid(grid), _base(**train))
+    with pytest.raises(UserError, match=re.escape("invalid value -1 for seed")):
+        plan(["naive"], ["glyphs"], [-1], {}, _base())
+    # a strategy that takes no epochs: --epochs means nothing to it, 0 included
+    cells = plan(["simplecil", "sema"], ["glyphs"], [0], {}, _base(epochs="0"))
+    assert len(cells) == 2
+
+
+def test_sweep_command_validates_training_settings_before_anything(tmp_path):
+    from click.testing import CliRunner
+
+    from clplatform.cli import cli
+    for args, message in [
+        (["--lr", "nan"], "invalid value 'nan' for lr"),
+        (["--seeds", "0,-1"], "invalid value -1 for seed"),
+        (["--grid", "lr=abc,0.1"], "invalid value 'abc' for lr"),
+        (["--epochs", "0"], "invalid value 0 for epochs"),
+        (["--grid", "epochs=0,1"], "invalid value 0 for epochs"),
+    ]:
+        result = CliRunner().invoke(cli, ["sweep", "--strategies", "naive", *args,
+                                          "--out", str(tmp_path / "s")], prog_name="clplat")
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+        assert message in result.stderr
+        assert not (tmp_path / "s").exists()
+    result = CliRunner().invoke(cli, ["sweep", "--strategies", "naive", "--out", ""],
+                                prog_name="clplat")
+    assert result.exit_code == 2 and "--out is empty" in result.stderr
+    assert not any(Path.cwd().glob("sweep.json"))
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+from clplatform.runner import RunSpec
+from clplatform.sweep import Cell, LocalExecutor
+
+def task(path):
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(300)
+    return {"status": "complete", "reason": None}
+
+if __name__ == "__main__":
+    LocalExecutor(1, task=task).run([(Cell("c", RunSpec(), {}), {"path": sys.argv[1]})],
+                                    lambda cell, result: None)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie nobody reaped is dead too
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux only")
+def test_local_workers_die_with_a_killed_driver(tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    pid_file = tmp_path / "worker.pid"
+    root = str(Path(__file__).parent.parent)  # this checkout's clplatform
+    driver = subprocess.Popen([sys.executable, str(script), str(pid_file)], cwd=root,
+                              env={**os.environ, "PYTHONPATH": root})
+    worker = None
+    try:
+        deadline = time.time() + 120
+        while not pid_file.is_file() or not pid_file.read_text():
+            assert time.time() < deadline and driver.poll() is None, "the worker never started"
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+        assert _alive(worker)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        deadline = time.time() + 30
+        while _alive(worker) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive(worker), "the worker outlived its driver"
+    finally:
+        driver.kill()
+        if worker is not None and _alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+def test_a_cell_still_running_elsewhere_is_not_restarted(tmp_path):
+    """A sweep run again beside an orphan of a killed driver: the cell's lock refuses it
+    (nothing is deleted, nothing trains twice)."""
+    from clplatform.store import run_lock
+    from clplatform.sweep import _spec_dict, run_cell
+    cell = plan(["naive"], ["glyphs"], [0], {}, _base())[0]
+    run_dir = tmp_path / cell.id
+    run_dir.mkdir()
+    record = {"id": cell.id, "status": "running", "pid": os.getpid(), "host": "h"}
+    (run_dir / "run.json").write_text(json.dumps(record))
+    (run_dir / "config.json").write_text("{}")
+    with run_lock(run_dir):  # the orphan, training its first experience
+        result = run_cell(_spec_dict(cell.spec), str(run_dir), 1)
+    assert result["status"] == "failed"
+    assert f"run {run_dir} is in use by another process (pid {os.getpid()} on h)" \
+        in result["reason"]
+    assert json.loads((run_dir / "run.json").read_text()) == record
