@@ -59,9 +59,13 @@ class ClplatGroup(click.Group):
         except RunInterrupted as exc:
             click.echo(f"clplat: interrupted by {exc}", err=True)
             code = exc.exit_code
-        except (click.exceptions.Abort, KeyboardInterrupt):
-            click.echo("clplat: interrupted", err=True)
-            code = 130
+        except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+            cause = exc.__cause__
+            if isinstance(cause, EOFError):  # click turns any EOFError into Abort: a bug
+                code = _internal_error(cause, ClplatGroup.debug)
+            else:
+                click.echo("clplat: interrupted", err=True)
+                code = 130
         except click.ClickException as exc:
             message = exc.format_message().replace("\n", " ")
             click.echo(f"clplat: error: {message}", err=True)

@@ -539,3 +539,17 @@ def test_an_internal_error_is_one_line_naming_its_traceback_file(tmp_path, monke
     assert len(saved) == 1 and "in broken" in saved[0].read_text()
     assert last == (f"clplat: internal error: ZeroDivisionError: a bug in the metrics "
                     f"(full traceback in {saved[0]})")
+
+
+def test_an_eof_error_is_an_internal_error_not_an_interruption(tmp_path, monkeypatch):
+    """click turns any EOFError (pickle's "Ran out of input", say) into Abort, which used
+    to read "interrupted", exit 130."""
+    def broken(*_args, **_kwargs):
+        raise EOFError("Ran out of input")
+    monkeypatch.setenv("CLPLATFORM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("clplatform.runner.dry_run", broken)
+    result = _cli("run", "--dry-run")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "clplat: internal error: EOFError: Ran out of input (full traceback in ")
+    assert "interrupted" not in result.stderr
