@@ -133,7 +133,7 @@ def cli(debug):
                    "the command line wins")
 @click.option("--json", "as_json", is_flag=True,
               help='print exactly one JSON object: {"run_dir": ..., "summary": {...}}')
-@click.option("-q", "--quiet", is_flag=True, help="no progress bars")
+@click.option("-q", "--quiet", is_flag=True, help="no progress output (bars on a terminal, log lines otherwise)")
 @click.option("--resume", metavar="RUN_DIR",
               help="continue an interrupted run after its last finished experience, with "
                    "its own configuration (strategies that write checkpoints)")

@@ -73,6 +73,17 @@ def _built_by(path: Path, recipe: PretrainRecipe) -> bool:
             and "pretrain_test_accuracy" in saved)
 
 
+def _readable(path: Path, recipe: PretrainRecipe) -> bool:
+    """The cheap check of every run (loading, no model built): the file loads and holds the
+    weights of ``recipe``; the backbone builder checks keys and shapes."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001  (truncated zip, empty file, not torch's format)
+        return False
+    return (isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict)
+            and saved.get("recipe") == dataclasses.asdict(recipe))
+
+
 def pretrain_glyph_vit(recipe: PretrainRecipe = PretrainRecipe(), out: Path | None = None,
                        progress: bool = True) -> tuple[Path, float]:
     """Train ``vit-glyphs`` on ``glyphs-pretrain``; returns (weights file, test accuracy).
@@ -130,9 +141,13 @@ def pretrain_glyph_vit(recipe: PretrainRecipe = PretrainRecipe(), out: Path | No
 
 def pretrained_glyph_vit_path() -> Path:
     """The cached pre-trained weights, built now (with a note on stderr) if missing."""
-    path = cached_weights_path(PretrainRecipe())
+    recipe = PretrainRecipe()
+    path = cached_weights_path(recipe)
+    if path.is_file() and not _readable(path, recipe):  # truncated, corrupt: it is a cache
+        print(f"clplat: warning: the cached backbone {path} cannot be read; building it "
+              f"again", file=sys.stderr, flush=True)
+        path.unlink()
     if not path.is_file():
-        recipe = PretrainRecipe()
         print(f"building the default backbone vit-glyphs (first use: {recipe.epochs} epochs "
               f"of pre-training, 70 s on 2 idle CPU cores; the time left on this machine "
               f"follows)...", file=sys.stderr, flush=True)

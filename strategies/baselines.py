@@ -112,7 +112,7 @@ def si(ctx: StrategyContext, opts: SIOptions):
 
 @dataclass
 class ReplayOptions:
-    mem_size: int = opt(200, "samples kept in the rehearsal buffer (class-balanced)", min=1)
+    mem_size: int = opt(200, "samples kept in the rehearsal buffer (balanced across experiences)", min=1)
 
 
 @register_strategy("replay", resumable=True, options=ReplayOptions,

@@ -197,3 +197,22 @@ def test_a_fresh_test_session_uses_the_users_cached_backbone(tmp_path):
          "--rootdir", str(tmp_path), "-c", os.devnull, "--timeout", "120", str(probe)],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("defect", ["truncated", "empty"])
+def test_a_corrupt_cached_backbone_is_built_again(other_caches, monkeypatch, capsys, defect):
+    """The weights file is a cache: one that cannot be read is rebuilt with a warning, not
+    a one-line error on every run."""
+    from clplatform import pretrain
+    _user, _source, target = other_caches
+    _fake_backbone_file(target)
+    target.write_bytes(target.read_bytes()[:100_000] if defect == "truncated" else b"")
+    built = []
+
+    def fake_pretrain(recipe):  # what pre-training writes, without its minute
+        built.append(recipe)
+        return _fake_backbone_file(target), 0.5
+    monkeypatch.setattr(pretrain, "pretrain_glyph_vit", fake_pretrain)
+    assert pretrain.pretrained_glyph_vit_path() == target
+    assert len(built) == 1 and "cannot be read; building it again" in capsys.readouterr().err
+    assert pretrain.pretrained_glyph_vit_path() == target and len(built) == 1  # valid now
