@@ -134,6 +134,7 @@ class Prepared:
 
         from . import checkpoint
         from .backbones import resolve_backbone_name
+        from .divergence import divergence_check
         from .evaluator import Evaluator
         from .progress import ProgressPlugin
         from streams import StreamSource
@@ -184,7 +185,7 @@ class Prepared:
         self.stop = StopRequest()
         context = StrategyContext(self.backbone, self.info, settings,
                                   plugins=[self.progress, self.evaluator,
-                                           safe_points(self.stop)])
+                                           safe_points(self.stop), divergence_check()])
         seed_everything(settings.seed)  # same model initialisation whatever was built before
         self.strategy = strategy_entry.builder(context, hparams)
         self.settings = settings
