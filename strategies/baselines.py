@@ -33,7 +33,7 @@ def naive(ctx: StrategyContext, opts: None):
 @dataclass
 class EWCOptions:
     ewc_lambda: float = opt(1.0, "weight of the quadratic penalty on important weights "
-                                 "(no universal paper value; >= 10 freezes vit-glyphs)", min=0)
+                                 "(no universal paper value)", min=0)
     mode: str = opt("separate", "one penalty per past experience, or one running penalty",
                     choices=("separate", "online"))
     decay_factor: Optional[float] = opt(None, "decay of old importances (mode=online only)",
