@@ -83,7 +83,7 @@ def test_random_options_never_crash(case, tmp_path_factory, pretrained_backbone)
     (["--strategy", "prompt", "--set", "e_length=1000000000"], "e_length=1000000000 needs"),
     (["--strategy", "lftl", "--set", "bottleneck=1000000000"], "bottleneck=1000000000 needs"),
     (["--strategy", "sema", "--set", "bottleneck=1000000000"], "bottleneck=1000000000 needs"),
-    (["--strategy", "sema", "--set", "buffer_size=100000000000"], "buffer_size="),
+    (["--strategy", "sema", "--set", "rd_hidden=1000000000"], "rd_hidden=1000000000 needs"),
     # more labels than the target experiences hold
     (["--strategy", "lftl", "--set", "rounds=10", "--set", "budget_per_round=0.2"],
      "target experience 1 has"),

@@ -43,11 +43,11 @@ class SEMAOptions:
 
     def parameters_added(self, width: int, depth: int, classes: int) -> int:
         """Parameters created in the first experience (an adapter in every block, a
-        descriptor, its loss window and a router column in each expandable one, the head):
+        descriptor and a router column in each expandable one, the head):
         the runner checks them against the memory available (``build_within_memory``)."""
         bottleneck = self.bottleneck or max(2, round(16 * width / 768))
         hidden = self.rd_hidden or max(4, round(128 * width / 768))
         adapter = 2 * width * bottleneck + bottleneck + width
-        descriptor = 2 * width * hidden + hidden + width + self.buffer_size
+        descriptor = 2 * width * hidden + hidden + width
         return (depth * adapter + self.expandable_layers * (descriptor + width + 1)
                 + (width + 1) * classes)
