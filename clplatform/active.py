@@ -71,6 +71,21 @@ class Oracle:
         return self._reveal(indices)
 
 
+def check_budget(experiences, fraction: float, rounds: int) -> None:
+    """Before a run: every target experience (all but the first) has the samples that
+    ``rounds`` rounds of ``Oracle.with_fraction`` query, else a UserError naming the numbers."""
+    from .errors import UserError
+    for i, experience in enumerate(experiences):
+        size = len(experience.dataset)
+        per_round = max(1, int(fraction * size))
+        if i > 0 and rounds * per_round > size:
+            raise UserError(
+                f"rounds={rounds} x budget_per_round={fraction:g} queries {rounds} x "
+                f"{per_round} = {rounds * per_round} labels but target experience {i} has "
+                f"{size} samples: lower rounds or budget_per_round (at least one label is "
+                "queried per round)")
+
+
 def masked_experience(experience, fraction: float, rounds: int):
     """(experience with every label masked, oracle holding the labels)."""
     from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience

@@ -175,3 +175,86 @@ def options_dict(instance: Any) -> dict[str, Any]:
         return {}
     return {k: list(v) if isinstance(v, tuple) else v
             for k, v in dataclasses.asdict(instance).items()}
+
+
+# ----------------------------------------------------------------------------- memory
+# training holds every parameter about three times: weights, gradients, optimizer state
+TRAINING_COPIES = 3
+FLOAT_BYTES = 4
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes free for new tensors on ``device`` (CPU: the kernel's MemAvailable); None when
+    unknown."""
+    import torch
+    if torch.device(device).type == "cuda":
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def build_within_memory(builder, context: Any, options: Any, what: str) -> Any:
+    """``builder(context, options)`` (a strategy), refused with a UserError when it cannot fit
+    in memory, before anything is trained or written. Two checks, one message:
+
+    - an options dataclass that defines ``parameters_added(width, depth, classes) -> int``
+      (the parameters the strategy creates in its first experience, from the options and the
+      backbone's width, number of blocks and the stream's classes; strategies that grow
+      while training need it) is checked against the memory available on the device,
+      counting ``TRAINING_COPIES`` float32 copies of each parameter;
+    - any strategy: an allocation that fails while it is built (CPU or GPU) is reported with
+      the bytes it asked for, not as a traceback.
+    """
+    import re
+
+    import torch
+    device = context.train.device
+    if options is not None:
+        changed = [f"{f.name}={getattr(options, f.name)}" for f in dataclasses.fields(options)
+                   if f.default is not dataclasses.MISSING
+                   and getattr(options, f.name) != f.default]
+        what += f" with {', '.join(changed)}" if changed else ""
+    estimate = getattr(options, "parameters_added", None)
+    if callable(estimate):
+        model = context.backbone.model
+        blocks = getattr(model, "blocks", None)
+        count = int(estimate(context.backbone.num_features,
+                             len(blocks) if blocks is not None else 0,
+                             len(context.info.classes)))
+        needed = count * FLOAT_BYTES * TRAINING_COPIES
+        free = available_memory(device)
+        if free is not None and needed > free:
+            raise UserError(
+                f"{what} needs about {format_bytes(needed)} to train "
+                f"({count:,} parameters x {TRAINING_COPIES}: weights, gradients, optimizer "
+                f"state) but {format_bytes(free)} is available on {device}; lower its sizes")
+    try:
+        return builder(context, options)
+    except RuntimeError as exc:  # torch.OutOfMemoryError (CUDA) is a RuntimeError too
+        message = str(exc)
+        if not (isinstance(exc, torch.OutOfMemoryError) or "allocate" in message):
+            raise
+        asked = re.search(r"allocate (\d+) bytes", message)
+        size = (format_bytes(int(asked.group(1))) if asked else
+                (re.search(r"allocate ([\d.]+ [KMGT]?i?B)", message) or [None, "memory"])[1])
+        free = available_memory(device)
+        raise UserError(f"{what} cannot be built: it needs {size} in one "
+                        f"tensor" + (f" and {format_bytes(free)} is available on {device}"
+                                     if free is not None else "") + "; lower its sizes") from None

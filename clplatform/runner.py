@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .active import masked_experience
+from .active import check_budget, masked_experience
 from .errors import UserError
 from .interrupt import RunInterrupted, StopRequest, safe_points
-from .options import build_options, opt, options_dict
+from .options import build_options, build_within_memory, opt, options_dict
 
 DEFAULT_STRATEGY = "naive"
 DEFAULT_OUT = "runs"
@@ -150,6 +150,7 @@ class Prepared:
 
         from . import checkpoint
         from .backbones import resolve_backbone_name
+        from .divergence import divergence_check
         from .evaluator import Evaluator
         from .progress import ProgressPlugin
         from streams import StreamSource
@@ -184,6 +185,8 @@ class Prepared:
         self.joint = bool(strategy_entry.extra.get("joint"))
         self.active = bool(strategy_entry.extra.get("active"))
         self.resumable = bool(strategy_entry.extra.get("resumable"))
+        if self.active:  # labels of every target experience through rounds of queries
+            check_budget(self.benchmark.train_stream, hparams.budget_per_round, hparams.rounds)
         self.start = 0  # first experience to train (after a resume: the next unfinished one)
         self.hparams = hparams
         self.evaluator = Evaluator(self.benchmark.test_stream, self.info.num_classes,
@@ -194,9 +197,10 @@ class Prepared:
         self.stop = StopRequest()
         context = StrategyContext(self.backbone, self.info, settings,
                                   plugins=[self.progress, self.evaluator,
-                                           safe_points(self.stop)])
+                                           safe_points(self.stop), divergence_check()])
         seed_everything(settings.seed)  # same model initialisation whatever was built before
-        self.strategy = strategy_entry.builder(context, hparams)
+        self.strategy = build_within_memory(strategy_entry.builder, context, hparams,
+                                            f"strategy {spec.strategy!r}")
         self.settings = settings
         self.out = train.out
         self.config = {

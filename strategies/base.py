@@ -26,8 +26,9 @@ records, prefixed with the strategy's name (e.g. ``sema.adapters_added``).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -109,6 +110,23 @@ def require_vit(backbone: Backbone, strategy: str) -> nn.Module:
         raise UserError(f"{strategy} works on timm VisionTransformer backbones only; "
                         f"{backbone.name} is a {type(vit).__name__}")
     return vit
+
+
+@contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
+    """Batch normalisation layers normalise with the batch's own statistics, as in training,
+    while the rest of the model keeps its mode; the running statistics are neither used nor
+    updated (hidden for the duration: PyTorch's batch norm then uses batch statistics)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+    hidden = [(m, m.running_mean, m.running_var) for m in model.modules()
+              if isinstance(m, _BatchNorm) and m.running_mean is not None]
+    try:
+        for m, _, _ in hidden:
+            m.running_mean, m.running_var = None, None
+        yield model
+    finally:
+        for m, mean, var in hidden:
+            m.running_mean, m.running_var = mean, var
 
 
 def batch_indices(n: int, batch_size: int, shuffle: bool) -> list[torch.Tensor]:

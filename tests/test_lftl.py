@@ -195,3 +195,44 @@ def test_sampled_flops_match_a_full_count(runs_dir, pretrained_backbone):
     full = runs["full"].experiences["train_flops"]
     assert (full > 0).all()
     assert ((sampled - full).abs() / full).max() <= 0.03, (list(sampled), list(full))
+
+
+def test_one_sample_batches(runs_dir, pretrained_backbone):
+    """batch_size=1 (every batch norm batch holds one sample) and a budget that queries one
+    label per round (the first round's labelled batch is one sample) train to the end; a
+    one-sample batch normalises with the running statistics and leaves them unchanged."""
+    import clplatform
+    run = clplatform.run("lftl", "glyphs-domains", seed=0, out=runs_dir,
+                         stream_options={**TINY_DOMAINS, "samples_per_class": 1},
+                         strategy_options={**FAST, "batch_size": 1, "source_epochs": 1,
+                                           "budget_per_round": 0.001})
+    assert run.status == "complete"
+    assert list(run.experiences["labels_queried"]) == [0, 2]  # one label per round
+    assert list(run.rounds["labels_used"]) == [0, 1, 2]
+    assert run.accuracy["accuracy"].notna().all()
+    from strategies.lftl.model import BottleneckNorm
+    norm = BottleneckNorm(3).train()
+    norm.running_mean.fill_(1.0)
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    assert torch.allclose(norm(x), (x - 1.0) / math.sqrt(1 + norm.eps))
+    assert torch.equal(norm.running_mean, torch.ones(3))
+
+
+@pytest.mark.parametrize("budget", [
+    {"rounds": 10, "budget_per_round": 0.2},    # 2 x the target experience
+    {"rounds": 300, "budget_per_round": 0.0},   # one label per round, 248 samples
+])
+def test_budget_past_the_target_is_refused_before_the_run(budget, runs_dir):
+    from click.testing import CliRunner
+
+    from clplatform.cli import cli
+    args = ["run", "--strategy", "lftl", "--stream", "glyphs-domains", "--out", str(runs_dir)]
+    for key, value in {**TINY_DOMAINS, "domains": "sans,mono"}.items():
+        args += ["--stream-opt", f"{key}={value}"]
+    for key, value in budget.items():
+        args += ["--set", f"{key}={value}"]
+    result = CliRunner().invoke(cli, args, prog_name="clplat")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "target experience 1 has 248 samples" in lines[0], lines
+    assert not runs_dir.exists()

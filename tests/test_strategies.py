@@ -82,7 +82,8 @@ def test_hyper_parameters_reach_the_avalanche_strategy(runs_dir, pretrained_back
     bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
     ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings())
     strategy = create_strategy("ewc", ctx, ewc_lambda="7.5")
-    ewc_plugin = [p for p in strategy.plugins if type(p).__name__ == "EWCPlugin"][0]
+    from avalanche.training.plugins import EWCPlugin
+    ewc_plugin = [p for p in strategy.plugins if isinstance(p, EWCPlugin)][0]
     assert ewc_plugin.ewc_lambda == 7.5
 
 

@@ -48,3 +48,8 @@ class LFTLOptions:
     bottleneck: int = opt(256, "bottleneck width", min=1)
     tune_blocks: int = opt(1, "last transformer blocks fine-tuned with the head (-1: the "
                               "whole backbone)", min=-1)
+
+    def parameters_added(self, width: int, depth: int, classes: int) -> int:
+        """Parameters of the bottleneck (Linear + BatchNorm) and classifier: the runner checks
+        them against the memory available (``build_within_memory``)."""
+        return self.bottleneck * (width + 1 + 2) + classes * (2 * self.bottleneck + 2)

@@ -36,6 +36,19 @@ class WeightNormLinear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
+class BottleneckNorm(nn.BatchNorm1d):
+    """The bottleneck's BatchNorm1d; a training batch of one sample (``batch_size=1``, the
+    single label of a small budget's first round, a last batch of one) has no variance to
+    normalise with, so it is normalised with the running statistics, as in evaluation, and
+    leaves them unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight,
+                                self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
 class LFTLModel(nn.Module):
     def __init__(self, backbone: Backbone, num_classes: int, opts: LFTLOptions):
         super().__init__()
@@ -56,7 +69,7 @@ class LFTLModel(nn.Module):
                 block.requires_grad_(True)
             vit.norm.requires_grad_(True)
         self.bottleneck = nn.Sequential(nn.Linear(backbone.num_features, opts.bottleneck),
-                                        nn.BatchNorm1d(opts.bottleneck))
+                                        BottleneckNorm(opts.bottleneck))
         self.classifier = WeightNormLinear(opts.bottleneck, num_classes)
 
     def train(self, mode: bool = True) -> "LFTLModel":

@@ -41,6 +41,12 @@ class PromptOptions:
     quantize_keys: bool = opt(False, "quantize the task keys too")
     quantize_head: bool = opt(False, "quantize the head rows of each experience's classes too")
 
+    def parameters_added(self, width: int, depth: int, classes: int) -> int:
+        """Parameters created by the first experience (G-prompts, its E-prompt and key, the
+        head): the runner checks them against the memory available (``build_within_memory``)."""
+        return (2 * width * (self.g_layers * self.g_length + self.e_layers * self.e_length)
+                + width + (width + 1) * classes)
+
 
 @dataclass
 class QPromptOptions(PromptOptions):

@@ -40,3 +40,14 @@ class SEMAOptions:
     statistics: str = opt("window", "descriptor loss statistics: window (mu and sigma of the "
                           "last buffer_size training losses, code) or running (over all "
                           "training losses, paper)", choices=("window", "running"))
+
+    def parameters_added(self, width: int, depth: int, classes: int) -> int:
+        """Parameters created in the first experience (an adapter in every block, a
+        descriptor and a router column in each expandable one, the head):
+        the runner checks them against the memory available (``build_within_memory``)."""
+        bottleneck = self.bottleneck or max(2, round(16 * width / 768))
+        hidden = self.rd_hidden or max(4, round(128 * width / 768))
+        adapter = 2 * width * bottleneck + bottleneck + width
+        descriptor = 2 * width * hidden + hidden + width
+        return (depth * adapter + self.expandable_layers * (descriptor + width + 1)
+                + (width + 1) * classes)
