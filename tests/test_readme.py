@@ -40,6 +40,16 @@ ELSEWHERE = {
 }
 
 
+# README commands run on stand-in files or random weights: no claim on their accuracy
+NO_ACCURACY_CLAIM = ("root=DIR", "root=~/data", "my_stream.py", "pretrained=false",
+                     "vit_tiny.pth")
+
+
+# README commands whose full run takes longer than CI can give (they resolve in the default
+# suite): LFTL's paper recipe fine-tunes the whole network for 10 epochs a round (> 15 min)
+TOO_LONG_FOR_CI = ("tune_blocks=-1",)
+
+
 def readme_commands() -> list[str]:
     """Every ``clplat ...`` command of the README's bash blocks (continuations joined,
     comments dropped, ``a && b`` split)."""
@@ -191,12 +201,17 @@ def test_readme_toml_example(tmp_path, pretrained_backbone):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [c for c in RUNS if "--dry-run" not in c])
+@pytest.mark.parametrize("command", [c for c in RUNS if "--dry-run" not in c
+                                     and not any(key in c for key in TOO_LONG_FOR_CI)])
 def test_readme_run_command_gives_a_sensible_result(command, stand_ins, tmp_path,
                                                     pretrained_backbone):
-    """Every README ``clplat run`` example at its full settings: complete, and every
-    experience, right after it is trained, scored above a uniform guess among its own
-    classes (a collapsed or diverged model scores 0 on them)."""
+    """Every README ``clplat run`` example at its full settings: complete with finite
+    records, and, on the built-in streams with the pre-trained backbone, every experience,
+    right after it is trained, scored above a uniform guess among its own classes (a collapsed
+    or diverged model scores 0 on them). Runs on stand-in files (a few dozen synthetic
+    images for DIR, ~/data, my_stream.py) or with random weights (``pretrained=false``, the
+    stand-in ``vit_tiny.pth``) make no claim on accuracy: the README shows them for the
+    mechanics, and the random backbone to show how little it gives."""
     out = tmp_path / "runs"
     result = invoke([*_arguments(command, stand_ins, out), "--quiet"])
     assert result.exit_code == 0, (command, result.output)
@@ -209,4 +224,6 @@ def test_readme_run_command_gives_a_sensible_result(command, stand_ins, tmp_path
     chance = (experiences / classes if run.config["stream"]["scenario"] == "class-incremental"
               else 1 / classes)
     trained = [acc[(j, j)] for j in range(experiences) if (j, j) in acc.index]
-    assert trained and min(trained) > chance, (command, trained)
+    assert len(trained) == experiences and run.accuracy["accuracy"].notna().all()
+    if not any(key in command for key in NO_ACCURACY_CLAIM):
+        assert min(trained) > chance, (command, trained)
