@@ -138,7 +138,8 @@ def test_failed_runs_are_recorded_retried_and_the_sweep_goes_on(tmp_path, pretra
     ok, bad = done
     assert ok.status == "complete" and ok.attempts == 1
     assert bad.status == "failed" and bad.attempts == 3
-    assert bad.reasons == ["RuntimeError: this stream fails on purpose"] * 3
+    assert bad.reasons == [f"UserError: {maker}:make raised RuntimeError: this stream "
+                           "fails on purpose"] * 3  # the stream function named
     assert report.is_file() and len(runs.runs) == 1
     state = json.loads((tmp_path / "out" / "sweep.json").read_text())
     assert state["cells"][1]["reasons"] == bad.reasons
