@@ -374,7 +374,8 @@ def test_resume_of_a_malformed_checkpoint_is_one_line_naming_it(damage, message,
     (lambda c: {}, "corrupt file"),
     (lambda c: {**c, "strategy": "naive"}, "corrupt file"),
     (lambda c: {**c, "train": {"seed": 0}}, "corrupt file"),
-    (lambda c: {**c, "train": {**c["train"], "lr": "fast"}}, "invalid value 'fast' for lr"),
+    (lambda c: {**c, "train": {**c["train"], "lr": "fast"}},
+     "'lr' must be a number >= 0, got 'fast'"),  # the records' schema (records.py)
     (lambda c: {**c, "stream": {**c["stream"], "experiences": -3}}, "experiences"),
 ])
 def test_resume_with_a_damaged_config_is_one_line_naming_it(damage, message, resumable_copy):
