@@ -228,9 +228,9 @@ def test_export_to_an_unwritable_folder_writes_nothing(runs_folder, tmp_path):
 
 @pytest.fixture(scope="module")
 def settings_folder(tmp_path_factory, pretrained_backbone):
-    """naive with --epochs 0 once, --epochs 1 twice, and once on a 2-experience stream."""
+    """naive with --epochs 2 once, --epochs 1 twice, and once on a 2-experience stream."""
     out = tmp_path_factory.mktemp("settings-runs")
-    for epochs, seed, experiences in ((0, 0, 3), (1, 0, 3), (1, 1, 3), (1, 0, 2)):
+    for epochs, seed, experiences in ((2, 0, 3), (1, 0, 3), (1, 1, 3), (1, 0, 2)):
         clplatform.run("naive", "glyphs", stream_options={**TINY_GLYPHS,
                                                           "experiences": experiences},
                        epochs=epochs, seed=seed, out=out)
@@ -246,8 +246,8 @@ def test_compare_averages_only_runs_with_the_same_settings(settings_folder, tmp_
     assert header[:5] == ["label", "stream.experiences", "stream.experiences_in_stream",
                           "epochs", "runs"]
     rows = sorted(tuple(line.split()[:5]) for line in lines[2:5])
-    assert rows == [("naive", "2", "2", "1", "1"), ("naive", "3", "3", "0", "1"),
-                    ("naive", "3", "3", "1", "2")]
+    assert rows == [("naive", "2", "2", "1", "1"), ("naive", "3", "3", "1", "2"),
+                    ("naive", "3", "3", "2", "1")]
     exported = pd.read_csv(tmp_path / "x" / "runs.csv")
     assert {"epochs", "stream.experiences"} <= set(exported.columns)
     assert exported["label"].nunique() == 3  # one group (colour, heat map) per setting

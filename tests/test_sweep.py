@@ -331,7 +331,10 @@ def test_a_cell_still_running_elsewhere_is_not_restarted(tmp_path):
     run_dir.mkdir()
     record = {"id": cell.id, "status": "running", "pid": os.getpid(), "host": "h"}
     (run_dir / "run.json").write_text(json.dumps(record))
-    (run_dir / "config.json").write_text("{}")
+    config = {"strategy": {"name": "naive"}, "backbone": {"name": "vit-glyphs"},
+              "stream": {"name": "glyphs", "experiences_in_stream": 10},
+              "train": {"seed": 0, "epochs": 1, "batch_size": 32, "lr": 0.003}}
+    (run_dir / "config.json").write_text(json.dumps(config))  # as a real run writes first
     with run_lock(run_dir):  # the orphan, training its first experience
         result = run_cell(_spec_dict(cell.spec), str(run_dir), 1)
     assert result["status"] == "failed"
