@@ -119,7 +119,8 @@ def forgetting_per_experience_plot(accuracy: pd.DataFrame, group_by: str, colors
                yerr=std, capsize=2)
     ax.set_xlabel("experience j")
     ax.set_ylabel("forgetting f_j after the last experience (%)")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no bars when no experience was followed by another
+        ax.legend(fontsize=8)
     return _finish(fig, ax, "Forgetting per experience")
 
 
