@@ -63,25 +63,31 @@ def adopt_cached_weights(source_root: str | os.PathLike,
 
 
 def _built_by(path: Path, recipe: PretrainRecipe) -> bool:
+    """Complete (it loads into the architecture, every key and shape), built by ``recipe``
+    and holding its pre-training accuracy."""
     from .backbones import build_glyph_vit, load_weights
+    saved = _saved_by(path, recipe)
+    if saved is None or "pretrain_test_accuracy" not in saved:
+        return False
     try:
         load_weights(build_glyph_vit(), path)
-    except UserError:  # unreadable, truncated, or another architecture
+    except UserError:  # truncated tensors, or another architecture
         return False
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    return (saved.get("recipe") == dataclasses.asdict(recipe)
-            and "pretrain_test_accuracy" in saved)
+    return True
 
 
-def _readable(path: Path, recipe: PretrainRecipe) -> bool:
-    """The cheap check of every run (loading, no model built): the file loads and holds the
-    weights of ``recipe``; the backbone builder checks keys and shapes."""
+def _saved_by(path: Path, recipe: PretrainRecipe) -> dict | None:
+    """The file's contents when it loads and holds the weights of ``recipe``, else None: the
+    cheap check of every run (no model built; the backbone builder checks keys and
+    shapes)."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001  (truncated zip, empty file, not torch's format)
-        return False
-    return (isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict)
-            and saved.get("recipe") == dataclasses.asdict(recipe))
+        return None
+    if (isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict)
+            and saved.get("recipe") == dataclasses.asdict(recipe)):
+        return saved
+    return None
 
 
 def pretrain_glyph_vit(recipe: PretrainRecipe = PretrainRecipe(), out: Path | None = None,
@@ -143,7 +149,7 @@ def pretrained_glyph_vit_path() -> Path:
     """The cached pre-trained weights, built now (with a note on stderr) if missing."""
     recipe = PretrainRecipe()
     path = cached_weights_path(recipe)
-    if path.is_file() and not _readable(path, recipe):  # truncated, corrupt: it is a cache
+    if path.is_file() and _saved_by(path, recipe) is None:  # truncated, corrupt: it is a cache
         print(f"clplat: warning: the cached backbone {path} cannot be read; building it "
               f"again", file=sys.stderr, flush=True)
         path.unlink()
