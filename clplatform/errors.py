@@ -16,7 +16,7 @@ def save_traceback(exc: BaseException, folder=None):
     """Write the full traceback of ``exc`` (a bug, not a :class:`UserError`) to
     ``folder/traceback.txt`` — the run directory when there is one — or else to a new file in
     the cache (or temporary) folder, once; returns the file, also kept on ``exc`` for the
-    command line to name (``traceback_file``). None if nothing could be written."""
+    command line to name (a second call returns it). None if nothing could be written."""
     import datetime as dt
     import os
     import tempfile
@@ -46,8 +46,3 @@ def save_traceback(exc: BaseException, folder=None):
         exc._clplat_traceback = path
         return path
     return None
-
-
-def traceback_file(exc: BaseException):
-    """Where :func:`save_traceback` wrote the traceback of ``exc`` (None if it did not)."""
-    return getattr(exc, "_clplat_traceback", None)
