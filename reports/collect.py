@@ -118,18 +118,17 @@ def load_runs(paths: list[str | os.PathLike], include_incomplete: bool = False) 
         raise UserError(f"no complete run to report{detail}")
     # runs of one stream that differ in a setting are told apart by it: the setting is a
     # column of every table and part of the label, so runs are averaged only over seeds
-    configured = {id(run): settings(run.config) for run in runs}
-    varying = {stream: differing([configured[id(r)] for r in runs
-                                  if r.config["stream"]["name"] == stream])
-               for stream in sorted({r.config["stream"]["name"] for r in runs})}
+    configured = [settings(run.config) for run in runs]
+    streams = [run.config["stream"]["name"] for run in runs]
+    varying = {stream: differing([c for c, s in zip(configured, streams) if s == stream])
+               for stream in sorted(set(streams))}
     columns = list(dict.fromkeys(k for keys in varying.values() for k in keys))
     rows, accuracy, experiences, rounds = [], [], [], []
-    for run in runs:
+    for run, setting, stream in zip(runs, configured, streams):
         ident = _identity(run)
-        shown = varying[ident["stream"]]
-        ident.update({k: configured[id(run)].get(k) for k in columns})
-        ident["label"] = _label(run) + "".join(
-            f" {k}={configured[id(run)].get(k)}" for k in shown)
+        ident.update({k: setting.get(k) for k in columns})
+        ident["label"] = _label(run) + "".join(f" {k}={setting.get(k)}"
+                                               for k in varying[stream])
         summary = summarize(run.accuracy, run.experiences if not run.experiences.empty
                             else None)
         summary["wall_seconds"] = run.summary.get("wall_seconds")
