@@ -11,7 +11,6 @@ The last line reads ``flop_overhead_ratio=1.02`` (sampled / off).
 """
 from __future__ import annotations
 
-import _no_shadow  # noqa: F401  (first: benchmarks/strategies.py would hide a package)
 
 import argparse
 import statistics

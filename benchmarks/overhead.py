@@ -14,7 +14,6 @@ The last line reads ``overhead_ratio=1.07`` (median clplatform / median plain).
 """
 from __future__ import annotations
 
-import _no_shadow  # noqa: F401  (first: benchmarks/strategies.py would hide a package)
 
 import argparse
 import statistics
@@ -27,9 +26,9 @@ import torch.nn.functional as F
 import clplatform
 from clplatform.data import dataset_tensors
 from clplatform.registry import create_backbone, create_stream
-from clplatform.runner import GLOBAL_TRAIN_DEFAULTS
+from clplatform.app.runner import GLOBAL_TRAIN_DEFAULTS
 from clplatform.seeding import seed_everything
-from strategies.base import StrategyContext, TrainSettings
+from clplatform.strategies.base import StrategyContext, TrainSettings
 
 
 def plain_loop(stream: str, epochs: int, batch_size: int, lr: float, seed: int) -> float:

@@ -20,7 +20,6 @@ The last line reads ``worst_train_growth=1.02`` (the largest train_growth in par
 """
 from __future__ import annotations
 
-import _no_shadow  # noqa: F401  (first: this file's name would hide the strategies package)
 
 import argparse
 import tempfile

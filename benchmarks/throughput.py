@@ -18,7 +18,6 @@ Prints every figure; the last line reads ``throughput_ratio=0.41`` (clplatform /
 """
 from __future__ import annotations
 
-import _no_shadow  # noqa: F401  (first: benchmarks/strategies.py would hide a package)
 
 import argparse
 import statistics
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 import clplatform
 from clplatform.compute import FlopCount
 from clplatform.registry import create_backbone, create_stream
-from clplatform.runner import GLOBAL_TRAIN_DEFAULTS
+from clplatform.app.runner import GLOBAL_TRAIN_DEFAULTS
 from clplatform.seeding import seed_everything
 
 

@@ -386,7 +386,7 @@ def resume_spec(run_dir: str | Path):
 
 def spec_from_config(config: dict[str, Any]):
     """The RunSpec that reproduces a run from its resolved config.json."""
-    from .runner import RunSpec
+    from .app.runner import RunSpec
     strategy, stream, backbone = (dict(config[k]) for k in ("strategy", "stream", "backbone"))
     train = config["train"]
     spec = RunSpec()

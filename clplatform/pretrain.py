@@ -37,7 +37,7 @@ class PretrainRecipe:
 
 def cached_weights_path(recipe: PretrainRecipe) -> Path:
     """Where the weights of ``recipe`` are cached (a hash of architecture and recipe)."""
-    from streams.render import RENDER_VERSION
+    from clplatform.streams.render import RENDER_VERSION
     from .backbones import GlyphViTArch
     key = {"arch": dataclasses.asdict(GlyphViTArch()), "recipe": dataclasses.asdict(recipe),
            "render": RENDER_VERSION}

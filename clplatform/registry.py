@@ -115,8 +115,8 @@ class Registry:
         return [self._entries[n] for n in self.names()]
 
 
-STRATEGIES = Registry("strategy", "strategies", "clplatform.strategies")
-STREAMS = Registry("stream", "streams", "clplatform.streams")
+STRATEGIES = Registry("strategy", "clplatform.strategies", "clplatform.strategies")
+STREAMS = Registry("stream", "clplatform.streams", "clplatform.streams")
 BACKBONES = Registry("backbone", "clplatform.backbones")
 
 register_strategy = STRATEGIES.register

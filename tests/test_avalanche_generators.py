@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from torch.utils.data import TensorDataset
 
 import clplatform
-from clplatform.cli import cli
-from streams.custom import complete_benchmark
+from clplatform.app.cli import cli
+from clplatform.streams.custom import complete_benchmark
 
 CLASSES, TRAIN, TEST = 4, 24, 12
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from clplatform.cli import cli
+from clplatform.app.cli import cli
 
 TINY = ["--stream-opt", "experiences=3", "--stream-opt", "samples_per_class=6",
         "--stream-opt", "test_samples_per_class=3", "--epochs", "1", "--quiet"]
@@ -154,13 +154,13 @@ def test_pretrain_command_reports_and_copies_weights(tmp_path, pretrained_backbo
 
 def test_real_subprocess_run_json(runs_dir, pretrained_backbone):
     env = {**os.environ, "PYTHONWARNINGS": "default"}
-    proc = subprocess.run([sys.executable, "-m", "clplatform.cli", "run", "--strategy",
+    proc = subprocess.run([sys.executable, "-m", "clplatform.app.cli", "run", "--strategy",
                            "naive", *TINY, "--out", str(runs_dir), "--json"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(proc.stdout)
     assert os.path.isfile(os.path.join(payload["run_dir"], "accuracy.csv"))
-    bad = subprocess.run([sys.executable, "-m", "clplatform.cli", "run", "--strategy", "x"],
+    bad = subprocess.run([sys.executable, "-m", "clplatform.app.cli", "run", "--strategy", "x"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [

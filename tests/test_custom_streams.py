@@ -13,9 +13,9 @@ import torch
 from click.testing import CliRunner
 
 import clplatform
-from clplatform.cli import cli
+from clplatform.app.cli import cli
 from clplatform.errors import UserError
-from streams import from_arrays
+from clplatform.streams import from_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ROOT / "examples" / "plugin" / "clplat_example" / "shapes.py"
@@ -321,7 +321,7 @@ def test_entry_points_of_an_installed_distribution(tmp_path, pretrained_backbone
                     str(source)], check=True, capture_output=True)
     assert list(target.glob("clplatform_example_plugin-*.dist-info"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])}
-    clplat = [sys.executable, "-m", "clplatform.cli"]
+    clplat = [sys.executable, "-m", "clplatform.app.cli"]
     listed = subprocess.run(clplat + ["list", "streams"], env=env, capture_output=True,
                             text=True, check=True).stdout
     assert "shapes" in listed and "example plugin" in listed
@@ -429,8 +429,8 @@ def test_stream_data_is_validated_before_the_run(tmp_path, runs_dir, pretrained_
     # a 3-channel backbone cannot take 5-channel images (a 1-channel one averages them)
     import importlib.util
 
-    from streams.common import validate_benchmark
-    from streams.custom import complete_benchmark
+    from clplatform.streams.common import validate_benchmark
+    from clplatform.streams.custom import complete_benchmark
     spec = importlib.util.spec_from_file_location("streams_bad", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

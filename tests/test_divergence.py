@@ -6,11 +6,11 @@ import torch
 from click.testing import CliRunner
 
 import clplatform
-from clplatform.cli import cli
+from clplatform.app.cli import cli
 from clplatform.divergence import TrainingDiverged
 from clplatform.registry import create_backbone, create_strategy, create_stream
 from clplatform.seeding import seed_everything
-from strategies.base import StrategyContext, TrainSettings
+from clplatform.strategies.base import StrategyContext, TrainSettings
 
 from conftest import TINY_GLYPHS
 

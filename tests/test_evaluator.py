@@ -6,7 +6,7 @@ import clplatform
 from clplatform.evaluator import Evaluator
 from clplatform.metrics import bwt, summarize
 from clplatform.registry import create_backbone, create_strategy, create_stream
-from strategies.base import StrategyContext, TrainSettings
+from clplatform.strategies.base import StrategyContext, TrainSettings
 
 from conftest import TINY_GLYPHS
 

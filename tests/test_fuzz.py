@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clplatform.cli import cli
+from clplatform.app.cli import cli
 from clplatform.registry import STRATEGIES
 
 from conftest import TINY_GLYPHS

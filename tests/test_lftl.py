@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
-from clplatform.active import MASKED_LABEL, BudgetExceeded, Oracle, masked_experience
+from clplatform.app.active import MASKED_LABEL, BudgetExceeded, Oracle, masked_experience
 from clplatform.data import dataset_tensors
 from clplatform.registry import create_backbone, create_strategy, create_stream
 from clplatform.seeding import seed_everything
-from strategies.base import StrategyContext, TrainSettings
-from strategies.lftl import sampling
-from strategies.lftl.strategy import (information_maximisation, refresh_memory,
+from clplatform.strategies.base import StrategyContext, TrainSettings
+from clplatform.strategies.lftl import sampling
+from clplatform.strategies.lftl.strategy import (information_maximisation, refresh_memory,
                                       visual_persistence)
 
 TINY_DOMAINS = {"domains": ("sans", "mono"), "samples_per_class": 4,
@@ -168,7 +168,7 @@ def test_report_shows_improvement_with_budget(tmp_path, pretrained_backbone):
     import pandas as pd
 
     import clplatform
-    from reports import build_report, export_tables
+    from clplatform.reports import build_report, export_tables
     for sampler in ("lftl", "random"):
         clplatform.run("lftl", "glyphs-domains", stream_options=TINY_DOMAINS, seed=0,
                        out=tmp_path / "runs", strategy_options={**FAST, "sampler": sampler})
@@ -210,7 +210,7 @@ def test_one_sample_batches(runs_dir, pretrained_backbone):
     assert list(run.experiences["labels_queried"]) == [0, 2]  # one label per round
     assert list(run.rounds["labels_used"]) == [0, 1, 2]
     assert run.accuracy["accuracy"].notna().all()
-    from strategies.lftl.model import BottleneckNorm
+    from clplatform.strategies.lftl.model import BottleneckNorm
     norm = BottleneckNorm(3).train()
     norm.running_mean.fill_(1.0)
     x = torch.tensor([[1.0, 2.0, 3.0]])
@@ -225,7 +225,7 @@ def test_one_sample_batches(runs_dir, pretrained_backbone):
 def test_budget_past_the_target_is_refused_before_the_run(budget, runs_dir):
     from click.testing import CliRunner
 
-    from clplatform.cli import cli
+    from clplatform.app.cli import cli
     args = ["run", "--strategy", "lftl", "--stream", "glyphs-domains", "--out", str(runs_dir)]
     for key, value in {**TINY_DOMAINS, "domains": "sans,mono"}.items():
         args += ["--stream-opt", f"{key}={value}"]

@@ -15,7 +15,7 @@ import torch
 import clplatform
 from clplatform.progress import ProgressPlugin, StepProgress
 from clplatform.registry import create_backbone, create_strategy, create_stream
-from strategies.base import StrategyContext, TrainSettings
+from clplatform.strategies.base import StrategyContext, TrainSettings
 
 from conftest import TINY_GLYPHS
 

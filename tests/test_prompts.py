@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from clplatform.registry import create_backbone, create_strategy, create_stream
-from strategies.base import StrategyContext, TrainSettings
-from strategies.prompts import PrefixAttention, TensorQuantizer, kmeans_1d, stored_bits
-from strategies.prompts.quantizer import assign, kl_divergence, uniform_levels
+from clplatform.strategies.base import StrategyContext, TrainSettings
+from clplatform.strategies.prompts import PrefixAttention, TensorQuantizer, kmeans_1d, stored_bits
+from clplatform.strategies.prompts.quantizer import assign, kl_divergence, uniform_levels
 
 from conftest import TINY_GLYPHS
 

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 import clplatform
-from clplatform.cli import cli
+from clplatform.app.cli import cli
 
 from conftest import TINY_GLYPHS
 

@@ -20,7 +20,7 @@ TINY = [arg for k, v in TINY_GLYPHS.items() for arg in ("--stream-opt", f"{k}={v
 
 
 def _start(out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "clplatform.cli", "run", "--strategy",
+    return subprocess.Popen([sys.executable, "-m", "clplatform.app.cli", "run", "--strategy",
                              "naive", *TINY, "--out", str(out), "--quiet", "--json", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -79,7 +79,7 @@ def test_killed_run_shows_as_stale(tmp_path, pretrained_backbone):
     assert list(table["status"]) == ["stale"]
     from click.testing import CliRunner
 
-    from clplatform.cli import cli
+    from clplatform.app.cli import cli
     shown = CliRunner().invoke(cli, ["runs", str(tmp_path)])
     assert shown.exit_code == 0 and "stale" in shown.output
     listed = json.loads(CliRunner().invoke(cli, ["runs", str(tmp_path), "--json"]).output)
@@ -195,7 +195,7 @@ def _kill_and_resume(strategy: str, kill_after: int, tmp_path: Path) -> Path:
     """SIGKILL once `kill_after` experiences are checkpointed, resume, compare with an
     uninterrupted run of the same seed; returns the resumed run's directory."""
     stream = LFTL_STREAM if strategy == "lftl" else TINY
-    cmd = [sys.executable, "-m", "clplatform.cli", "run", "--strategy", strategy, *stream,
+    cmd = [sys.executable, "-m", "clplatform.app.cli", "run", "--strategy", strategy, *stream,
            *RESUME_ARGS[strategy], "--seed", "1", "--quiet", "--json"]
     reference = json.loads(subprocess.run(cmd + ["--out", str(tmp_path / "ref")],
                                           capture_output=True, text=True, check=True).stdout)
@@ -214,7 +214,7 @@ def _kill_and_resume(strategy: str, kill_after: int, tmp_path: Path) -> Path:
     proc.wait(timeout=60)
     assert run_dir is not None, "the run ended before it could be killed"
     assert list_runs([run_dir])["status"][0] == "stale"
-    done = subprocess.run([sys.executable, "-m", "clplatform.cli", "run", "--resume",
+    done = subprocess.run([sys.executable, "-m", "clplatform.app.cli", "run", "--resume",
                            str(run_dir), "--quiet", "--json"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "warning" not in done.stderr.replace("does not use", "")
@@ -242,7 +242,7 @@ def test_every_strategy_can_be_resumed():
 def test_resume_refuses_what_it_cannot_do(tmp_path, pretrained_backbone):
     from click.testing import CliRunner
 
-    from clplatform.cli import cli
+    from clplatform.app.cli import cli
 
     def bad(*args):
         result = CliRunner().invoke(cli, ["run", *map(str, args)], prog_name="clplat")
@@ -304,7 +304,7 @@ def resumable_copy(interrupted_run, tmp_path) -> Path:
 def _cli(*args):
     from click.testing import CliRunner
 
-    from clplatform.cli import cli
+    from clplatform.app.cli import cli
     return CliRunner().invoke(cli, [*map(str, args)], prog_name="clplat")
 
 
@@ -531,7 +531,7 @@ def test_an_internal_error_is_one_line_naming_its_traceback_file(tmp_path, monke
     assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
     # no run directory yet: the file goes to the cache folder; --debug prints the traceback
     monkeypatch.setenv("CLPLATFORM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("clplatform.runner.dry_run", broken)
+    monkeypatch.setattr("clplatform.app.runner.dry_run", broken)
     result = _cli("--debug", "run", "--dry-run")
     assert result.exit_code == 1
     assert "Traceback (most recent call last)" in result.stderr
@@ -548,7 +548,7 @@ def test_an_eof_error_is_an_internal_error_not_an_interruption(tmp_path, monkeyp
     def broken(*_args, **_kwargs):
         raise EOFError("Ran out of input")
     monkeypatch.setenv("CLPLATFORM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("clplatform.runner.dry_run", broken)
+    monkeypatch.setattr("clplatform.app.runner.dry_run", broken)
     result = _cli("run", "--dry-run")
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines()[-1].startswith(

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import clplatform
-from clplatform.cli import cli
+from clplatform.app.cli import cli
 
 from conftest import TINY_GLYPHS
 
@@ -262,7 +262,7 @@ def test_compare_averages_only_runs_with_the_same_settings(settings_folder, tmp_
 
 
 def test_single_run_report(runs_folder, tmp_path):
-    from reports import load_runs, plots
+    from clplatform.reports import load_runs, plots
     run_dir = next((runs_folder / "digits").iterdir())
     written = (run_dir / "report.html").read_text()
     title = re.search("<title>(.*?)</title>", written).group(1)
@@ -291,7 +291,7 @@ def test_single_run_report(runs_folder, tmp_path):
 
 def test_summary_text_is_aligned_and_shows_only_recorded_metrics(runs_folder):
     from clplatform import load_run
-    from reports.tables import run_summary_text
+    from clplatform.reports.tables import run_summary_text
     text = run_summary_text(load_run(next((runs_folder / "digits").iterdir())))
     metrics = [line for line in text.splitlines()[3:] if line.startswith("  ")]
     assert len(metrics) == 16 and "task-selection" not in text

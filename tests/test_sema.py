@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from clplatform.registry import create_backbone, create_strategy, create_stream
-from strategies.base import StrategyContext, TrainSettings
-from strategies.sema import SEMAModel, SEMAOptions, SoftRouter
-from strategies.sema.layer import Adapter, LossStatistics
-from strategies.base import masked_cross_entropy
+from clplatform.strategies.base import StrategyContext, TrainSettings
+from clplatform.strategies.sema import SEMAModel, SEMAOptions, SoftRouter
+from clplatform.strategies.sema.layer import Adapter, LossStatistics
+from clplatform.strategies.base import masked_cross_entropy
 
 from conftest import TINY_GLYPHS
 

@@ -13,7 +13,7 @@ HEAVY = ("torch", "avalanche", "timm", "torchvision", "pandas")
 def _modules_after(*args: str) -> tuple[list[str], str, str]:
     """Run ``clplat ARGS`` in a fresh interpreter; the heavy modules it imported, its output."""
     code = ("import json, sys\n"
-            "from clplatform.cli import cli\n"
+            "from clplatform.app.cli import cli\n"
             f"sys.argv = ['clplat', *{list(args)!r}]\n"
             "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
             f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)), "
@@ -42,13 +42,13 @@ def test_list_strategies_still_shows_every_option():
 
 def test_lazily_exported_names_resolve():
     import clplatform
-    import strategies
-    from strategies.simplecil import PrototypeHead
-    from strategies.sema import SEMAModel
-    assert clplatform.run.__module__ == "clplatform.runner"
+    import clplatform.strategies as strategies
+    from clplatform.strategies.simplecil import PrototypeHead
+    from clplatform.strategies.sema import SEMAModel
+    assert clplatform.run.__module__ == "clplatform.app.runner"
     assert clplatform.load_run.__module__ == "clplatform.store"
     assert strategies.StrategyContext.__name__ == "StrategyContext"
-    assert PrototypeHead.__module__ == "strategies.prototype_head"
+    assert PrototypeHead.__module__ == "clplatform.strategies.prototype_head"
     assert SEMAModel.__name__ == "SEMAModel"
     with pytest.raises(AttributeError):
         strategies.no_such_name  # noqa: B018

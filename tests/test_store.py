@@ -139,7 +139,7 @@ def test_corrupt_records_are_refused_naming_the_file(case, name, problem, stored
                                                       tmp_path):
     from click.testing import CliRunner
 
-    from clplatform.cli import cli
+    from clplatform.app.cli import cli
     target = _copy(stored_run, tmp_path)
     _spoil(target, case)
     with pytest.raises(UserError) as caught:
@@ -157,7 +157,7 @@ def test_runs_lists_a_corrupt_run_and_paths_relative_to_the_folder(stored_run, t
                                                                       monkeypatch):
     from click.testing import CliRunner
 
-    from clplatform.cli import cli
+    from clplatform.app.cli import cli
     good = _copy(stored_run, tmp_path, "good")
     bad = _copy(stored_run, tmp_path, "bad")
     _spoil(bad, "absurd-pid")
@@ -179,7 +179,7 @@ def test_a_killed_run_is_stale_in_every_command(stored_run, tmp_path):
 
     from click.testing import CliRunner
 
-    from clplatform.cli import cli
+    from clplatform.app.cli import cli
     from clplatform.store import list_runs
     _copy(stored_run, tmp_path, "good")
     killed = _copy(stored_run, tmp_path, "killed")

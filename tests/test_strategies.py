@@ -75,10 +75,10 @@ def test_naive_forgets_and_joint_does_not(runs_dir, pretrained_backbone):
 def test_hyper_parameters_reach_the_avalanche_strategy(runs_dir, pretrained_backbone):
     run = _tiny("replay", runs_dir, strategy_options={"mem_size": 31})
     assert run.config["strategy"] == {"name": "replay", "mem_size": 31}
-    from strategies.base import StrategyContext
+    from clplatform.strategies.base import StrategyContext
     # build the same strategy directly and inspect the Avalanche object
     from clplatform.registry import create_backbone, create_strategy, create_stream
-    from strategies.base import TrainSettings
+    from clplatform.strategies.base import TrainSettings
     bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
     ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings())
     strategy = create_strategy("ewc", ctx, ewc_lambda="7.5")
@@ -113,7 +113,7 @@ def test_pretraining_transfers_simplecil_beats_random_backbone(runs_dir, pretrai
 
 def test_training_changes_only_what_the_strategy_trains(pretrained_backbone):
     from clplatform.registry import create_backbone, create_strategy, create_stream
-    from strategies.base import StrategyContext, TrainSettings
+    from clplatform.strategies.base import StrategyContext, TrainSettings
     bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
     ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings(epochs=1))
     before = {k: v.clone() for k, v in ctx.backbone.state_dict().items()}
@@ -132,7 +132,7 @@ def test_si_importances_are_not_zero_on_cpu(pretrained_backbone):
     0, no penalty); clplatform's SI copies them: after one experience the importances are
     positive and the penalty pulls towards the parameters of the experience's end."""
     from clplatform.registry import create_backbone, create_strategy, create_stream
-    from strategies.base import StrategyContext, TrainSettings
+    from clplatform.strategies.base import StrategyContext, TrainSettings
     bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
     ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info,
                           TrainSettings(epochs=2, lr=0.05))

@@ -7,8 +7,8 @@ import torch
 from clplatform.errors import UserError
 from clplatform.data import dataset_tensors
 from clplatform.registry import create_stream
-from streams.common import classes_per_experience
-from streams.render import LATIN
+from clplatform.streams.common import classes_per_experience
+from clplatform.streams.render import LATIN
 
 SMALL = {"samples_per_class": 4, "test_samples_per_class": 2}
 
@@ -115,7 +115,7 @@ def test_generated_data_are_cached(private_cache):
 def _cli(*args, env=None):
     from click.testing import CliRunner
 
-    from clplatform.cli import cli
+    from clplatform.app.cli import cli
     return CliRunner(env=env).invoke(cli, [str(a) for a in args], prog_name="clplat")
 
 

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from clplatform.errors import UserError
-from clplatform.runner import RunSpec
-from clplatform.sweep import SweepOptions, parse_grid, plan, run_sweep
+from clplatform.app.runner import RunSpec
+from clplatform.app.sweep import SweepOptions, parse_grid, plan, run_sweep
 
 from conftest import TINY_GLYPHS
 
@@ -154,7 +154,7 @@ def test_killed_worker_is_retried_and_the_sweep_completes(executor, tmp_path,
     records the death, resumes that run from its checkpoint, and completes."""
     out = tmp_path / "sweep"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clplatform.cli", "sweep", "--strategies", "naive,replay",
+        [sys.executable, "-m", "clplatform.app.cli", "sweep", "--strategies", "naive,replay",
          "--seeds", "0", *TINY, "--epochs", "3", "--executor", executor, "--workers", "2",
          "--threads-per-run", "1", "--retries", "1", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -188,7 +188,7 @@ def test_killed_worker_is_retried_and_the_sweep_completes(executor, tmp_path,
 def test_sweep_command_line_errors_are_one_line(tmp_path):
     from click.testing import CliRunner
 
-    from clplatform.cli import cli
+    from clplatform.app.cli import cli
     for args, message in [
         (["--strategies", "nope"], "unknown strategy 'nope'"),
         (["--strategies", "naive", "--executor", "slurm"], "unknown --executor 'slurm'"),
@@ -206,7 +206,7 @@ def test_sweep_command_line_errors_are_one_line(tmp_path):
 def test_a_node_without_the_sweep_folder_sends_the_run_back(tmp_path, pretrained_backbone):
     """What a Ray task does on a node that cannot see OUT: the run is made in a scratch
     folder and its files come back (the driver writes them into OUT)."""
-    from clplatform.sweep import _spec_dict, _write_files, ray_cell
+    from clplatform.app.sweep import _spec_dict, _write_files, ray_cell
     from clplatform.store import load_run
     cell = plan(["naive"], ["glyphs"], [0], {}, _base())[0]
     target = tmp_path / "out" / cell.id
@@ -248,7 +248,7 @@ def test_every_cell_gets_the_training_checks_of_a_run():
 def test_sweep_command_validates_training_settings_before_anything(tmp_path):
     from click.testing import CliRunner
 
-    from clplatform.cli import cli
+    from clplatform.app.cli import cli
     for args, message in [
         (["--lr", "nan"], "invalid value 'nan' for lr"),
         (["--seeds", "0,-1"], "invalid value -1 for seed"),
@@ -271,8 +271,8 @@ def test_sweep_command_validates_training_settings_before_anything(tmp_path):
 _ORPHAN_SCRIPT = """
 import os, sys, time
 from pathlib import Path
-from clplatform.runner import RunSpec
-from clplatform.sweep import Cell, LocalExecutor
+from clplatform.app.runner import RunSpec
+from clplatform.app.sweep import Cell, LocalExecutor
 
 def task(path):
     Path(path).write_text(str(os.getpid()))
@@ -325,7 +325,7 @@ def test_a_cell_still_running_elsewhere_is_not_restarted(tmp_path):
     """A sweep run again beside an orphan of a killed driver: the cell's lock refuses it
     (nothing is deleted, nothing trains twice)."""
     from clplatform.store import run_lock
-    from clplatform.sweep import _spec_dict, run_cell
+    from clplatform.app.sweep import _spec_dict, run_cell
     cell = plan(["naive"], ["glyphs"], [0], {}, _base())[0]
     run_dir = tmp_path / cell.id
     run_dir.mkdir()

@@ -63,7 +63,7 @@ class ShapesOptions:
 @register_stream("shapes", options=ShapesOptions,
                  help="example plugin: six noisy geometric patterns, class-incremental")
 def shapes(opts: ShapesOptions):
-    from streams import from_arrays
+    from clplatform.streams import from_arrays
     data = make_shapes(opts.samples_per_class, opts.experiences, seed=opts.seed or 0)
     x, y = data.pop("train")
     return from_arrays(x, y, **data)

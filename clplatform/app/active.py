@@ -74,7 +74,7 @@ class Oracle:
 def check_budget(experiences, fraction: float, rounds: int) -> None:
     """Before a run: every target experience (all but the first) has the samples that
     ``rounds`` rounds of ``Oracle.with_fraction`` query, else a UserError naming the numbers."""
-    from .errors import UserError
+    from ..errors import UserError
     for i, experience in enumerate(experiences):
         size = len(experience.dataset)
         per_round = max(1, int(fraction * size))
@@ -90,9 +90,9 @@ def masked_experience(experience, fraction: float, rounds: int):
     """(experience with every label masked, oracle holding the labels)."""
     from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
 
-    from streams.common import classification_dataset
+    from clplatform.streams.common import classification_dataset
 
-    from .data import dataset_tensors
+    from ..data import dataset_tensors
     x, y = dataset_tensors(experience.dataset)
     masked = DatasetExperience(dataset=classification_dataset(x, torch.full_like(y, MASKED_LABEL)),
                                current_experience=experience.current_experience)

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .active import check_budget, masked_experience
-from .errors import UserError
-from .interrupt import RunInterrupted, StopRequest, safe_points
-from .options import build_options, build_within_memory, opt, options_dict
+from ..errors import UserError
+from ..interrupt import RunInterrupted, StopRequest, safe_points
+from ..options import build_options, build_within_memory, opt, options_dict
 
 DEFAULT_STRATEGY = "naive"
 DEFAULT_OUT = "runs"
@@ -45,7 +45,7 @@ class TrainOptions:
                      choices=("sampled", "full", "off"))
 
     def validate(self) -> None:
-        from .store import check_output_folder
+        from ..store import check_output_folder
         check_output_folder(self.out)
 
 
@@ -146,18 +146,18 @@ class Prepared:
     """A validated, built run that has not started yet (no directory exists)."""
 
     def __init__(self, spec: RunSpec, progress: bool):
-        from strategies.base import StrategyContext, TrainSettings
+        from clplatform.strategies.base import StrategyContext, TrainSettings
 
-        from . import checkpoint
-        from .backbones import resolve_backbone_name
-        from .divergence import divergence_check
-        from .evaluator import Evaluator
-        from .progress import ProgressPlugin
-        from streams import StreamSource
-        from streams.common import validate_benchmark
+        from .. import checkpoint
+        from ..backbones import resolve_backbone_name
+        from ..divergence import divergence_check
+        from ..evaluator import Evaluator
+        from ..progress import ProgressPlugin
+        from clplatform.streams import StreamSource
+        from clplatform.streams.common import validate_benchmark
 
-        from .registry import BACKBONES, STRATEGIES
-        from .seeding import seed_everything
+        from ..registry import BACKBONES, STRATEGIES
+        from ..seeding import seed_everything
 
         # names and options first: cheap checks before anything is built
         strategy_entry = STRATEGIES.get(spec.strategy)
@@ -226,7 +226,7 @@ class Prepared:
         states, records and RNG states come back."""
         from avalanche.models.dynamic_modules import avalanche_model_adaptation
 
-        from . import checkpoint
+        from .. import checkpoint
         done = int(state["experience"])
         experiences = list(self.benchmark.train_stream)[:done + 1]
         samples = checkpoint.Samples(self.benchmark.train_stream)
@@ -285,17 +285,17 @@ def execute(spec: RunSpec, progress: bool = False, exiting_after: bool = False,
 def _execute(spec, progress, exiting_after, resume, run_dir, held: contextlib.ExitStack):
     import pandas as pd
 
-    from . import metrics
-    from .cache import temp_files
-    from .errors import save_traceback
-    from .evaluator import INITIAL
-    from .store import (ACCURACY_FILE, CONFIG_FILE, EXPERIENCES_FILE, ROUNDS_FILE, RUN_FILE,
+    from .. import metrics
+    from ..cache import temp_files
+    from ..errors import save_traceback
+    from ..evaluator import INITIAL
+    from ..store import (ACCURACY_FILE, CONFIG_FILE, EXPERIENCES_FILE, ROUNDS_FILE, RUN_FILE,
                         SUMMARY_FILE,
                         hardware, json_safe, load_run, new_run_dir, release_space,
                         remove_run_dir, reserve_space, run_lock, versions, write_json,
                         write_table)
 
-    from . import checkpoint
+    from .. import checkpoint
     now = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     if resume is not None:
         run_dir = Path(resume)
@@ -403,7 +403,7 @@ def dry_run(spec: RunSpec) -> dict:
 def write_single_report(run_dir: Path) -> None:
     """The run's own HTML report (report.html); a failure here never fails the run."""
     try:
-        from reports import build_report
+        from clplatform.reports import build_report
         build_report([run_dir], run_dir / "report.html", title=f"clplatform run {run_dir.name}")
     except Exception as exc:  # noqa: BLE001  (the records are complete and safe)
         print(f"clplat: warning: could not write {run_dir / 'report.html'}: {exc}",

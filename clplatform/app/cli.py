@@ -10,8 +10,8 @@ import sys
 
 import click
 
-from .errors import UserError
-from .interrupt import RunInterrupted
+from ..errors import UserError
+from ..interrupt import RunInterrupted
 
 _TRAIN_HELP = "(default: the strategy's own, see `clplat list strategies -v`)"
 
@@ -85,7 +85,7 @@ def _internal_error(exc: Exception, debug: bool) -> int:
     run had started); with --debug, the traceback itself. Exit status 1."""
     import traceback
 
-    from .errors import save_traceback
+    from ..errors import save_traceback
     if debug:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     path = save_traceback(exc)
@@ -155,10 +155,10 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
       clplat run --strategy ewc --set ewc_lambda=0.5 --stream digits --epochs 3
       clplat run --config experiment.toml --seed 1 --json
     """
-    from .options import parse_assignments
+    from ..options import parse_assignments
     from .runner import dry_run as check_only
     from .runner import execute, make_spec
-    from .store import json_safe
+    from ..store import json_safe
 
     if resume:
         given = [strategy, stream, backbone, backbone_weights, epochs, batch_size, lr, seed,
@@ -166,7 +166,7 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
         if any(v is not None and v != () for v in given) or dry_run:
             raise UserError("--resume continues a run with its own configuration; give no "
                             "other run options")
-        from .checkpoint import resume_spec
+        from ..checkpoint import resume_spec
         _finish(execute(resume_spec(resume), progress=not quiet, exiting_after=True,
                         resume=resume), as_json)
         return
@@ -185,12 +185,12 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
 
 
 def _finish(result, as_json: bool) -> None:
-    from .store import json_safe
+    from ..store import json_safe
     if as_json:
         click.echo(json.dumps({"run_dir": str(result.path),
                                "summary": json_safe(result.summary)}))
     else:
-        from reports.tables import run_summary_text
+        from clplatform.reports.tables import run_summary_text
         click.echo(run_summary_text(result))
 
 
@@ -211,7 +211,7 @@ _report_options = _options(
 
 def _report(runs, out, group_by, export, export_format, include_incomplete, default_out,
             title, detail_single_run=False):
-    from reports import (build_report, check_export_folder, check_export_format,
+    from clplatform.reports import (build_report, check_export_folder, check_export_format,
                          comparison_text, export_tables)
     if export:  # before anything is written
         check_export_format(export_format)
@@ -219,7 +219,7 @@ def _report(runs, out, group_by, export, export_format, include_incomplete, defa
     loaded, path = build_report(runs, out or default_out(runs), title, group_by,
                                 include_incomplete)
     if detail_single_run and len(loaded.runs) == 1:
-        from reports.tables import run_summary_text
+        from clplatform.reports.tables import run_summary_text
         click.echo(run_summary_text(loaded.runs[0]))
     else:
         click.echo(comparison_text(loaded.table, group_by))
@@ -244,7 +244,7 @@ def runs_command(folders, as_json):
     """
     import os
 
-    from .store import json_safe, list_runs
+    from ..store import json_safe, list_runs
     table = list_runs(list(folders) or ["runs"])
     if as_json:
         click.echo(json.dumps(json_safe(table.to_dict(orient="records"))))
@@ -338,7 +338,7 @@ def sweep_command(strategies, streams, seeds, grid, executor, workers, threads, 
       clplat sweep --strategies ewc --grid ewc_lambda=0.1,1,10 --grid lr=0.01,0.001
       clplat sweep --strategies sema,simplecil --executor ray --address auto
     """
-    from .options import parse_assignments
+    from ..options import parse_assignments
     from .runner import make_spec
     from .sweep import SweepOptions, _split, parse_grid, plan, run_sweep
     seed_values = []
@@ -358,7 +358,7 @@ def sweep_command(strategies, streams, seeds, grid, executor, workers, threads, 
                                                               gpus, address, retries))
     failed = [c for c in cells if c.status == "failed"]
     if report is not None:
-        from reports.tables import comparison_text
+        from clplatform.reports.tables import comparison_text
         click.echo(comparison_text(runs.table))
         click.echo(f"report: {report}")
     for cell in failed:
@@ -373,8 +373,8 @@ def sweep_command(strategies, streams, seeds, grid, executor, workers, threads, 
               help="show every option with its type, default and help")
 def list_command(what, verbose):
     """List the registered strategies, streams or backbones."""
-    from .options import describe_options
-    from .registry import BACKBONES, STRATEGIES, STREAMS
+    from ..options import describe_options
+    from ..registry import BACKBONES, STRATEGIES, STREAMS
     registry = {"strategies": STRATEGIES, "streams": STREAMS, "backbones": BACKBONES}[what]
     entries = registry.entries()
     width = max(len(e.extra.get("display", e.name)) for e in entries)
@@ -408,7 +408,7 @@ def pretrain_command(force, out, quiet):
     """
     import shutil
 
-    from .pretrain import PretrainRecipe, cached_weights_path, pretrain_glyph_vit
+    from ..pretrain import PretrainRecipe, cached_weights_path, pretrain_glyph_vit
     path = cached_weights_path(PretrainRecipe())
     if force or not path.is_file():
         path, accuracy = pretrain_glyph_vit(progress=not quiet)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import UserError
+from ..errors import UserError
 from .runner import RunSpec
 
 TRAIN_KEYS = ("epochs", "batch_size", "lr")
@@ -96,10 +96,10 @@ def plan(strategies: list[str], streams: list[str], seeds: list[int],
     (others run once per remaining combination)."""
     import itertools
 
-    from .registry import BACKBONES, STRATEGIES
-    from .backbones import resolve_backbone_name
+    from ..registry import BACKBONES, STRATEGIES
+    from ..backbones import resolve_backbone_name
     from .runner import train_options
-    from streams import StreamSource
+    from clplatform.streams import StreamSource
     entries = {name: STRATEGIES.get(name) for name in strategies}
     strategy_keys = [k for k in grid if k not in TRAIN_KEYS and "." not in k]
     for key in strategy_keys:
@@ -161,10 +161,10 @@ def run_cell(spec: dict[str, Any], run_dir: str, threads: int,
     ``ship``: send the run directory's files back. Returns status, reason, seconds."""
     import torch
 
-    from .checkpoint import CHECKPOINT_FILE, resume_spec
-    from .interrupt import RunInterrupted
+    from ..checkpoint import CHECKPOINT_FILE, resume_spec
+    from ..interrupt import RunInterrupted
     from .runner import execute
-    from .store import RUN_FILE, load_run, run_lock
+    from ..store import RUN_FILE, load_run, run_lock
     torch.set_num_threads(threads)
     path = Path(run_dir)
     if files is not None:
@@ -197,7 +197,7 @@ def _read_files(path: Path) -> dict[str, bytes]:
 
 
 def _write_files(path: Path, files: dict[str, bytes]) -> None:
-    from .cache import atomic_path
+    from ..cache import atomic_path
     for name, data in files.items():
         target = path / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -328,7 +328,7 @@ def run_sweep(cells: list[Cell], out: str | os.PathLike, opts: SweepOptions,
     """Run every cell not yet complete, record the sweep in OUT/sweep.json and write the
     comparison report; returns (cells, the loaded runs, the report's path) — None, None
     when no run completed."""
-    from .store import output_folder, write_json
+    from ..store import output_folder, write_json
     if opts.executor not in EXECUTORS:
         raise UserError(f"unknown --executor {opts.executor!r}: choose from "
                         f"{', '.join(EXECUTORS)}")
@@ -402,7 +402,7 @@ def run_sweep(cells: list[Cell], out: str | os.PathLike, opts: SweepOptions,
     complete = [out / c.id for c in cells if c.status in ("complete", "skipped")]
     if not complete:
         return cells, None, None
-    from reports import build_report
+    from clplatform.reports import build_report
     runs, report = build_report(complete, out / REPORT_FILE, title=f"clplatform sweep {out.name}")
     return cells, runs, report
 

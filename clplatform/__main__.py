@@ -1,0 +1,4 @@
+"""``python -m clplatform``: the ``clplat`` command."""
+from clplatform.app.cli import main
+
+main()
