@@ -209,6 +209,7 @@ class TimmOptions:
 
 
 @register_backbone("timm", options=TimmOptions, display="timm:<model-name>",
+                   suffix_option="model_name",
                    help="any timm model as `timm:<model-name>`; hub weights or a local file")
 def timm_backbone(opts: TimmOptions) -> Backbone:
     import timm

@@ -399,7 +399,7 @@ def spec_from_config(config: dict[str, Any]):
     spec.backbone = backbone.pop("name")
     spec.backbone_options = backbone
     from .registry import STRATEGIES
-    unused = STRATEGIES.get(spec.strategy).extra.get("unused_train", ())
+    unused = STRATEGIES.get(spec.strategy).traits.unused_train
     spec.train = {"seed": train["seed"], "device": train.get("device_requested", "auto"),
                   "flops": train.get("flops", "sampled"), "out": train["out"],
                   **{k: train[k] for k in ("epochs", "batch_size", "lr") if k not in unused}}

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from .contract import ComponentTraits, StrategyTraits, make_traits
 from .errors import UserError
 from .options import build_options
 
@@ -43,13 +44,17 @@ def lazy_exports(module: str, exports: Mapping[str, str]) -> Callable[[str], Any
     return __getattr__
 
 
-@dataclass
+@dataclass(frozen=True)
 class Entry:
     name: str
     builder: Callable[..., Any]
     options: type | None
     help: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    traits: ComponentTraits = field(default_factory=ComponentTraits)
+
+    @property
+    def display(self) -> str:
+        return self.traits.display or self.name
 
     def make_options(self, values: Mapping[str, Any] | None = None, what: str = "") -> Any:
         return build_options(self.options, values or {}, what or self.name)
@@ -58,24 +63,46 @@ class Entry:
 class Registry:
     """Names -> :class:`Entry`; built-in components are imported on first use."""
 
-    def __init__(self, kind: str, builtin_module: str, entry_point_group: str | None = None):
+    def __init__(self, kind: str, builtin_module: str, entry_point_group: str | None = None,
+                 traits: type = ComponentTraits):
         self.kind = kind
+        self.traits = traits
         self._builtin_module = builtin_module
         self._group = entry_point_group
         self._entries: dict[str, Entry] = {}
         self._loaded = False
 
     def register(self, name: str, *, options: type | None = None, help: str = "",
-                 **extra: Any) -> Callable:
+                 **traits: Any) -> Callable:
+        """Decorator registering a builder (function or class) under ``name``."""
         if options is not None and not dataclasses.is_dataclass(options):
             raise TypeError(f"options of {self.kind} {name!r} must be a dataclass")
+        record = make_traits(self.traits, self.kind, name, traits)
 
         def decorator(builder: Callable) -> Callable:
+            old = self._entries.get(name)
+            if old is not None and _origin(old.builder) != _origin(builder):
+                raise TypeError(f"{self.kind} {name!r} is registered twice: by "
+                                f"{_origin(old.builder)} and by {_origin(builder)}")
             self._entries[name] = Entry(name, builder, options,
                                         help or (builder.__doc__ or "").strip().split("\n")[0],
-                                        dict(extra))
+                                        record)
             return builder
         return decorator
+
+    def resolve(self, name: str, options: Mapping[str, Any] | None = None
+                ) -> tuple[Entry, dict[str, Any]]:
+        """The entry of ``name`` and its raw options: ``name:<value>`` names an entry whose
+        ``suffix_option`` trait receives ``<value>`` (``timm:resnet18``)."""
+        options = dict(options or {})
+        head, sep, tail = name.partition(":")
+        if sep and head in self.names() and self._entries[head].traits.suffix_option:
+            entry = self._entries[head]
+            if not tail:
+                raise UserError(f"{self.kind} {name!r} needs a value after the colon, e.g. "
+                                f"{entry.display}")
+            return entry, {**options, entry.traits.suffix_option: tail}
+        return self.get(name), options
 
     def _load(self) -> None:
         if not self._loaded:
@@ -97,7 +124,7 @@ class Registry:
                 print(f"clplat: warning: cannot load {self.kind} plugin {point.name!r} "
                       f"({point.value}): {type(exc).__name__}: {exc}", file=sys.stderr)
                 continue
-            if point.name not in self._entries and callable(obj):
+            if point.name not in self._entries and callable(obj):  # a plain builder
                 self.register(point.name, plugin=point.value)(obj)
 
     def names(self) -> list[str]:
@@ -107,7 +134,7 @@ class Registry:
     def get(self, name: str) -> Entry:
         self._load()
         if name not in self._entries:
-            shown = [self._entries[n].extra.get("display", n) for n in self.names()]
+            shown = [self._entries[n].display for n in self.names()]
             raise UserError(f"unknown {self.kind} {name!r}; valid names: {', '.join(shown)}")
         return self._entries[name]
 
@@ -115,9 +142,16 @@ class Registry:
         return [self._entries[n] for n in self.names()]
 
 
-STRATEGIES = Registry("strategy", "clplatform.strategies", "clplatform.strategies")
+STRATEGIES = Registry("strategy", "clplatform.strategies", "clplatform.strategies",
+                      traits=StrategyTraits)
 STREAMS = Registry("stream", "clplatform.streams", "clplatform.streams")
 BACKBONES = Registry("backbone", "clplatform.backbones")
+
+def _origin(builder: Callable) -> str:
+    """Where a builder is defined (the same one registered again, e.g. by a re-imported
+    module, is not a duplicate)."""
+    return f"{getattr(builder, '__module__', '?')}.{getattr(builder, '__qualname__', '?')}"
+
 
 register_strategy = STRATEGIES.register
 register_stream = STREAMS.register

@@ -80,7 +80,7 @@ def test_the_check_sees_non_finite_parameters_at_the_end_of_an_epoch(pretrained_
 
     bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
     ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info,
-                          TrainSettings(epochs=1, batch_size=64),
+                          TrainSettings(epochs=1, batch_size=64, lr=0.01),
                           plugins=[Poison(), divergence_check()])
     strategy = create_strategy("naive", ctx)
     with pytest.raises(TrainingDiverged, match=r"experience 0 after iteration 2 \(end of an "

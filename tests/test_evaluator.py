@@ -19,7 +19,7 @@ def test_accuracy_and_forgetting_agree_with_avalanche(pretrained_backbone):
     avalanche_eval = EvaluationPlugin(accuracy_metrics(experience=True, stream=True),
                                       forgetting_metrics(experience=True, stream=True),
                                       loggers=[])
-    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings(epochs=2),
+    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings(epochs=2, lr=0.01),
                           plugins=[evaluator], avalanche_evaluator=avalanche_eval)
     strategy = create_strategy("naive", ctx)
     for i, exp in enumerate(bm.train_stream):

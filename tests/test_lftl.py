@@ -58,7 +58,7 @@ def test_masked_experience_hides_every_label():
 
 
 def _strategy(bm, **opts):
-    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings())
+    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings(epochs=1, lr=0.01))
     return create_strategy("lftl", ctx, **{**FAST, **opts})
 
 

@@ -57,7 +57,7 @@ def test_log_lines_carry_epoch_iteration_and_the_mean_loss(pretrained_backbone):
     progress = ProgressPlugin(enabled=True, file=log, interval=0)
     bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
     ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info,
-                          TrainSettings(epochs=2, batch_size=16), plugins=[progress, recorder])
+                          TrainSettings(epochs=2, batch_size=16, lr=0.01), plugins=[progress, recorder])
     strategy = create_strategy("naive", ctx)
     progress.start_experience(0, 3)
     strategy.train(bm.train_stream[0], eval_streams=[])

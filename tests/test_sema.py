@@ -114,7 +114,7 @@ def test_masked_cross_entropy_ignores_old_classes():
 
 
 def _strategy(bm, **opts):
-    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings())
+    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings(epochs=1, lr=0.01))
     return create_strategy("sema", ctx, **{**FAST, **opts})
 
 

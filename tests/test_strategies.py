@@ -80,7 +80,7 @@ def test_hyper_parameters_reach_the_avalanche_strategy(runs_dir, pretrained_back
     from clplatform.registry import create_backbone, create_strategy, create_stream
     from clplatform.strategies.base import TrainSettings
     bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
-    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings())
+    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings(epochs=1, lr=0.01))
     strategy = create_strategy("ewc", ctx, ewc_lambda="7.5")
     from avalanche.training.plugins import EWCPlugin
     ewc_plugin = [p for p in strategy.plugins if isinstance(p, EWCPlugin)][0]
@@ -115,14 +115,14 @@ def test_training_changes_only_what_the_strategy_trains(pretrained_backbone):
     from clplatform.registry import create_backbone, create_strategy, create_stream
     from clplatform.strategies.base import StrategyContext, TrainSettings
     bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
-    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings(epochs=1))
+    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings(epochs=1, lr=0.01))
     before = {k: v.clone() for k, v in ctx.backbone.state_dict().items()}
     strategy = create_strategy("linear-probe", ctx)
     strategy.train(bm.train_stream[0], eval_streams=[])
     after = ctx.backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN statistics included
     strategy = create_strategy("naive", StrategyContext(ctx.backbone, bm.info,
-                                                        TrainSettings(epochs=1)))
+                                                        TrainSettings(epochs=1, lr=0.01)))
     strategy.train(bm.train_stream[0], eval_streams=[])
     assert not all(torch.equal(before[k], ctx.backbone.state_dict()[k]) for k in before)
 

@@ -373,19 +373,30 @@ def sweep_command(strategies, streams, seeds, grid, executor, workers, threads, 
               help="show every option with its type, default and help")
 def list_command(what, verbose):
     """List the registered strategies, streams or backbones."""
+    import dataclasses
+
+    from ..contract import StrategyTraits
     from ..options import describe_options
     from ..registry import BACKBONES, STRATEGIES, STREAMS
     registry = {"strategies": STRATEGIES, "streams": STREAMS, "backbones": BACKBONES}[what]
     entries = registry.entries()
-    width = max(len(e.extra.get("display", e.name)) for e in entries)
+    width = max(len(e.display) for e in entries)
     for entry in entries:
-        click.echo(f"{entry.extra.get('display', entry.name):<{width}}  {entry.help}")
+        click.echo(f"{entry.display:<{width}}  {entry.help}")
         if not verbose:
             continue
-        defaults = entry.extra.get("train_defaults")
-        if defaults:
-            click.echo(f"{'':<{width}}    train defaults: " +
-                       ", ".join(f"{k}={v}" for k, v in defaults.items()))
+        traits = entry.traits
+        if isinstance(traits, StrategyTraits):
+            click.echo(f"{'':<{width}}    train defaults: " + ", ".join(
+                f"{k}={v}" for k, v in dataclasses.asdict(traits.train_defaults).items()))
+            flags = [f for f in ("joint", "active", "resumable", "varying_iteration_cost")
+                     if getattr(traits, f)]
+            if traits.unused_train:
+                flags.append(f"does not use {', '.join(traits.unused_train)}")
+            if flags:
+                click.echo(f"{'':<{width}}    traits: {'; '.join(flags)}")
+        if traits.plugin:
+            click.echo(f"{'':<{width}}    plugin: {traits.plugin}")
         rows = describe_options(entry.options)
         if not rows and what != "backbones":
             click.echo(f"{'':<{width}}    (no options)")

@@ -127,7 +127,7 @@ def train_options(spec: RunSpec, strategy_entry) -> tuple[TrainOptions, list[str
     checks for every cell before any starts — and the settings given that the strategy does
     not use (registered ``unused_train``): those are left out, unchecked (``--epochs 0`` means
     nothing to a strategy that takes no epochs)."""
-    unused = [k for k in strategy_entry.extra.get("unused_train", ())
+    unused = [k for k in strategy_entry.traits.unused_train
               if spec.train.get(k) is not None]
     used = {k: v for k, v in spec.train.items() if k not in unused}
     return build_options(TrainOptions, used, "[train]"), unused
@@ -169,7 +169,7 @@ class Prepared:
         hparams = strategy_entry.make_options(spec.strategy_options, f"strategy {spec.strategy!r}")
         backbone_options = backbone_entry.make_options(backbone_opts,
                                                        f"backbone {spec.backbone!r}")
-        defaults = {**GLOBAL_TRAIN_DEFAULTS, **strategy_entry.extra.get("train_defaults", {})}
+        defaults = dataclasses.asdict(strategy_entry.traits.train_defaults)
         settings = TrainSettings(
             epochs=train.epochs if train.epochs is not None else defaults["epochs"],
             batch_size=train.batch_size or defaults["batch_size"],
@@ -182,17 +182,17 @@ class Prepared:
         self.backbone = backbone_entry.builder(backbone_options)
         validate_benchmark(self.benchmark, self.backbone.in_chans)
         self.info = self.benchmark.info
-        self.joint = bool(strategy_entry.extra.get("joint"))
-        self.active = bool(strategy_entry.extra.get("active"))
-        self.resumable = bool(strategy_entry.extra.get("resumable"))
+        self.joint = strategy_entry.traits.joint
+        self.active = strategy_entry.traits.active
+        self.resumable = strategy_entry.traits.resumable
         if self.active:  # labels of every target experience through rounds of queries
             check_budget(self.benchmark.train_stream, hparams.budget_per_round, hparams.rounds)
         self.start = 0  # first experience to train (after a resume: the next unfinished one)
         self.hparams = hparams
         self.evaluator = Evaluator(self.benchmark.test_stream, self.info.num_classes,
                                    settings.eval_batch_size, spec.strategy, flops=train.flops)
-        self.evaluator.meter.count_every_iteration = bool(
-            strategy_entry.extra.get("varying_iteration_cost"))
+        self.evaluator.meter.count_every_iteration = (
+            strategy_entry.traits.varying_iteration_cost)
         self.progress = ProgressPlugin(enabled=progress)
         self.stop = StopRequest()
         context = StrategyContext(self.backbone, self.info, settings,

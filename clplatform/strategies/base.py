@@ -33,54 +33,8 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
-from clplatform.backbones import Backbone, ClassifierModel
-
-
-@dataclass
-class TrainSettings:
-    """Resolved training settings shared by all strategies (``[train]`` in a config file)."""
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.01
-    seed: int = 0
-    device: str = "cpu"
-    # 0: by device. 256 on a GPU; 128 on a CPU, where bigger batches outgrow the caches
-    # (one evaluation pass of vit-glyphs over 992 test images: 0.28 s at 128, 0.49 s at 256)
-    eval_batch_size: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.eval_batch_size:
-            self.eval_batch_size = 256 if torch.device(self.device).type == "cuda" else 128
-
-
-@dataclass
-class StrategyContext:
-    backbone: Backbone
-    info: Any                      # streams.common.StreamInfo
-    train: TrainSettings
-    plugins: list = field(default_factory=list)
-    avalanche_evaluator: Any = None  # an EvaluationPlugin; default: none (no Avalanche metrics)
-
-    def classifier(self, freeze_backbone: bool = False) -> ClassifierModel:
-        """Backbone + Avalanche ``IncrementalClassifier`` (grows with the classes seen)."""
-        from avalanche.models import IncrementalClassifier
-        model = ClassifierModel(self.backbone, IncrementalClassifier(
-            self.backbone.num_features, initial_out_features=1))
-        return model.freeze_backbone() if freeze_backbone else model
-
-    def sgd(self, params: Iterable[nn.Parameter], momentum: float = 0.9,
-            weight_decay: float = 0.0) -> torch.optim.Optimizer:
-        return torch.optim.SGD(params, lr=self.train.lr, momentum=momentum,
-                               weight_decay=weight_decay)
-
-    def template_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments every Avalanche template takes from the context."""
-        from avalanche.training.plugins import EvaluationPlugin
-        return {"train_mb_size": self.train.batch_size, "train_epochs": self.train.epochs,
-                "eval_mb_size": self.train.eval_batch_size, "device": self.train.device,
-                "plugins": list(self.plugins),
-                # no Avalanche metrics or loggers: clplatform's evaluator records everything
-                "evaluator": self.avalanche_evaluator or EvaluationPlugin(loggers=[])}
+from clplatform.backbones import Backbone
+from clplatform.contract import StrategyContext, TrainSettings  # noqa: F401  (re-exported)
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -73,6 +73,7 @@ def _check_files(opts: AvalancheOptions) -> None:
 
 
 @register_stream("avalanche", options=AvalancheOptions, display="avalanche:<Benchmark>",
+                 suffix_option="benchmark",
                  help="Avalanche's classic benchmarks: " + ", ".join(CLASSIC))
 def avalanche_classic(opts: AvalancheOptions):
     from avalanche.benchmarks import classic
