@@ -1,40 +1,142 @@
-"""What every strategy receives, and the pieces strategies share.
+"""The base class of the built-in strategies, and the pieces strategies share.
 
-A strategy builder is registered with ``@register_strategy(name, options=Dataclass)`` and
-called as ``builder(context, options)``; it returns an Avalanche training template (a
-``SupervisedTemplate`` or subclass) whose ``train(experience)`` learns one experience. The
-context carries the backbone, the stream's metadata, the training settings and the plugins
-(the evaluator among them) that the template must be given.
+A strategy is registered with ``@register_strategy(name, options=Dataclass, **traits)`` on a
+builder called as ``builder(context, options)`` (or on a class, called the same way); it
+returns an Avalanche training template whose ``train(experience)`` learns one experience.
+The context (:class:`~clplatform.contract.StrategyContext`) carries the backbone, the
+stream's metadata, the training settings, the plugins the template must be given (the
+evaluator among them) and ``report_round``; the traits are listed in
+:class:`~clplatform.contract.StrategyTraits`.
 
-Registration flags (keyword arguments of ``@register_strategy``): ``train_defaults`` (dict of
-epochs/batch_size/lr used when the user sets none), ``joint=True`` (trained once on the whole
-stream), ``varying_iteration_cost=True`` (iterations with the same batch shape can cost
-different FLOPs, so the evaluator counts every iteration instead of one per shape),
-``unused_train=("epochs", ...)`` (training settings the strategy does not read: setting them
-prints a warning instead of being silently ignored), ``resumable=True`` (checkpoints are
-written after every experience and ``clplat run --resume`` works: the state between
-experiences is the model's state dict, the template's optimizer and clock, the Avalanche
-plugins ``clplatform.checkpoint`` knows, plus, for a template that defines them,
-``checkpoint_state() -> dict`` (tensors and plain values) and
-``restore_checkpoint_state(state, experiences)``, called before the weights are loaded to
-regrow the modules the strategy added; such a template builds its own optimizers within an
-experience, so its template optimizer is not saved).
-
-Strategy-specific record columns: a template may define ``experience_extras() -> dict``; the
-evaluator calls it after each trained experience and stores the values in the experience
-records, prefixed with the strategy's name (e.g. ``sema.adapters_added``).
+A new strategy is one class deriving from :class:`Strategy`: Avalanche's
+``SupervisedTemplate`` with the platform's optional hooks
+(:class:`~clplatform.contract.StrategyHooks`: records per experience, checkpoint state,
+iteration kind, task/prompt selection; the label oracle of an active strategy comes as the
+``oracle`` keyword of ``_train_exp``). Strategies that train from cached tensors (the frozen
+part of a network computed once) train through :meth:`Strategy.fit_tensors`, the template's
+own epoch loop, so every Avalanche plugin hook fires.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
+from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from clplatform.backbones import Backbone
-from clplatform.contract import StrategyContext, TrainSettings  # noqa: F401  (re-exported)
+from clplatform.contract import StrategyContext, StrategyHooks, TrainSettings  # noqa: F401
+from clplatform.errors import UserError
+
+#: Avalanche plugins that run a model on the training mini-batch's inputs (``mb_x``): in
+#: :meth:`Strategy.fit_tensors` those are cached tensors (tokens, indices), not images
+RAW_INPUT_PLUGINS = ("LwFPlugin", "LFLPlugin", "FeatureDistillationPlugin", "BiCPlugin",
+                     "GSS_greedyPlugin", "RARPlugin")
+
+
+class TensorBatches:
+    """A data loader over in-memory tensors: each pass yields the mini-batches
+    ``[inputs[idx], labels[idx], task labels (empty)]`` of one fresh ``torch.randperm(n)``
+    (drawn when the pass starts), or in order when ``shuffle`` is false. ``labels=None``:
+    empty label tensors (the loss function needs none)."""
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor | None, batch_size: int,
+                 shuffle: bool = True):
+        self.inputs, self.labels = inputs, labels
+        self.batch_size, self.shuffle = batch_size, shuffle
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.inputs) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[torch.Tensor]]:
+        n = len(self.inputs)
+        order = torch.randperm(n) if self.shuffle else torch.arange(n)
+        none = torch.zeros(0, dtype=torch.long)
+        for i in range(0, n, self.batch_size):
+            idx = order[i:i + self.batch_size]
+            yield [self.inputs[idx], self.labels[idx] if self.labels is not None else none,
+                   none]
+
+
+class Strategy(StrategyHooks, SupervisedTemplate):
+    """An Avalanche ``SupervisedTemplate`` built from the platform's context, with the
+    platform's optional hooks (:class:`~clplatform.contract.StrategyHooks`).
+
+    ``Strategy(context, options, model=..., optimizer=..., criterion=None, **overrides)``:
+    the template's keyword arguments come from ``context.template_kwargs()`` (batch sizes,
+    epochs, device, plugins, evaluator), ``overrides`` replace any of them; ``criterion``
+    defaults to cross-entropy. Keeps ``self.context`` and the options as ``self.opts``.
+    A registered subclass whose constructor takes ``(context, options)`` is its own builder.
+    """
+
+    def __init__(self, context: StrategyContext, options: Any, *, model: nn.Module,
+                 optimizer: torch.optim.Optimizer, criterion: nn.Module | None = None,
+                 **overrides: Any):
+        kwargs = {**context.template_kwargs(), **overrides}
+        if criterion is not None:
+            kwargs["criterion"] = criterion
+        super().__init__(model=model, optimizer=optimizer, **kwargs)
+        self.context = context
+        self.opts = options
+        self._tensor_fit: tuple[Callable, Any] | None = None
+
+    # ------------------------------------------------------------ training from tensors
+    def fit_tensors(self, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+                    labels: torch.Tensor | None, loss_fn: Callable, epochs: int,
+                    batch_size: int, scheduler: Any = None) -> None:
+        """Mini-batch training on in-memory tensors through the template's own epoch loop.
+
+        The template's data loader becomes a :class:`TensorBatches` over ``inputs`` (cached
+        tokens, features or sample indices) and ``labels``, and Avalanche's
+        ``training_epoch`` runs ``epochs`` times, so every plugin hook fires (epoch,
+        iteration, forward, backward, update) and the penalties plugins add to
+        ``self.loss`` in ``before_backward`` (EWC, SI, ...) are trained. In this loop
+        ``forward()`` is ``loss_fn(mb_x, mb_y)``, the batch's loss, and so is
+        ``mb_output``; ``scheduler`` steps once per iteration, after the optimizer.
+        Sets ``self.optimizer`` (rebuilt by the caller whenever modules were added).
+
+        Plugins that run a model on ``mb_x`` (:data:`RAW_INPUT_PLUGINS`, e.g. LwF) cannot
+        work on cached inputs: attaching one is an error.
+        """
+        for plugin in self.plugins:
+            names = {c.__name__ for c in type(plugin).__mro__}
+            if names & set(RAW_INPUT_PLUGINS):
+                raise UserError(
+                    f"{type(plugin).__name__} cannot be used with {type(self).__name__}: it "
+                    "runs a model on the training batch's inputs, and this strategy trains "
+                    "from cached tensors (the frozen part of the network computed once), "
+                    "not images")
+        self.optimizer = optimizer
+        saved = getattr(self, "dataloader", None)
+        self.dataloader = TensorBatches(inputs, labels, batch_size)
+        self._tensor_fit = (loss_fn, scheduler)
+        try:
+            for _epoch in range(epochs):
+                if self._stop_training:  # a plugin asked to stop (as Avalanche's loop does)
+                    self._stop_training = False
+                    break
+                self._before_training_epoch()
+                self.training_epoch()
+                self._after_training_epoch()
+        finally:
+            self._tensor_fit = None
+            self.dataloader = saved
+
+    def forward(self):
+        if self._tensor_fit is not None:
+            return self._tensor_fit[0](self.mb_x, self.mb_y)
+        return super().forward()
+
+    def criterion(self):
+        if self._tensor_fit is not None:
+            return self.mb_output
+        return super().criterion()
+
+    def optimizer_step(self) -> None:
+        super().optimizer_step()
+        if self._tensor_fit is not None and self._tensor_fit[1] is not None:
+            self._tensor_fit[1].step()
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -47,23 +149,6 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     SEMA and the prompt methods train their linear heads."""
     return torch.nn.functional.cross_entropy(logits.masked_fill(~current, float("-inf")),
                                              labels)
-
-
-@torch.no_grad()
-def map_batches(fn, x: torch.Tensor, device, batch_size: int = 256) -> torch.Tensor:
-    """``fn`` over ``x`` in batches on ``device``, concatenated (no gradients): for computing
-    the frozen part of a network once per experience."""
-    return torch.cat([fn(x[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)])
-
-
-def require_vit(backbone: Backbone, strategy: str) -> nn.Module:
-    """The backbone's timm VisionTransformer, or a clear error naming the strategy."""
-    from clplatform.errors import UserError
-    vit = backbone.model
-    if not hasattr(vit, "blocks") or not hasattr(vit, "patch_embed"):
-        raise UserError(f"{strategy} works on timm VisionTransformer backbones only; "
-                        f"{backbone.name} is a {type(vit).__name__}")
-    return vit
 
 
 @contextmanager
@@ -81,39 +166,3 @@ def batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, mean, var in hidden:
             m.running_mean, m.running_var = mean, var
-
-
-def batch_indices(n: int, batch_size: int, shuffle: bool) -> list[torch.Tensor]:
-    """Index tensors of the mini-batches over ``n`` samples (a fresh permutation if shuffled)."""
-    order = torch.randperm(n) if shuffle else torch.arange(n)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
-
-
-def fit_on_tensors(strategy, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
-                   labels: torch.Tensor | None, loss_fn, epochs: int, batch_size: int,
-                   scheduler=None) -> None:
-    """Mini-batch training on in-memory tensors through an Avalanche template's plugin hooks.
-
-    For strategies that train from cached tensors (frozen parts of the network computed
-    once): every iteration still runs ``before/after_training_iteration`` and every epoch
-    ``before/after_training_epoch``, so the evaluator measures their time and FLOPs.
-    ``loss_fn(x, y)`` returns the loss of a batch; ``scheduler`` steps once per iteration.
-    Sets ``strategy.optimizer`` (rebuilt by the caller whenever modules were added).
-    """
-    strategy.optimizer = optimizer
-    no_task = torch.zeros(0, dtype=torch.long)
-    for _epoch in range(epochs):
-        strategy._before_training_epoch()
-        for idx in batch_indices(len(inputs), batch_size, shuffle=True):
-            x = inputs[idx].to(strategy.device)
-            y = labels[idx].to(strategy.device) if labels is not None else no_task
-            strategy.mbatch = [x, y, no_task]
-            strategy._before_training_iteration()
-            optimizer.zero_grad(set_to_none=True)
-            strategy.loss = loss_fn(x, y)
-            strategy.loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            strategy._after_training_iteration()
-        strategy._after_training_epoch()

@@ -1,12 +1,15 @@
-"""SimpleCIL's pieces (see :mod:`strategies.simplecil`): the prototype head, also SEMA's
-``head=prototype``, and the Avalanche template whose training accumulates prototypes."""
+"""SimpleCIL's pieces (see :mod:`clplatform.strategies.simplecil`): the prototype head, also
+SEMA's ``head=prototype``, and the strategy whose training accumulates prototypes."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clplatform.backbones import ClassifierModel
 from clplatform.evaluator import MASK_VALUE
+
+from .base import Strategy, StrategyContext
 
 
 class PrototypeHead(nn.Module):
@@ -31,25 +34,28 @@ class PrototypeHead(nn.Module):
         return logits.masked_fill(self.counts == 0, MASK_VALUE)
 
 
-def _simplecil_class():
-    from avalanche.training.templates import SupervisedTemplate
+class SimpleCIL(Strategy):
+    """Frozen backbone + :class:`PrototypeHead`: 'training' is one pass over the experience
+    that accumulates prototypes."""
 
-    class SimpleCIL(SupervisedTemplate):
-        """Avalanche template whose 'training' is one pass that accumulates prototypes."""
+    def __init__(self, context: StrategyContext, options: None = None):
+        model = ClassifierModel(context.backbone, PrototypeHead(
+            context.backbone.num_features, context.info.num_classes)).freeze_backbone()
+        # the optimizer never steps; Avalanche's template requires one
+        super().__init__(context, options, model=model,
+                         optimizer=torch.optim.SGD(model.parameters(), lr=0.0))
 
-        def _train_exp(self, experience, eval_streams=None, **kwargs):
-            self.model.eval()
-            with torch.inference_mode():
-                for self.mbatch in self.dataloader:
-                    self._unpack_minibatch()
-                    features = self.model.forward_features(self.mb_x)
-                    self.model.head.add(features, self.mb_y)
+    def _train_exp(self, experience, eval_streams=None, **kwargs):
+        self.model.eval()
+        with torch.inference_mode():
+            for self.mbatch in self.dataloader:
+                self._unpack_minibatch()
+                features = self.model.forward_features(self.mb_x)
+                self.model.head.add(features, self.mb_y)
 
-        def experience_extras(self) -> dict:
-            head = self.model.head
-            seen = int((head.counts > 0).sum())
-            # what must be kept: one prototype (and its count) per class seen so far
-            return {"stored_bytes": seen * (head.sums.shape[1] + 1) * head.sums.element_size(),
-                    "classes_seen": seen}
-
-    return SimpleCIL
+    def experience_extras(self) -> dict:
+        head = self.model.head
+        seen = int((head.counts > 0).sum())
+        # what must be kept: one prototype (and its count) per class seen so far
+        return {"stored_bytes": seen * (head.sums.shape[1] + 1) * head.sums.element_size(),
+                "classes_seen": seen}

@@ -13,22 +13,13 @@ from clplatform.registry import lazy_exports, register_strategy
 if TYPE_CHECKING:
     from .base import StrategyContext
 
-__getattr__ = lazy_exports(__name__, {"PrototypeHead": ".prototype_head"})
+__getattr__ = lazy_exports(__name__, {"PrototypeHead": ".prototype_head",
+                                     "SimpleCIL": ".prototype_head"})
 
 
 @register_strategy("simplecil", train_defaults={"epochs": 1, "batch_size": 128},
                    unused_train=("epochs", "lr"), resumable=True,
                    help="class prototypes on frozen features, cosine classifier, no training")
 def simplecil(ctx: StrategyContext, opts: None):
-    import torch
-    from torch import nn
-
-    from clplatform.backbones import ClassifierModel
-
-    from .prototype_head import PrototypeHead, _simplecil_class
-    model = ClassifierModel(ctx.backbone, PrototypeHead(ctx.backbone.num_features,
-                                                        ctx.info.num_classes)).freeze_backbone()
-    # the optimizer never steps; Avalanche's template requires one
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    return _simplecil_class()(model=model, optimizer=optimizer,
-                              criterion=nn.CrossEntropyLoss(), **ctx.template_kwargs())
+    from .prototype_head import SimpleCIL
+    return SimpleCIL(ctx, opts)

@@ -2,12 +2,12 @@
 ``shared/specs/lftl.md``: ``config.py`` (hyper-parameters), ``sampling.py`` (query scores),
 ``model.py`` (backbone + bottleneck + weight-normalised classifier), ``strategy.py`` (source
 training, query-and-adapt rounds). The oracle and label masking are the platform's
-(``clplatform/active.py``)."""
+(``clplatform/app/active.py``)."""
 from clplatform.registry import lazy_exports, register_strategy
 
 from .config import LFTLOptions
 
-__getattr__ = lazy_exports(__name__, {"LFTLModel": ".model"})
+__getattr__ = lazy_exports(__name__, {"LFTL": ".strategy", "LFTLModel": ".model"})
 
 
 @register_strategy("lftl", resumable=True, options=LFTLOptions, active=True,
@@ -16,10 +16,8 @@ __getattr__ = lazy_exports(__name__, {"LFTLModel": ".model"})
                         "and visual persistence (Lyu et al. 2024); experience 0 is the "
                         "labelled source, later ones unlabelled targets with a label oracle")
 def lftl(ctx, opts: LFTLOptions):
-    from .model import LFTLModel
-    from .strategy import _template
-    model = LFTLModel(ctx.backbone, ctx.info.num_classes, opts)
-    return _template()(model=model, opts=opts, **ctx.template_kwargs())
+    from .strategy import LFTL
+    return LFTL(ctx, opts)
 
 
-__all__ = ["LFTLOptions", "LFTLModel"]
+__all__ = ["LFTL", "LFTLOptions", "LFTLModel"]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from clplatform.backbones import Backbone
 from clplatform.errors import UserError
 
+from ..vit import ViTPieces, is_vit
 from .config import LFTLOptions
 
 
@@ -49,20 +50,19 @@ class BottleneckNorm(nn.BatchNorm1d):
         return super().forward(x)
 
 
-class LFTLModel(nn.Module):
+class LFTLModel(ViTPieces):
     def __init__(self, backbone: Backbone, num_classes: int, opts: LFTLOptions):
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone)
         vit = backbone.model
-        is_vit = hasattr(vit, "blocks") and hasattr(vit, "patch_embed")
-        if opts.tune_blocks >= 0 and not is_vit:
+        if opts.tune_blocks >= 0 and not is_vit(backbone):
             raise UserError(f"tune_blocks={opts.tune_blocks} needs a timm VisionTransformer "
                             f"backbone; use tune_blocks=-1 with {backbone.name}")
-        depth = len(vit.blocks) if is_vit else 0
+        depth = len(vit.blocks) if is_vit(backbone) else 0
         if opts.tune_blocks > depth:
             raise UserError(f"tune_blocks={opts.tune_blocks} but the backbone has {depth} "
                             "blocks")
         self.split = None if opts.tune_blocks < 0 else depth - opts.tune_blocks
+        self.frozen_blocks = self.split  # the frozen part keeps its statistics
         if self.split is not None:
             backbone.requires_grad_(False)
             for block in list(vit.blocks)[self.split:]:
@@ -71,14 +71,6 @@ class LFTLModel(nn.Module):
         self.bottleneck = nn.Sequential(nn.Linear(backbone.num_features, opts.bottleneck),
                                         BottleneckNorm(opts.bottleneck))
         self.classifier = WeightNormLinear(opts.bottleneck, num_classes)
-
-    def train(self, mode: bool = True) -> "LFTLModel":
-        super().train(mode)
-        if self.split is not None:  # the frozen part keeps its statistics
-            self.backbone.eval()
-            for block in list(self.backbone.model.blocks)[self.split:]:
-                block.train(mode)
-        return self
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.backbone.parameters() if p.requires_grad]
@@ -90,23 +82,14 @@ class LFTLModel(nn.Module):
     def frozen(self, x: torch.Tensor) -> torch.Tensor:
         if self.split is None:
             return x
-        vit = self.backbone.model
-        tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(
-            vit.patch_embed(self.backbone.prepare(x)))))
-        for block in list(vit.blocks)[:self.split]:
-            tokens = block(tokens)
-        return tokens
+        return self.run_blocks(self.embed(x), 0, self.split)
 
     def features(self, frozen: torch.Tensor) -> torch.Tensor:
         """Bottleneck features from the output of ``frozen``."""
         if self.split is None:
             pooled = self.backbone(frozen)
         else:
-            vit = self.backbone.model
-            tokens = frozen
-            for block in list(vit.blocks)[self.split:]:
-                tokens = block(tokens)
-            pooled = vit.forward_head(vit.norm(tokens), pre_logits=True)
+            pooled = self.pool(self.run_blocks(frozen, self.split))
         return self.bottleneck(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,26 +3,29 @@ rounds on every target experience, labels only through the oracle the runner han
 
 The frozen part of the network is computed once per experience (exact: eval mode, no
 augmentation). Every training iteration runs through Avalanche's plugin hooks; after each
-round the plugins' ``record_round`` hook (the evaluator's) records the accuracy on the
-target's test set against the labels used.
+round ``context.report_round`` (the evaluator) records the accuracy on the target's test set
+against the labels used.
 """
 from __future__ import annotations
 
 import copy
 import math
 import time
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from clplatform.app.active import Oracle
 from clplatform.data import dataset_tensors
 
-from ..base import map_batches, fit_on_tensors
+from ..base import Strategy, StrategyContext
+from ..vit import map_batches
 from . import sampling
 from .config import LFTLOptions
 from .model import LFTLModel
+
+if TYPE_CHECKING:
+    from clplatform.app.active import Oracle
 
 
 def information_maximisation(logits: torch.Tensor) -> torch.Tensor:
@@ -53,195 +56,196 @@ def poly_schedule(optimizer: torch.optim.Optimizer, total_steps: int):
         optimizer, lambda step: (1 + 10 * step / max(total_steps, 1)) ** -0.75)
 
 
-def _template():
-    from avalanche.training.templates import SupervisedTemplate
+class LFTL(Strategy):
+    """LFTL on an :class:`LFTLModel` built from the context's backbone. A target
+    experience comes with its label oracle: ``train(experience, oracle=oracle)``."""
 
-    class LFTL(SupervisedTemplate):
-        def __init__(self, *, model: LFTLModel, opts: LFTLOptions, **kwargs):
-            optimizer = torch.optim.SGD(model.head_parameters(), lr=opts.lr)
-            super().__init__(model=model, optimizer=optimizer,
-                             criterion=nn.CrossEntropyLoss(), **kwargs)
-            self.opts = opts
-            self.oracle: Oracle | None = None  # set by the runner for target experiences
-            self.experiences_seen = 0
-            self.labels_queried = 0  # over all target experiences
-            self.generator = torch.Generator().manual_seed(torch.initial_seed() % 2 ** 63)
-            self._record: dict = {}
+    builds_own_optimizers = True
+    opts: LFTLOptions
 
-        @property
-        def lftl(self) -> LFTLModel:
-            return self.model
+    def __init__(self, context: StrategyContext, opts: LFTLOptions):
+        model = LFTLModel(context.backbone, context.info.num_classes, opts)
+        super().__init__(context, opts, model=model,
+                         optimizer=torch.optim.SGD(model.head_parameters(), lr=opts.lr))
+        self.experiences_seen = 0
+        self.labels_queried = 0  # over all target experiences
+        self.generator = torch.Generator().manual_seed(torch.initial_seed() % 2 ** 63)
+        self._record: dict = {}
 
-        def _map(self, fn, x: torch.Tensor) -> torch.Tensor:
-            return map_batches(fn, x, self.device)
+    @property
+    def lftl(self) -> LFTLModel:
+        return self.model
 
-        def _sgd(self, lr: float) -> torch.optim.Optimizer:
-            groups = [{"params": self.lftl.head_parameters(), "lr": lr}]
-            if self.lftl.backbone_parameters():
-                groups.insert(0, {"params": self.lftl.backbone_parameters(), "lr": 0.1 * lr})
-            return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True,
-                                   weight_decay=1e-3)
+    def _map(self, fn, x: torch.Tensor) -> torch.Tensor:
+        return map_batches(fn, x, self.device)
 
-        def _notify_round(self, round_: int, labels_used: int) -> None:
-            for plugin in self.plugins:
-                hook = getattr(plugin, "record_round", None)
-                if callable(hook):
-                    hook(self, round=round_, labels_used=labels_used)
+    def _sgd(self, lr: float) -> torch.optim.Optimizer:
+        groups = [{"params": self.lftl.head_parameters(), "lr": lr}]
+        if self.lftl.backbone_parameters():
+            groups.insert(0, {"params": self.lftl.backbone_parameters(), "lr": 0.1 * lr})
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True,
+                               weight_decay=1e-3)
 
-        # ------------------------------------------------------------ source
-        def _train_source(self, x: torch.Tensor, y: torch.Tensor) -> None:
-            model, o = self.lftl, self.opts
-            order = torch.randperm(len(x), generator=self.generator)
-            held = order[:int(o.holdout * len(x))]
-            train = order[len(held):]
-            tokens = self._map(model.frozen, x)
-            y = y.to(self.device)
-            optimizer = self._sgd(o.source_lr)
-            steps = o.source_epochs * math.ceil(len(train) / self.opts.batch_size)
-            schedule = poly_schedule(optimizer, steps)
-            best, best_state = -1.0, None
+    def _report_round(self, round_: int, labels_used: int) -> None:
+        """The evaluator records the accuracy after each round (round 0: before any)."""
+        if self.context.report_round is not None:
+            self.context.report_round(self, round=round_, labels_used=labels_used)
 
-            def loss(idx, labels):
-                logits = model.classifier(model.features(tokens[train[idx.cpu()]]))
-                return F.cross_entropy(logits, labels, label_smoothing=o.label_smoothing)
-            for _epoch in range(o.source_epochs):
-                model.train()
-                fit_on_tensors(self, optimizer, torch.arange(len(train)), y[train], loss, 1,
-                               o.batch_size, schedule)
-                if not len(held):
-                    continue
-                model.eval()
-                with torch.no_grad():
-                    predicted = self._map(lambda t: model.classifier(model.features(t)),
-                                          tokens[held]).argmax(1)
-                accuracy = float((predicted == y[held]).float().mean())
-                if accuracy > best:
-                    best, best_state = accuracy, copy.deepcopy(model.state_dict())
-            if best_state is not None:
-                model.load_state_dict(best_state)
-            self._record = {"source_holdout_accuracy": best}
+    # ------------------------------------------------------------ source
+    def _train_source(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        model, o = self.lftl, self.opts
+        order = torch.randperm(len(x), generator=self.generator)
+        held = order[:int(o.holdout * len(x))]
+        train = order[len(held):]
+        tokens = self._map(model.frozen, x)
+        y = y.to(self.device)
+        optimizer = self._sgd(o.source_lr)
+        steps = o.source_epochs * math.ceil(len(train) / self.opts.batch_size)
+        schedule = poly_schedule(optimizer, steps)
+        best, best_state = -1.0, None
 
-        # ------------------------------------------------------------ target
-        def _scores(self, p: torch.Tensor, p_prev: torch.Tensor | None) -> torch.Tensor:
-            o = self.opts
-            if o.sampler == "lftl":
-                return sampling.contrastive_scores(p, p_prev, o.alpha, o.kappa, o.class_weight)
-            if o.sampler == "random":
-                return sampling.random_scores(p, self.generator)
-            return {"entropy": sampling.entropy_scores, "margin": sampling.margin_scores,
-                    "least-confidence": sampling.least_confidence_scores}[o.sampler](p)
+        def loss(idx, labels):
+            logits = model.classifier(model.features(tokens[train[idx.cpu()]]))
+            return F.cross_entropy(logits, labels, label_smoothing=o.label_smoothing)
+        for _epoch in range(o.source_epochs):
+            model.train()
+            self.fit_tensors(optimizer, torch.arange(len(train)), y[train], loss, 1,
+                             o.batch_size, schedule)
+            if not len(held):
+                continue
+            model.eval()
+            with torch.no_grad():
+                predicted = self._map(lambda t: model.classifier(model.features(t)),
+                                      tokens[held]).argmax(1)
+            accuracy = float((predicted == y[held]).float().mean())
+            if accuracy > best:
+                best, best_state = accuracy, copy.deepcopy(model.state_dict())
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        self._record = {"source_holdout_accuracy": best}
 
-        def _adapt(self, x: torch.Tensor) -> None:
-            model, o, oracle = self.lftl, self.opts, self.oracle
+    # ------------------------------------------------------------ target
+    def _scores(self, p: torch.Tensor, p_prev: torch.Tensor | None) -> torch.Tensor:
+        o = self.opts
+        if o.sampler == "lftl":
+            return sampling.contrastive_scores(p, p_prev, o.alpha, o.kappa, o.class_weight)
+        if o.sampler == "random":
+            return sampling.random_scores(p, self.generator)
+        return {"entropy": sampling.entropy_scores, "margin": sampling.margin_scores,
+                "least-confidence": sampling.least_confidence_scores}[o.sampler](p)
+
+    def _adapt(self, x: torch.Tensor, oracle: Oracle) -> None:
+        model, o = self.lftl, self.opts
+        tokens = self._map(model.frozen, x)
+        labelled = torch.zeros(0, dtype=torch.long)
+        labels = torch.zeros(0, dtype=torch.long, device=self.device)
+        memory = torch.zeros(0, o.bottleneck, device=self.device)
+        p_prev: torch.Tensor | None = None
+        sampling_seconds, round_seconds = 0.0, []
+        self._report_round(0, 0)
+        for round_ in range(1, o.rounds + 1):
+            started = time.perf_counter()
+            oracle.start_round()
+            unlabelled = torch.ones(len(x), dtype=torch.bool)
+            unlabelled[labelled] = False
+            pool = unlabelled.nonzero().flatten()
+            model.eval()
+            p = self._map(lambda t: model.classifier(model.features(t)).softmax(1),
+                          tokens[pool]).cpu()
+            chosen = sampling.select(self._scores(p, p_prev), oracle.per_round)
+            keep = torch.ones(len(pool), dtype=torch.bool)
+            keep[chosen] = False
+            p_prev = p[keep]
+            new = pool[chosen]
+            labels = torch.cat([labels, oracle.query(new).to(self.device)])
+            labelled = torch.cat([labelled, new])
+            sampling_seconds += time.perf_counter() - started
+            memory = self._adapt_round(tokens, pool[keep], labelled, labels, memory)
+            round_seconds.append(time.perf_counter() - started)
+            self._report_round(round_, oracle.labels_used)
+        self._record = {"rounds": o.rounds, "sampling_seconds": sampling_seconds,
+                        "seconds_per_round": sum(round_seconds) / len(round_seconds)}
+
+    def _adapt_round(self, tokens, unlabelled, labelled, labels, memory) -> torch.Tensor:
+        model, o = self.lftl, self.opts
+        bs = o.batch_size
+        optimizer = self._sgd(o.lr)
+        per_epoch = math.ceil(len(unlabelled) / bs) + \
+            (math.ceil(len(labelled) / bs) if o.mixup else 0)
+        schedule = poly_schedule(optimizer, o.round_epochs * per_epoch)
+        labelled_batch = min(bs, len(labelled))
+        cursor = {"order": torch.randperm(len(labelled)), "at": 0}
+
+        def next_labelled() -> torch.Tensor:  # labelled batches cycled
+            if cursor["at"] + labelled_batch > len(labelled):
+                cursor["order"], cursor["at"] = torch.randperm(len(labelled)), 0
+            idx = cursor["order"][cursor["at"]:cursor["at"] + labelled_batch]
+            cursor["at"] += labelled_batch
+            return idx
+
+        def adaptation_loss(idx, _labels):
+            lab = next_labelled()
+            ce = F.cross_entropy(model.classifier(model.features(tokens[labelled[lab]])),
+                                 labels[lab])
+            features = model.features(tokens[unlabelled[idx.cpu()]])
+            loss = ce + o.im_weight * information_maximisation(model.classifier(features))
+            if o.vpa_weight:
+                loss = loss + o.vpa_weight * visual_persistence(features, memory)
+            return loss
+
+        def mixup_loss(idx, _labels):
+            idx = idx.cpu()
+            lam = float(torch.distributions.Beta(o.mixup_alpha, o.mixup_alpha).sample())
+            lam = max(lam, 1 - lam)
+            partner = idx[torch.randperm(len(idx))]
+            mixed = lam * tokens[labelled[idx]] + (1 - lam) * tokens[labelled[partner]]
+            logp = model.classifier(model.features(mixed)).log_softmax(1)
+            return -(lam * logp.gather(1, labels[idx, None]) +
+                     (1 - lam) * logp.gather(1, labels[partner, None])).mean()
+
+        for _epoch in range(o.round_epochs):
+            model.eval()
+            current = self._map(model.features, tokens[labelled])
+            memory = refresh_memory(memory, current, o.memory_momentum)
+            model.train()
+            self.iteration_kind = ("adapt", labelled_batch, len(memory))
+            self.fit_tensors(optimizer, torch.arange(len(unlabelled)), None, adaptation_loss,
+                             1, bs, schedule)
+            if o.mixup and len(labelled) > 1:
+                self.iteration_kind = ("mixup",)
+                self.fit_tensors(optimizer, torch.arange(len(labelled)), None, mixup_loss, 1,
+                                 bs, schedule)
+        self.iteration_kind = None
+        return memory
+
+    # ------------------------------------------------------------ Avalanche
+    def _train_exp(self, experience, eval_streams=None, oracle: Oracle | None = None,
+                   **kwargs):
+        x, y = dataset_tensors(experience.dataset)
+        self._record = {}
+        if self.experiences_seen == 0:
+            self._train_source(x, y)
+        elif self.opts.adapt == "full":
             if oracle is None:
-                raise RuntimeError("lftl needs the label oracle for a target experience")
-            tokens = self._map(model.frozen, x)
-            labelled = torch.zeros(0, dtype=torch.long)
-            labels = torch.zeros(0, dtype=torch.long, device=self.device)
-            memory = torch.zeros(0, o.bottleneck, device=self.device)
-            p_prev: torch.Tensor | None = None
-            sampling_seconds, round_seconds = 0.0, []
-            self._notify_round(0, 0)
-            for round_ in range(1, o.rounds + 1):
-                started = time.perf_counter()
-                oracle.start_round()
-                unlabelled = torch.ones(len(x), dtype=torch.bool)
-                unlabelled[labelled] = False
-                pool = unlabelled.nonzero().flatten()
-                model.eval()
-                p = self._map(lambda t: model.classifier(model.features(t)).softmax(1),
-                              tokens[pool]).cpu()
-                chosen = sampling.select(self._scores(p, p_prev), oracle.per_round)
-                keep = torch.ones(len(pool), dtype=torch.bool)
-                keep[chosen] = False
-                p_prev = p[keep]
-                new = pool[chosen]
-                labels = torch.cat([labels, oracle.query(new).to(self.device)])
-                labelled = torch.cat([labelled, new])
-                sampling_seconds += time.perf_counter() - started
-                memory = self._adapt_round(tokens, pool[keep], labelled, labels, memory)
-                round_seconds.append(time.perf_counter() - started)
-                self._notify_round(round_, oracle.labels_used)
-            self._record = {"rounds": o.rounds, "sampling_seconds": sampling_seconds,
-                            "seconds_per_round": sum(round_seconds) / len(round_seconds)}
+                raise RuntimeError("lftl needs the label oracle of a target experience: "
+                                   "train(experience, oracle=oracle)")
+            self._adapt(x, oracle)
+            self.labels_queried += oracle.labels_used
+        self.lftl.eval()
+        self.experiences_seen += 1
 
-        def _adapt_round(self, tokens, unlabelled, labelled, labels, memory) -> torch.Tensor:
-            model, o = self.lftl, self.opts
-            bs = o.batch_size
-            optimizer = self._sgd(o.lr)
-            per_epoch = math.ceil(len(unlabelled) / bs) + \
-                (math.ceil(len(labelled) / bs) if o.mixup else 0)
-            schedule = poly_schedule(optimizer, o.round_epochs * per_epoch)
-            labelled_batch = min(bs, len(labelled))
-            cursor = {"order": torch.randperm(len(labelled)), "at": 0}
+    def checkpoint_state(self) -> dict:
+        """Between experiences: counters and the sampling generator (the oracle, the
+        anchor memory and the caches live within one experience)."""
+        return {"experiences_seen": self.experiences_seen,
+                "labels_queried": self.labels_queried,
+                "generator": self.generator.get_state()}
 
-            def next_labelled() -> torch.Tensor:  # labelled batches cycled
-                if cursor["at"] + labelled_batch > len(labelled):
-                    cursor["order"], cursor["at"] = torch.randperm(len(labelled)), 0
-                idx = cursor["order"][cursor["at"]:cursor["at"] + labelled_batch]
-                cursor["at"] += labelled_batch
-                return idx
+    def restore_checkpoint_state(self, state: dict, experiences: list) -> None:
+        self.experiences_seen = state["experiences_seen"]
+        self.labels_queried = state["labels_queried"]
+        self.generator.set_state(state["generator"])
 
-            def adaptation_loss(idx, _labels):
-                lab = next_labelled()
-                ce = F.cross_entropy(model.classifier(model.features(tokens[labelled[lab]])),
-                                     labels[lab])
-                features = model.features(tokens[unlabelled[idx.cpu()]])
-                loss = ce + o.im_weight * information_maximisation(model.classifier(features))
-                if o.vpa_weight:
-                    loss = loss + o.vpa_weight * visual_persistence(features, memory)
-                return loss
+    def experience_extras(self) -> dict:
+        return {"labels_queried": self.labels_queried, **self._record}
 
-            def mixup_loss(idx, _labels):
-                idx = idx.cpu()
-                lam = float(torch.distributions.Beta(o.mixup_alpha, o.mixup_alpha).sample())
-                lam = max(lam, 1 - lam)
-                partner = idx[torch.randperm(len(idx))]
-                mixed = lam * tokens[labelled[idx]] + (1 - lam) * tokens[labelled[partner]]
-                logp = model.classifier(model.features(mixed)).log_softmax(1)
-                return -(lam * logp.gather(1, labels[idx, None]) +
-                         (1 - lam) * logp.gather(1, labels[partner, None])).mean()
-
-            for _epoch in range(o.round_epochs):
-                model.eval()
-                current = self._map(model.features, tokens[labelled])
-                memory = refresh_memory(memory, current, o.memory_momentum)
-                model.train()
-                self.iteration_kind = ("adapt", labelled_batch, len(memory))
-                fit_on_tensors(self, optimizer, torch.arange(len(unlabelled)), None,
-                               adaptation_loss, 1, bs, schedule)
-                if o.mixup and len(labelled) > 1:
-                    self.iteration_kind = ("mixup",)
-                    fit_on_tensors(self, optimizer, torch.arange(len(labelled)), None,
-                                   mixup_loss, 1, bs, schedule)
-            self.iteration_kind = None
-            return memory
-
-        # ------------------------------------------------------------ Avalanche
-        def _train_exp(self, experience, eval_streams=None, **kwargs):
-            x, y = dataset_tensors(experience.dataset)
-            self._record = {}
-            if self.experiences_seen == 0:
-                self._train_source(x, y)
-            elif self.opts.adapt == "full":
-                self._adapt(x)
-                self.labels_queried += self.oracle.labels_used
-            self.lftl.eval()
-            self.experiences_seen += 1
-
-        def checkpoint_state(self) -> dict:
-            """Between experiences: counters and the sampling generator (the oracle, the
-            anchor memory and the caches live within one experience)."""
-            return {"experiences_seen": self.experiences_seen,
-                    "labels_queried": self.labels_queried,
-                    "generator": self.generator.get_state()}
-
-        def restore_checkpoint_state(self, state: dict, experiences: list) -> None:
-            self.experiences_seen = state["experiences_seen"]
-            self.labels_queried = state["labels_queried"]
-            self.generator.set_state(state["generator"])
-
-        def experience_extras(self) -> dict:
-            return {"labels_queried": self.labels_queried, **self._record}
-
-    return LFTL

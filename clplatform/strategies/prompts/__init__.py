@@ -9,6 +9,7 @@ from .config import PromptOptions, QPromptOptions
 
 __getattr__ = lazy_exports(__name__, {
     "PrefixAttention": ".layer", "PromptTensor": ".layer", "PromptModel": ".model",
+    "PromptStrategy": ".strategy",
     "TensorQuantizer": ".quantizer", "kmeans_1d": ".quantizer", "stored_bits": ".quantizer"})
 
 # Adam at 0.03 x batch / 256 (the spec's rule) with the default batch of 32; 5 epochs
@@ -16,10 +17,8 @@ PROMPT_TRAIN_DEFAULTS = {"epochs": 5, "batch_size": 32, "lr": 0.03 * 32 / 256}
 
 
 def _build(ctx, opts):
-    from .model import PromptModel
-    from .strategy import _template
-    model = PromptModel(ctx.backbone, ctx.info.num_classes, opts)
-    return _template()(model=model, opts=opts, train=ctx.train, **ctx.template_kwargs())
+    from .strategy import PromptStrategy
+    return PromptStrategy(ctx, opts)
 
 
 @register_strategy("prompt", options=PromptOptions, train_defaults=PROMPT_TRAIN_DEFAULTS,
@@ -39,5 +38,5 @@ def qprompt(ctx, opts: QPromptOptions):
     return _build(ctx, opts)
 
 
-__all__ = ["PromptOptions", "QPromptOptions", "PromptModel", "PrefixAttention",
+__all__ = ["PromptOptions", "QPromptOptions", "PromptModel", "PromptStrategy", "PrefixAttention",
            "PromptTensor", "TensorQuantizer", "kmeans_1d", "stored_bits"]

@@ -9,28 +9,28 @@ from clplatform.backbones import Backbone
 from clplatform.errors import UserError
 from clplatform.evaluator import MASK_VALUE
 
-from ..base import require_vit
-
+from ..vit import ViTPieces, require_vit
 from .config import PromptOptions
 from .layer import HeadRows, PrefixAttention, PromptTensor
 from .quantizer import TensorQuantizer
 
 
-class PromptModel(nn.Module):
+class PromptModel(ViTPieces):
     """``forward(x)``: query from an un-prompted pass, the E-prompt whose key is closest to
     the query (cosine) among the experiences seen, then the prompted pass; logits of classes
     not seen yet are masked. ``selected_experience`` keeps the last choice per sample (the
-    evaluator reads it for task-selection accuracy)."""
+    strategy hands it to the evaluator, for task-selection accuracy)."""
 
     def __init__(self, backbone: Backbone, num_classes: int, opts: PromptOptions):
-        super().__init__()
         vit = require_vit(backbone, "prompt")
         depth = len(vit.blocks)
         if opts.g_layers + opts.e_layers > depth:
             raise UserError(f"g_layers + e_layers = {opts.g_layers + opts.e_layers} but the "
                             f"backbone has {depth} blocks")
+        super().__init__(backbone)
         backbone.requires_grad_(False)
-        self.backbone, self.opts = backbone, opts
+        self.frozen_blocks = depth  # frozen backbone: no dropout, no statistics updates
+        self.opts = opts
         self.dim = dim = backbone.num_features
         self.attentions = []
         for block in list(vit.blocks)[:opts.g_layers + opts.e_layers]:
@@ -56,15 +56,6 @@ class PromptModel(nn.Module):
 
     def _device(self) -> torch.device:
         return next(self.backbone.parameters()).device
-
-    @property
-    def vit(self) -> nn.Module:
-        return self.backbone.model
-
-    def train(self, mode: bool = True) -> "PromptModel":
-        super().train(mode)
-        self.backbone.eval()  # frozen backbone: no dropout, no statistics updates
-        return self
 
     # ------------------------------------------------------------------ growth
     def add_experience(self) -> list[nn.Parameter]:
@@ -100,15 +91,8 @@ class PromptModel(nn.Module):
             self.head_rows[-1].freeze(self.head.weight)
 
     # ------------------------------------------------------------------ forward pieces
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        vit = self.vit
-        tokens = vit.patch_embed(self.backbone.prepare(x))
-        return vit.norm_pre(vit.patch_drop(vit._pos_embed(tokens)))
-
     def _pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        for block in self.vit.blocks:
-            tokens = block(tokens)
-        return self.vit.forward_head(self.vit.norm(tokens), pre_logits=True)
+        return self.pool(self.run_blocks(tokens))
 
     @torch.no_grad()
     def query(self, tokens: torch.Tensor) -> torch.Tensor:

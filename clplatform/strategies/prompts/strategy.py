@@ -10,116 +10,121 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from clplatform.data import dataset_tensors
 
-from ..base import map_batches, TrainSettings, fit_on_tensors, masked_cross_entropy
+from ..base import Strategy, StrategyContext, masked_cross_entropy
+from ..vit import map_batches
 from .config import PromptOptions
 from .model import PromptModel
 
 TOKEN_CACHE_BYTES = 2 ** 30  # cache embedded tokens of an experience up to this size
 
 
-def _template():
-    from avalanche.training.templates import SupervisedTemplate
+class PromptStrategy(Strategy):
+    """``prompt`` and ``qprompt`` on a :class:`PromptModel` built from the context's
+    backbone; trained with the context's training settings (epochs, batch size, lr)."""
 
-    class PromptStrategy(SupervisedTemplate):
-        def __init__(self, *, model: PromptModel, opts: PromptOptions, train: TrainSettings,
-                     **kwargs):
-            optimizer = torch.optim.Adam(model.head.parameters(), lr=train.lr)
-            super().__init__(model=model, optimizer=optimizer,
-                             criterion=nn.CrossEntropyLoss(), **kwargs)
-            self.opts, self.settings = opts, train
-            self._fits_before = 0
-            self._refits_before = 0
+    builds_own_optimizers = True
+    opts: PromptOptions
 
-        @property
-        def prompts(self) -> PromptModel:
-            return self.model
+    def __init__(self, context: StrategyContext, opts: PromptOptions):
+        model = PromptModel(context.backbone, context.info.num_classes, opts)
+        super().__init__(context, opts, model=model, optimizer=torch.optim.Adam(
+            model.head.parameters(), lr=context.train.lr))
+        self.settings = context.train
+        self._fits_before = 0
+        self._refits_before = 0
 
-        def _map(self, fn, x: torch.Tensor) -> torch.Tensor:
-            return map_batches(fn, x, self.device)
+    @property
+    def prompts(self) -> PromptModel:
+        return self.model
 
-        def _train_exp(self, experience, eval_streams=None, **kwargs):
-            model = self.prompts
-            x, y = dataset_tensors(experience.dataset)
-            classes = torch.tensor(sorted(set(y.tolist())))
-            current = torch.zeros_like(model.seen)
-            current[classes] = True
-            model.seen[classes] = True
-            params = model.add_experience()
-            model.start_head_rows(classes)
-            self._fits_before, self._refits_before = self._kmeans_counts()
-            model.train()
-            token_bytes = len(x) * 4 * model.dim * (model.embed(x[:1].to(self.device)).shape[1])
-            tokens = self._map(model.embed, x) if token_bytes <= TOKEN_CACHE_BYTES else None
-            queries = self._map(lambda b: model.query(model.embed(b)), x)
-            y = y.to(self.device)
+    def _map(self, fn, x: torch.Tensor) -> torch.Tensor:
+        return map_batches(fn, x, self.device)
 
-            def loss(idx, labels):
-                t = tokens[idx] if tokens is not None else model.embed(x[idx.cpu()].to(
-                    self.device))
-                logits = model.logits(model.prompted(t, model.current_e_prompts()))
-                key = model.keys[-1]()
-                match = 1 - F.cosine_similarity(queries[idx], key[None], dim=1)
-                return masked_cross_entropy(logits, labels, current) + \
-                    self.opts.key_weight * match.mean()
-            optimizer = torch.optim.Adam(params, lr=self.settings.lr)
-            fit_on_tensors(self, optimizer, torch.arange(len(x)), y, loss,
-                           self.settings.epochs, self.settings.batch_size)
+    def _train_exp(self, experience, eval_streams=None, **kwargs):
+        model = self.prompts
+        x, y = dataset_tensors(experience.dataset)
+        classes = torch.tensor(sorted(set(y.tolist())))
+        current = torch.zeros_like(model.seen)
+        current[classes] = True
+        model.seen[classes] = True
+        params = model.add_experience()
+        model.start_head_rows(classes)
+        self._fits_before, self._refits_before = self._kmeans_counts()
+        model.train()
+        token_bytes = len(x) * 4 * model.dim * (model.embed(x[:1].to(self.device)).shape[1])
+        tokens = self._map(model.embed, x) if token_bytes <= TOKEN_CACHE_BYTES else None
+        queries = self._map(lambda b: model.query(model.embed(b)), x)
+        y = y.to(self.device)
+
+        def loss(idx, labels):
+            t = tokens[idx] if tokens is not None else model.embed(x[idx.cpu()].to(
+                self.device))
+            logits = model.logits(model.prompted(t, model.current_e_prompts()))
+            key = model.keys[-1]()
+            match = 1 - F.cosine_similarity(queries[idx], key[None], dim=1)
+            return masked_cross_entropy(logits, labels, current) + \
+                self.opts.key_weight * match.mean()
+        optimizer = torch.optim.Adam(params, lr=self.settings.lr)
+        self.fit_tensors(optimizer, torch.arange(len(x)), y, loss, self.settings.epochs,
+                         self.settings.batch_size)
+        model.finish_experience()
+        model.eval()
+
+    def selected_experiences(self) -> torch.Tensor | None:
+        """The experience whose E-prompt each sample of the last forward chose."""
+        return self.prompts.selected_experience
+
+    def _quantizers(self) -> list:
+        return [m for m in self.prompts.modules() if hasattr(m, "refits")]
+
+    def _kmeans_counts(self) -> tuple[int, int]:
+        quantizers = self._quantizers()
+        return sum(q.fits for q in quantizers), sum(q.refits for q in quantizers)
+
+    def checkpoint_state(self) -> dict:
+        return {"experiences": len(self.prompts.e_prompts),
+                "quantizers": [[q.steps_since_fit, q.fits, q.refits]
+                               for q in self._quantizers()]}
+
+    def restore_checkpoint_state(self, state: dict, experiences: list) -> None:
+        """E-prompts, keys and head rows of the finished experiences in their stored
+        form, and the quantizers' counters (CAC's steps since the last fit); values,
+        codebooks and stored tensors come with the model's state."""
+        model = self.prompts
+        for experience in experiences[:state["experiences"]]:
+            model.add_experience()
+            model.start_head_rows(torch.as_tensor(
+                sorted(experience.classes_in_this_experience)))
             model.finish_experience()
-            model.eval()
+        model.eval()
+        for q, (steps, fits, refits) in zip(self._quantizers(), state["quantizers"],
+                                            strict=True):
+            q.steps_since_fit, q.fits, q.refits = steps, fits, refits
 
-        def _quantizers(self) -> list:
-            return [m for m in self.prompts.modules() if hasattr(m, "refits")]
+    def experience_extras(self) -> dict:
+        model = self.prompts
+        prompt_bits = sum(t.stored_bits for t in model.g_prompts) + \
+            sum(t.stored_bits for e in model.e_prompts for t in e)
+        key_bits = sum(k.stored_bits for k in model.keys)
+        seen = int(model.seen.sum())
+        quantized_rows = sum(len(r.classes) for r in model.head_rows)
+        head_bits = sum(r.stored_bits for r in model.head_rows) + \
+            16 * (seen - quantized_rows) * model.dim + 16 * seen  # fp16 rows and biases
+        prompt_values = sum(t.latent.numel() for t in model.g_prompts) + \
+            sum(t.latent.numel() for e in model.e_prompts for t in e)
+        fits, refits = self._kmeans_counts()
+        prompt_bytes, key_bytes, head_bytes = (b / 8 for b in (prompt_bits, key_bits,
+                                                               head_bits))
+        return {
+            "modules_added": len(model.e_prompts) + (1 if len(model.g_prompts) else 0),
+            "params_added": prompt_values + len(model.keys) * model.dim +
+            seen * (model.dim + 1),
+            "stored_bytes": prompt_bytes + key_bytes + head_bytes,
+            "prompt_bytes": prompt_bytes, "key_bytes": key_bytes, "head_bytes": head_bytes,
+            "kmeans_fits": fits - self._fits_before,
+            "kmeans_refits": refits - self._refits_before,
+        }
 
-        def _kmeans_counts(self) -> tuple[int, int]:
-            quantizers = self._quantizers()
-            return sum(q.fits for q in quantizers), sum(q.refits for q in quantizers)
-
-        def checkpoint_state(self) -> dict:
-            return {"experiences": len(self.prompts.e_prompts),
-                    "quantizers": [[q.steps_since_fit, q.fits, q.refits]
-                                   for q in self._quantizers()]}
-
-        def restore_checkpoint_state(self, state: dict, experiences: list) -> None:
-            """E-prompts, keys and head rows of the finished experiences in their stored
-            form, and the quantizers' counters (CAC's steps since the last fit); values,
-            codebooks and stored tensors come with the model's state."""
-            model = self.prompts
-            for experience in experiences[:state["experiences"]]:
-                model.add_experience()
-                model.start_head_rows(torch.as_tensor(
-                    sorted(experience.classes_in_this_experience)))
-                model.finish_experience()
-            model.eval()
-            for q, (steps, fits, refits) in zip(self._quantizers(), state["quantizers"],
-                                                strict=True):
-                q.steps_since_fit, q.fits, q.refits = steps, fits, refits
-
-        def experience_extras(self) -> dict:
-            model = self.prompts
-            prompt_bits = sum(t.stored_bits for t in model.g_prompts) + \
-                sum(t.stored_bits for e in model.e_prompts for t in e)
-            key_bits = sum(k.stored_bits for k in model.keys)
-            seen = int(model.seen.sum())
-            quantized_rows = sum(len(r.classes) for r in model.head_rows)
-            head_bits = sum(r.stored_bits for r in model.head_rows) + \
-                16 * (seen - quantized_rows) * model.dim + 16 * seen  # fp16 rows and biases
-            prompt_values = sum(t.latent.numel() for t in model.g_prompts) + \
-                sum(t.latent.numel() for e in model.e_prompts for t in e)
-            fits, refits = self._kmeans_counts()
-            prompt_bytes, key_bytes, head_bytes = (b / 8 for b in (prompt_bits, key_bits,
-                                                                   head_bits))
-            return {
-                "modules_added": len(model.e_prompts) + (1 if len(model.g_prompts) else 0),
-                "params_added": prompt_values + len(model.keys) * model.dim +
-                seen * (model.dim + 1),
-                "stored_bytes": prompt_bytes + key_bytes + head_bytes,
-                "prompt_bytes": prompt_bytes, "key_bytes": key_bytes, "head_bytes": head_bytes,
-                "kmeans_fits": fits - self._fits_before,
-                "kmeans_refits": refits - self._refits_before,
-            }
-
-    return PromptStrategy

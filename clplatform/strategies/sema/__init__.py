@@ -7,7 +7,7 @@ from clplatform.registry import lazy_exports, register_strategy
 from .config import SEMAOptions
 
 __getattr__ = lazy_exports(__name__, {
-    "SEMAModel": ".model", **dict.fromkeys(
+    "SEMA": ".strategy", "SEMAModel": ".model", **dict.fromkeys(
         ("Adapter", "LossStatistics", "RepresentationDescriptor", "SEMABlock", "SoftRouter"),
         ".layer")})
 
@@ -17,11 +17,9 @@ __getattr__ = lazy_exports(__name__, {
                    help="self-expanding mixture of adapters with representation descriptors "
                         "(Wang et al. 2025)")
 def sema(ctx, opts: SEMAOptions):
-    from .model import SEMAModel
-    from .strategy import _template
-    model = SEMAModel(ctx.backbone, ctx.info.num_classes, opts)
-    return _template()(model=model, opts=opts, **ctx.template_kwargs())
+    from .strategy import SEMA
+    return SEMA(ctx, opts)
 
 
-__all__ = ["SEMAOptions", "SEMAModel", "SEMABlock", "Adapter", "RepresentationDescriptor",
+__all__ = ["SEMA", "SEMAOptions", "SEMAModel", "SEMABlock", "Adapter", "RepresentationDescriptor",
            "LossStatistics", "SoftRouter"]

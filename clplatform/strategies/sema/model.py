@@ -9,25 +9,24 @@ from clplatform.backbones import Backbone
 from clplatform.errors import UserError
 from clplatform.evaluator import MASK_VALUE
 
-from ..base import require_vit
-
-from ..simplecil import PrototypeHead
+from ..prototype_head import PrototypeHead
+from ..vit import ViTPieces, require_vit
 from .config import SEMAOptions
 from .layer import SEMABlock
 
 
-class SEMAModel(nn.Module):
+class SEMAModel(ViTPieces):
     """Frozen ViT with SEMA blocks + a linear head over the classes seen so far.
 
     ``forward(x)`` is the single inference pass (all adapters, soft routers). The pieces
-    ``embed``, ``run_blocks`` and ``pool`` let the strategy start from cached tokens.
+    ``embed``, ``run_blocks`` and ``pool`` (:class:`~clplatform.strategies.vit.ViTPieces`)
+    let the strategy start from cached tokens.
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, opts: SEMAOptions):
-        super().__init__()
         vit = require_vit(backbone, "sema")
+        super().__init__(backbone)
         backbone.requires_grad_(False)
-        self.backbone = backbone
         dim = backbone.num_features
         depth = len(vit.blocks)
         if opts.expandable_layers > depth:
@@ -45,42 +44,18 @@ class SEMAModel(nn.Module):
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
         # variant: predict with class prototypes of the final features (SimpleCIL's head)
         self.prototypes = PrototypeHead(dim, num_classes) if opts.head == "prototype" else None
-
-    @property
-    def vit(self) -> nn.Module:
-        return self.backbone.model
-
-    @property
-    def blocks(self) -> list[SEMABlock]:
-        return list(self.vit.blocks)
+        self.frozen_blocks = depth  # frozen backbone: no dropout, no statistics updates
 
     @property
     def expandable(self) -> list[SEMABlock]:
+        """The SEMA blocks that can grow adapters (``blocks``: all of them)."""
         return self.blocks[self.first_expandable:]
-
-    def train(self, mode: bool = True) -> "SEMAModel":
-        super().train(mode)
-        self.backbone.eval()  # frozen backbone: no dropout, no statistics updates
-        return self
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        vit = self.vit
-        tokens = vit.patch_embed(self.backbone.prepare(x))
-        return vit.norm_pre(vit.patch_drop(vit._pos_embed(tokens)))
-
-    def run_blocks(self, tokens: torch.Tensor, start: int = 0, end: int | None = None):
-        for block in self.blocks[start:end]:
-            tokens = block(tokens)
-        return tokens
-
-    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.vit.forward_head(self.vit.norm(tokens), pre_logits=True)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.run_blocks(self.embed(x)))
+        return self.vit_features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Prediction logits: classes not seen yet are masked out."""

@@ -15,198 +15,200 @@ from torch import nn
 
 from clplatform.data import dataset_tensors
 
-from ..base import map_batches, batch_indices, fit_on_tensors, masked_cross_entropy
+from ..base import Strategy, StrategyContext, TensorBatches, masked_cross_entropy
+from ..vit import map_batches
 from .config import SEMAOptions
 from .model import SEMAModel
 
 
-def _template():
-    from avalanche.training.templates import SupervisedTemplate
+class SEMA(Strategy):
+    """SEMA on a :class:`SEMAModel` built from the context's backbone."""
 
-    class SEMA(SupervisedTemplate):
-        def __init__(self, *, model: SEMAModel, opts: SEMAOptions, **kwargs):
-            optimizer = torch.optim.SGD(model.head.parameters(), lr=opts.lr)
-            super().__init__(model=model, optimizer=optimizer,
-                             criterion=nn.CrossEntropyLoss(), **kwargs)
-            self.opts = opts
-            self.experiences_seen = 0
-            self.adapters_added = 0
-            self._record: dict = {}
+    builds_own_optimizers = True
+    opts: SEMAOptions
 
-        # ----------------------------------------------------------------- helpers
-        @property
-        def sema(self) -> SEMAModel:
-            return self.model
+    def __init__(self, context: StrategyContext, opts: SEMAOptions):
+        model = SEMAModel(context.backbone, context.info.num_classes, opts)
+        super().__init__(context, opts, model=model,
+                         optimizer=torch.optim.SGD(model.head.parameters(), lr=opts.lr))
+        self.experiences_seen = 0
+        self.adapters_added = 0
+        self._record: dict = {}
 
-        def _map(self, fn, x: torch.Tensor) -> torch.Tensor:
-            return map_batches(fn, x, self.device)
+    # ----------------------------------------------------------------- helpers
+    @property
+    def sema(self) -> SEMAModel:
+        return self.model
 
-        def _fit(self, params: list[nn.Parameter], inputs: torch.Tensor,
-                 labels: torch.Tensor | None, loss_fn: Callable, epochs: int, lr: float):
-            """SGD + cosine schedule to 0 over (inputs, labels), optimizer rebuilt for
-            exactly ``params``."""
-            if epochs == 0 or not params:
-                return
-            optimizer = torch.optim.SGD(params, lr=lr, momentum=self.opts.momentum,
-                                        weight_decay=self.opts.weight_decay)
-            steps = len(batch_indices(len(inputs), self.opts.batch_size, False))
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer,
-                                                                  T_max=epochs * steps)
-            fit_on_tensors(self, optimizer, inputs, labels, loss_fn, epochs,
-                           self.opts.batch_size, schedule)
+    def _map(self, fn, x: torch.Tensor) -> torch.Tensor:
+        return map_batches(fn, x, self.device)
 
-        # ----------------------------------------------------------------- phases
-        def _functional_phase(self, params: list[nn.Parameter], start: int,
-                              x: torch.Tensor, y: torch.Tensor, current: torch.Tensor):
-            """Train new adapters/router columns + head from cached tokens before ``start``."""
-            model = self.sema
-            tokens = self._map(lambda b: model.run_blocks(model.embed(b), 0, start), x)
+    def _fit(self, params: list[nn.Parameter], inputs: torch.Tensor,
+             labels: torch.Tensor | None, loss_fn: Callable, epochs: int, lr: float):
+        """SGD + cosine schedule to 0 over (inputs, labels), optimizer rebuilt for
+        exactly ``params``."""
+        if epochs == 0 or not params:
+            return
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=self.opts.momentum,
+                                    weight_decay=self.opts.weight_decay)
+        steps = len(TensorBatches(inputs, labels, self.opts.batch_size))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer,
+                                                              T_max=epochs * steps)
+        self.fit_tensors(optimizer, inputs, labels, loss_fn, epochs, self.opts.batch_size,
+                         schedule)
 
-            def loss(t, labels):
-                logits = model.logits(model.pool(model.run_blocks(t, start)))
-                return masked_cross_entropy(logits, labels, current)
-            self._fit(params + list(model.head.parameters()), tokens, y, loss,
-                      self.opts.functional_epochs, self.opts.lr)
+    # ----------------------------------------------------------------- phases
+    def _functional_phase(self, params: list[nn.Parameter], start: int,
+                          x: torch.Tensor, y: torch.Tensor, current: torch.Tensor):
+        """Train new adapters/router columns + head from cached tokens before ``start``."""
+        model = self.sema
+        tokens = self._map(lambda b: model.run_blocks(model.embed(b), 0, start), x)
 
-        def _head_phase(self, x: torch.Tensor, y: torch.Tensor, current: torch.Tensor):
-            model = self.sema
-            features = self._map(model.features, x)
-            self._fit(list(model.head.parameters()), features, y,
-                      lambda f, labels: masked_cross_entropy(model.logits(f), labels, current),
-                      self.opts.functional_epochs, self.opts.lr)
+        def loss(t, labels):
+            logits = model.logits(model.pool(model.run_blocks(t, start)))
+            return masked_cross_entropy(logits, labels, current)
+        self._fit(params + list(model.head.parameters()), tokens, y, loss,
+                  self.opts.functional_epochs, self.opts.lr)
 
-        def _descriptor_phase(self, blocks: list, x: torch.Tensor):
-            """Train the newest descriptor of each block in ``blocks`` (jointly) on cached
-            token means; their loss statistics fill while they train."""
-            model = self.sema
-            if not blocks:
-                return
-            order = [model.blocks.index(b) for b in blocks]
+    def _head_phase(self, x: torch.Tensor, y: torch.Tensor, current: torch.Tensor):
+        model = self.sema
+        features = self._map(model.features, x)
+        self._fit(list(model.head.parameters()), features, y,
+                  lambda f, labels: masked_cross_entropy(model.logits(f), labels, current),
+                  self.opts.functional_epochs, self.opts.lr)
 
-            def means(batch):
-                model.run_blocks(model.embed(batch))
-                return torch.cat([model.blocks[i].last_mean for i in order], dim=1)
-            cached = self._map(means, x)
-            dim = blocks[0].dim
-            descriptors = [b.descriptors[-1] for b in blocks]
-            params = [p for d in descriptors for p in d.encode.parameters()] + \
-                     [p for d in descriptors for p in d.decode.parameters()]
+    def _descriptor_phase(self, blocks: list, x: torch.Tensor):
+        """Train the newest descriptor of each block in ``blocks`` (jointly) on cached
+        token means; their loss statistics fill while they train."""
+        model = self.sema
+        if not blocks:
+            return
+        order = [model.blocks.index(b) for b in blocks]
 
-            def loss(m, _labels):
-                total = 0.0
-                for k, d in enumerate(descriptors):
-                    per_sample = d.losses(m[:, k * dim:(k + 1) * dim])
-                    d.stats.add(per_sample)
-                    total = total + per_sample.mean()
-                return total
-            self._fit(params, cached, None, loss, self.opts.rd_epochs, self.opts.rd_lr)
+        def means(batch):
+            model.run_blocks(model.embed(batch))
+            return torch.cat([model.blocks[i].last_mean for i in order], dim=1)
+        cached = self._map(means, x)
+        dim = blocks[0].dim
+        descriptors = [b.descriptors[-1] for b in blocks]
+        params = [p for d in descriptors for p in d.encode.parameters()] + \
+                 [p for d in descriptors for p in d.decode.parameters()]
 
-        def _freeze_all(self):
-            for block in self.sema.blocks:
-                block.adapters.requires_grad_(False)
-                block.descriptors.requires_grad_(False)
-                for d in block.descriptors:
-                    d.stats.frozen = True
-                if block.router is not None:
-                    block.router.merge()
+        def loss(m, _labels):
+            total = 0.0
+            for k, d in enumerate(descriptors):
+                per_sample = d.losses(m[:, k * dim:(k + 1) * dim])
+                d.stats.add(per_sample)
+                total = total + per_sample.mean()
+            return total
+        self._fit(params, cached, None, loss, self.opts.rd_epochs, self.opts.rd_lr)
 
-        def _expand(self, blocks: list, x, y, current):
-            """Add an adapter at each block, train it (functional, then descriptor phase)."""
-            model = self.sema
-            params = [p for b in blocks for p in b.add_adapter()]
-            self.adapters_added += len(blocks)
-            start = min(model.blocks.index(b) for b in blocks)
-            self._functional_phase(params, start, x, y, current)
-            self._descriptor_phase([b for b in blocks if b.expandable], x)
-            self._freeze_all()
+    def _freeze_all(self):
+        for block in self.sema.blocks:
+            block.adapters.requires_grad_(False)
+            block.descriptors.requires_grad_(False)
+            for d in block.descriptors:
+                d.stats.frozen = True
+            if block.router is not None:
+                block.router.merge()
 
-        @torch.no_grad()
-        def _scan(self, x: torch.Tensor, expanded: set[int]) -> tuple[int, float] | None:
-            """One forward-only pass; the first (shallowest) block whose every descriptor
-            finds a batch novel, with the deciding score; None if no block does."""
-            model = self.sema
+    def _expand(self, blocks: list, x, y, current):
+        """Add an adapter at each block, train it (functional, then descriptor phase)."""
+        model = self.sema
+        params = [p for b in blocks for p in b.add_adapter()]
+        self.adapters_added += len(blocks)
+        start = min(model.blocks.index(b) for b in blocks)
+        self._functional_phase(params, start, x, y, current)
+        self._descriptor_phase([b for b in blocks if b.expandable], x)
+        self._freeze_all()
+
+    @torch.no_grad()
+    def _scan(self, x: torch.Tensor, expanded: set[int]) -> tuple[int, float] | None:
+        """One forward-only pass; the first (shallowest) block whose every descriptor
+        finds a batch novel, with the deciding score; None if no block does."""
+        model = self.sema
+        model.eval()
+        size = self.opts.scan_batch_size
+        for start in range(0, len(x), size):
+            tokens = model.embed(x[start:start + size].to(self.device))
+            for i, block in enumerate(model.blocks):
+                tokens = block(tokens)
+                if not block.expandable or i in expanded or not block.descriptors:
+                    continue
+                score = min(self._novelty(d, block.last_mean) for d in block.descriptors)
+                if score > self.opts.threshold:
+                    return i, score
+        return None
+
+    def _novelty(self, descriptor, mean: torch.Tensor) -> float:
+        z = descriptor.stats.z_scores(descriptor.losses(mean),
+                                      signed=self.opts.z_mode == "signed")
+        return float(z.mean())
+
+    # ----------------------------------------------------------------- Avalanche
+    def _train_exp(self, experience, eval_streams=None, **kwargs):
+        model = self.sema
+        x, y = dataset_tensors(experience.dataset)
+        classes = sorted(set(y.tolist()))
+        current = torch.zeros_like(model.seen)
+        current[classes] = True
+        model.seen[classes] = True
+        expanded, scores = [], []
+        if self.experiences_seen == 0:
+            self._expand(model.blocks, x, y, current)
+            expanded = list(range(len(model.blocks)))
+        elif self.opts.expand == "every":
+            self._expand(model.expandable, x, y, current)
+            expanded = [model.blocks.index(b) for b in model.expandable]
+        elif self.opts.expand == "auto":
+            # scan, expand where a layer triggers, scan again: until a full pass adds nothing
+            while (hit := self._scan(x, set(expanded))) is not None:
+                layer, score = hit
+                self._expand([model.blocks[layer]], x, y, current)
+                expanded.append(layer)
+                scores.append(round(score, 4))
+        if self.experiences_seen > 0 and not expanded:
+            self._head_phase(x, y, current)
+        if model.prototypes is not None:  # variant: prototypes of the final features
             model.eval()
-            for idx in batch_indices(len(x), self.opts.scan_batch_size, shuffle=False):
-                tokens = model.embed(x[idx].to(self.device))
-                for i, block in enumerate(model.blocks):
-                    tokens = block(tokens)
-                    if not block.expandable or i in expanded or not block.descriptors:
-                        continue
-                    score = min(self._novelty(d, block.last_mean) for d in block.descriptors)
-                    if score > self.opts.threshold:
-                        return i, score
-            return None
+            model.prototypes.add(self._map(model.features, x), y.to(self.device))
+        model.train()
+        self.experiences_seen += 1
+        self._record = {"layers_expanded": ";".join(map(str, sorted(expanded))),
+                        "z_scores": ";".join(map(str, scores))}
 
-        def _novelty(self, descriptor, mean: torch.Tensor) -> float:
-            z = descriptor.stats.z_scores(descriptor.losses(mean),
-                                          signed=self.opts.z_mode == "signed")
-            return float(z.mean())
+    # ----------------------------------------------------------------- checkpoints
+    def checkpoint_state(self) -> dict:
+        return {"experiences_seen": self.experiences_seen,
+                "adapters_added": self.adapters_added,
+                "adapters": [len(b.adapters) for b in self.sema.blocks]}
 
-        # ----------------------------------------------------------------- Avalanche
-        def _train_exp(self, experience, eval_streams=None, **kwargs):
-            model = self.sema
-            x, y = dataset_tensors(experience.dataset)
-            classes = sorted(set(y.tolist()))
-            current = torch.zeros_like(model.seen)
-            current[classes] = True
-            model.seen[classes] = True
-            expanded, scores = [], []
-            if self.experiences_seen == 0:
-                self._expand(model.blocks, x, y, current)
-                expanded = list(range(len(model.blocks)))
-            elif self.opts.expand == "every":
-                self._expand(model.expandable, x, y, current)
-                expanded = [model.blocks.index(b) for b in model.expandable]
-            elif self.opts.expand == "auto":
-                # scan, expand where a layer triggers, scan again: until a full pass adds nothing
-                while (hit := self._scan(x, set(expanded))) is not None:
-                    layer, score = hit
-                    self._expand([model.blocks[layer]], x, y, current)
-                    expanded.append(layer)
-                    scores.append(round(score, 4))
-            if self.experiences_seen > 0 and not expanded:
-                self._head_phase(x, y, current)
-            if model.prototypes is not None:  # variant: prototypes of the final features
-                model.eval()
-                model.prototypes.add(self._map(model.features, x), y.to(self.device))
-            model.train()
-            self.experiences_seen += 1
-            self._record = {"layers_expanded": ";".join(map(str, sorted(expanded))),
-                            "z_scores": ";".join(map(str, scores))}
+    def restore_checkpoint_state(self, state: dict, experiences: list) -> None:
+        """The adapters, descriptors and router columns a finished experience leaves
+        (merged, frozen); their weights and statistics come with the model's state."""
+        for block, count in zip(self.sema.blocks, state["adapters"]):
+            for _ in range(count):
+                block.add_adapter()
+        self._freeze_all()
+        self.experiences_seen = state["experiences_seen"]
+        self.adapters_added = state["adapters_added"]
 
-        # ----------------------------------------------------------------- checkpoints
-        def checkpoint_state(self) -> dict:
-            return {"experiences_seen": self.experiences_seen,
-                    "adapters_added": self.adapters_added,
-                    "adapters": [len(b.adapters) for b in self.sema.blocks]}
+    def experience_extras(self) -> dict:
+        model = self.sema
+        adapters = sum(p.numel() for b in model.blocks for p in b.adapters.parameters())
+        descriptors = sum(p.numel() for b in model.blocks
+                          for p in b.descriptors.parameters())
+        routers = sum(p.numel() for b in model.expandable for p in b.router.parameters())
+        seen = int(model.seen.sum())
+        head = seen * (model.head.in_features + 1)
+        stats = sum(d.stats.numel for b in model.expandable for d in b.descriptors)
+        return {
+            "modules_added": self.adapters_added,
+            "params_added": adapters + head,
+            "stored_bytes": 4 * (adapters + head + descriptors + routers + stats),
+            "adapters_per_layer": ";".join(str(len(b.adapters)) for b in model.expandable),
+            "adapter_params": adapters, "head_params": head,
+            "descriptor_params": descriptors, "router_params": routers,
+            **self._record,
+        }
 
-        def restore_checkpoint_state(self, state: dict, experiences: list) -> None:
-            """The adapters, descriptors and router columns a finished experience leaves
-            (merged, frozen); their weights and statistics come with the model's state."""
-            for block, count in zip(self.sema.blocks, state["adapters"]):
-                for _ in range(count):
-                    block.add_adapter()
-            self._freeze_all()
-            self.experiences_seen = state["experiences_seen"]
-            self.adapters_added = state["adapters_added"]
-
-        def experience_extras(self) -> dict:
-            model = self.sema
-            adapters = sum(p.numel() for b in model.blocks for p in b.adapters.parameters())
-            descriptors = sum(p.numel() for b in model.blocks
-                              for p in b.descriptors.parameters())
-            routers = sum(p.numel() for b in model.expandable for p in b.router.parameters())
-            seen = int(model.seen.sum())
-            head = seen * (model.head.in_features + 1)
-            stats = sum(d.stats.numel for b in model.expandable for d in b.descriptors)
-            return {
-                "modules_added": self.adapters_added,
-                "params_added": adapters + head,
-                "stored_bytes": 4 * (adapters + head + descriptors + routers + stats),
-                "adapters_per_layer": ";".join(str(len(b.adapters)) for b in model.expandable),
-                "adapter_params": adapters, "head_params": head,
-                "descriptor_params": descriptors, "router_params": routers,
-                **self._record,
-            }
-
-    return SEMA

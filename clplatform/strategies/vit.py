@@ -1,0 +1,89 @@
+"""A timm VisionTransformer in pieces, for the strategies that cache what is frozen.
+
+One toolkit for every ViT strategy (SEMA, the prompt methods, LFTL): :func:`require_vit`
+checks the backbone; :class:`ViTPieces` is the base of their models and runs the network in
+pieces as timm's ``forward`` does (:meth:`~ViTPieces.embed`: patch embedding, class/position
+tokens, ``norm_pre``; :meth:`~ViTPieces.run_blocks` from block i to j;
+:meth:`~ViTPieces.pool`: ``norm``, pooling and ``fc_norm``), keeps the frozen part of the
+backbone in eval mode whatever the model's mode, and :func:`map_batches` computes the frozen
+part once per experience.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from clplatform.backbones import Backbone
+from clplatform.errors import UserError
+
+
+def require_vit(backbone: Backbone, strategy: str) -> nn.Module:
+    """The backbone's timm VisionTransformer, or a clear error naming the strategy."""
+    vit = backbone.model
+    if not is_vit(backbone):
+        raise UserError(f"{strategy} works on timm VisionTransformer backbones only; "
+                        f"{backbone.name} is a {type(vit).__name__}")
+    return vit
+
+
+def is_vit(backbone: Backbone) -> bool:
+    return hasattr(backbone.model, "blocks") and hasattr(backbone.model, "patch_embed")
+
+
+@torch.no_grad()
+def map_batches(fn, x: torch.Tensor, device, batch_size: int = 256) -> torch.Tensor:
+    """``fn`` over ``x`` in batches on ``device``, concatenated (no gradients): for computing
+    the frozen part of a network once per experience."""
+    return torch.cat([fn(x[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)])
+
+
+class ViTPieces(nn.Module):
+    """Base of a model around a (partly) frozen timm ViT backbone.
+
+    ``frozen_blocks``: the backbone stays in eval mode (no dropout, no statistics updates)
+    except its blocks from this index on, which follow the model's mode; ``None`` (the
+    default): the whole backbone follows the model's mode, as any module.
+    """
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+        self.frozen_blocks: int | None = None
+
+    @property
+    def vit(self) -> nn.Module:
+        return self.backbone.model
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        return list(self.vit.blocks)
+
+    def train(self, mode: bool = True) -> "ViTPieces":
+        super().train(mode)
+        if self.frozen_blocks is not None:
+            self.backbone.eval()
+            for block in self.blocks[self.frozen_blocks:]:
+                block.train(mode)
+        return self
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> the tokens entering the first block (timm's ``forward_features`` up to
+        the blocks)."""
+        vit = self.vit
+        tokens = vit.patch_embed(self.backbone.prepare(x))
+        return vit.norm_pre(vit.patch_drop(vit._pos_embed(tokens)))
+
+    def run_blocks(self, tokens: torch.Tensor, start: int = 0,
+                   end: int | None = None) -> torch.Tensor:
+        """Tokens through blocks ``start`` to ``end`` (exclusive; None: the last)."""
+        for block in self.blocks[start:end]:
+            tokens = block(tokens)
+        return tokens
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens after the last block -> the pooled feature (``norm``, pool, ``fc_norm``)."""
+        return self.vit.forward_head(self.vit.norm(tokens), pre_logits=True)
+
+    def vit_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> pooled features: the whole network."""
+        return self.pool(self.run_blocks(self.embed(x)))
