@@ -26,7 +26,8 @@ from .registry import (create_backbone, create_stream, create_strategy,  # noqa:
 
 # torch, Avalanche and pandas load with the first run or record, not with the package
 # (``clplat list`` and ``--help`` need none of them)
-__getattr__ = lazy_exports(__name__, {"run": ".app.runner", "Run": ".store", "load_run": ".store"})
+__getattr__ = lazy_exports(__name__, {"run": ".app.runner", "Run": ".store", "load_run": ".store",
+                                      "Strategy": ".strategies.base"})
 
 __version__ = "0.1.0"
 

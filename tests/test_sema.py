@@ -215,3 +215,95 @@ def test_paper_variants_end_to_end(runs_dir, pretrained_backbone):
     exps = run.experiences
     assert run.summary["final_accuracy"] > 0.2
     assert int(exps["sema.router_params"].iloc[-1]) == 3 * 3 * 97
+
+
+# ---- Avalanche plugins on a strategy trained from cached tensors -------------------------
+TRAINING_HOOKS = ("before_training_epoch", "after_training_epoch",
+                  "before_training_iteration", "after_training_iteration",
+                  "before_forward", "after_forward", "before_backward", "after_backward",
+                  "before_update", "after_update")
+
+
+def _plugin_probe():
+    """A plugin that counts the calls of every training hook and, in ``before_backward``,
+    records what the plugins before it added to the loss (``loss - mb_output``: in
+    ``fit_tensors`` ``mb_output`` is the batch's own loss)."""
+    from avalanche.core import SupervisedPlugin
+
+    class Probe(SupervisedPlugin):
+        def __init__(self):
+            super().__init__()
+            self.calls = dict.fromkeys(TRAINING_HOOKS, 0)
+            self.added: list[tuple[int, float]] = []
+
+    def counter(name):
+        def hook(self, strategy, **kwargs):
+            self.calls[name] += 1
+            if name == "before_backward":
+                self.added.append((strategy.clock.train_exp_counter,
+                                   float((strategy.loss - strategy.mb_output).detach())))
+        return hook
+    for name in TRAINING_HOOKS:
+        setattr(Probe, name, counter(name))
+    return Probe()
+
+
+def _sema_with_plugins(bm, plugins, experiences=2, **opts):
+    from clplatform.seeding import seed_everything
+    seed_everything(0)
+    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings(),
+                          plugins=plugins)
+    strategy = create_strategy("sema", ctx, **{**FAST, "expand": "every", **opts})
+    for experience in bm.train_stream[:experiences]:
+        strategy.train(experience, eval_streams=[])
+    return strategy
+
+
+def test_every_training_hook_fires_on_cached_tensors(pretrained_backbone):
+    """SEMA trains from cached tokens through the template's own epoch loop: each hook fires
+    once per iteration (per epoch), as many times as the phases have mini-batches."""
+    import math
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    probe = _plugin_probe()
+    strategy = _sema_with_plugins(bm, [probe], experiences=1)
+    n = len(bm.train_stream[0].dataset)
+    epochs = FAST["functional_epochs"] + FAST["rd_epochs"]  # functional + descriptor phase
+    iterations = epochs * math.ceil(n / strategy.opts.batch_size)
+    assert probe.calls == {h: epochs if "epoch" in h else iterations for h in TRAINING_HOOKS}
+    assert probe.added == [(0, 0.0)] * iterations  # nothing added to the loss
+
+
+def test_ewc_plugin_on_sema_changes_the_result(pretrained_backbone):
+    """Avalanche's EWC attached through the context: its penalty is added to the loss SEMA
+    trains in the second experience (not in the first), and the weights differ from a run
+    without it; two runs without it are identical. On a domain stream, where the second
+    experience trains the head rows of the first one's classes (in a class-incremental
+    stream SEMA trains only new rows and new adapters, and freezes the old ones)."""
+    from avalanche.training.plugins import EWCPlugin
+    bm = create_stream("glyphs-domains", domains=("sans", "mono"), samples_per_class=2,
+                       test_samples_per_class=1, seed=0)
+    plain = [_sema_with_plugins(bm, []) for _ in range(2)]
+    probe = _plugin_probe()
+    ewc = _sema_with_plugins(bm, [EWCPlugin(ewc_lambda=100.0), probe])
+    penalties = {exp: [v for e, v in probe.added if e == exp] for exp in (0, 1)}
+    assert penalties[0] and all(v == 0.0 for v in penalties[0])
+    # the second experience starts at the weights EWC saved, then moves away from them
+    assert penalties[1][0] == 0.0 and max(penalties[1]) > 0.0
+    same = [torch.equal(a, b) for a, b in zip(plain[0].model.state_dict().values(),
+                                               plain[1].model.state_dict().values())]
+    assert all(same)
+    head = [s.model.head.weight for s in (plain[0], ewc)]
+    assert not torch.equal(*head)
+    new_adapter = [s.model.blocks[-1].adapters[-1].down.weight for s in (plain[0], ewc)]
+    assert not torch.equal(*new_adapter)
+
+
+def test_plugins_that_rerun_the_model_on_inputs_are_refused(pretrained_backbone):
+    """LwF runs the previous model on the batch's inputs; SEMA's are cached tokens: an error
+    naming it, not a silently wrong penalty."""
+    from avalanche.training.plugins import LwFPlugin
+
+    from clplatform.errors import UserError
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    with pytest.raises(UserError, match="LwFPlugin cannot be used with SEMA"):
+        _sema_with_plugins(bm, [LwFPlugin()], experiences=1)

@@ -1,11 +1,15 @@
 """Strategies: each registers a builder under a name (``@register_strategy``).
 
-See :mod:`strategies.base` for what a builder receives and returns.
+A new strategy is one class deriving from :class:`Strategy` (``clplatform.Strategy``); see
+:mod:`clplatform.strategies.base` and :mod:`clplatform.contract`.
 """
 from clplatform.registry import lazy_exports
 
 from . import baselines, lftl, prompts, sema, simplecil  # noqa: F401  (registration)
 
-__getattr__ = lazy_exports(__name__, {"StrategyContext": ".base", "TrainSettings": ".base"})
+# the context needs neither torch nor Avalanche; Strategy (Avalanche's template) loads them
+__getattr__ = lazy_exports(__name__, {"Strategy": ".base",
+                                      "StrategyContext": "clplatform.contract",
+                                      "TrainSettings": "clplatform.contract"})
 
-__all__ = ["StrategyContext", "TrainSettings"]
+__all__ = ["Strategy", "StrategyContext", "TrainSettings"]
