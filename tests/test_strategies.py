@@ -1,4 +1,6 @@
 """Every strategy end to end on a tiny stream, with the real (pre-trained) default backbone."""
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -152,3 +154,75 @@ def test_si_importances_are_not_zero_on_cpu(pretrained_backbone):
     penalty = plugin.compute_ewc_loss(strategy.model, plugin.ewc_data,
                                       plugin.excluded_parameters, "cpu", lambd=1.0)
     assert penalty > 0
+
+
+# ---- a new strategy written as the README shows: one Strategy class -------------------
+EXAMPLE_STRATEGY = (Path(__file__).resolve().parents[1] / "examples" / "plugin" /
+                    "clplat_example" / "partial.py")
+
+
+@pytest.fixture
+def example_strategy(tmp_path, monkeypatch):
+    """The example plugin's strategy module, imported from a copy in a temporary folder
+    (registers ``partial-finetune``); unregistered afterwards."""
+    import importlib
+    import shutil
+    shutil.copy(EXAMPLE_STRATEGY, tmp_path / "readme_strategy.py")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "readme_strategy", raising=False)
+    module = importlib.import_module("readme_strategy")
+    yield module
+    STRATEGIES._entries.pop("partial-finetune", None)
+    sys.modules.pop("readme_strategy", None)
+
+
+def test_a_strategy_class_from_the_readme_runs_resumes_and_is_listed(
+        example_strategy, tmp_path, pretrained_backbone):
+    """One class deriving from clplatform.Strategy: listed with its options, its records
+    get its extra columns, its training FLOPs are counted, and a run stopped after the
+    first experience resumes to the same records (its checkpoint state included)."""
+    import json
+    import signal
+
+    from click.testing import CliRunner
+
+    from clplatform import checkpoint
+    from clplatform.app.cli import cli
+    from clplatform.interrupt import RunInterrupted
+    assert issubclass(example_strategy.PartialFinetune, clplatform.Strategy)
+    entry = STRATEGIES.get("partial-finetune")
+    assert entry.traits.resumable and entry.builder is example_strategy.PartialFinetune
+    listed = CliRunner().invoke(cli, ["list", "strategies", "-v"], prog_name="clplat")
+    assert "partial-finetune" in listed.output and "blocks" in listed.output
+
+    def run(out):
+        return clplatform.run("partial-finetune", "glyphs", stream_options=TINY_GLYPHS,
+                              epochs=1, seed=0, out=out, strategy_options={"blocks": 1})
+    reference = run(tmp_path / "ref")
+    exps = reference.experiences
+    sizes = list(exps["experience_size"])
+    assert list(exps["partial-finetune.samples_seen"]) == [sum(sizes[:i + 1])
+                                                          for i in range(3)]
+    assert (exps["train_flops"] > 0).all()
+    assert exps["params_trainable"].iloc[0] > 100_000  # one block trains, not only the head
+
+    save = checkpoint.save
+
+    def save_then_stop(run_dir, prepared, experience):
+        save(run_dir, prepared, experience)
+        if experience == 0:
+            raise RunInterrupted(signal.SIGTERM)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoint, "save", save_then_stop)
+        with pytest.raises(RunInterrupted):
+            run(tmp_path / "stopped")
+    run_dir = next((tmp_path / "stopped").iterdir())
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    done = CliRunner().invoke(cli, ["run", "--resume", str(run_dir), "--quiet"],
+                              prog_name="clplat")
+    assert done.exit_code == 0, (done.output, done.exception)
+    resumed = clplatform.load_run(run_dir)
+    assert resumed.status == "complete"
+    pd.testing.assert_frame_equal(resumed.accuracy, reference.accuracy)
+    keep = [c for c in exps.columns if not any(t in c for t in ("seconds", "memory"))]
+    pd.testing.assert_frame_equal(resumed.experiences[keep], exps[keep])
