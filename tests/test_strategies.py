@@ -226,3 +226,54 @@ def test_a_strategy_class_from_the_readme_runs_resumes_and_is_listed(
     pd.testing.assert_frame_equal(resumed.accuracy, reference.accuracy)
     keep = [c for c in exps.columns if not any(t in c for t in ("seconds", "memory"))]
     pd.testing.assert_frame_equal(resumed.experiences[keep], exps[keep])
+
+
+# ---- the shared ViT toolkit and the tensor data loader ---------------------------------
+def test_vit_pieces_compute_what_timm_computes():
+    """embed -> blocks i..j -> blocks j.. -> pool is timm's forward, to the bit; the frozen
+    part of the backbone stays in eval mode in training, the blocks from frozen_blocks on
+    follow the model; a backbone that is not a ViT is a one-line error naming the strategy."""
+    from clplatform.errors import UserError
+    from clplatform.registry import create_backbone
+    from clplatform.strategies.vit import ViTPieces, map_batches, require_vit
+    torch.manual_seed(0)
+    backbone = create_backbone("vit-glyphs", pretrained=False)
+    pieces = ViTPieces(backbone).eval()
+    x = torch.rand(5, 1, 32, 32)
+    with torch.no_grad():
+        whole = backbone(x)
+        split = pieces.pool(pieces.run_blocks(pieces.run_blocks(pieces.embed(x), 0, 2), 2))
+        assert torch.equal(pieces.vit_features(x), whole) and torch.equal(split, whole)
+    # in batches of 2 (float sums in another order)
+    assert torch.allclose(map_batches(pieces.vit_features, x, "cpu", batch_size=2), whole,
+                          atol=1e-5)
+    pieces.frozen_blocks = 2
+    pieces.train()
+    blocks = list(backbone.model.blocks)
+    assert not backbone.training and not any(b.training for b in blocks[:2])
+    assert all(b.training and all(m.training for m in b.modules()) for b in blocks[2:])
+    pieces.frozen_blocks = None
+    assert pieces.train().backbone.training
+    resnet = create_backbone("timm", model_name="resnet18", pretrained=False)
+    with pytest.raises(UserError, match="sema works on timm VisionTransformer backbones"):
+        require_vit(resnet, "sema")
+
+
+def test_tensor_batches_draw_one_permutation_per_pass():
+    """One torch.randperm(n) per pass, drawn when the pass starts: the random draws of the
+    loops written before it (records stay identical)."""
+    from clplatform.strategies.base import TensorBatches
+    x, y = torch.arange(10) * 10, torch.arange(10)
+    loader = TensorBatches(x, y, batch_size=4)
+    assert len(loader) == 3
+    torch.manual_seed(3)
+    passes = [list(loader), list(loader)]
+    torch.manual_seed(3)
+    orders = [torch.randperm(10), torch.randperm(10)]
+    for batches, order in zip(passes, orders):
+        assert [len(b[0]) for b in batches] == [4, 4, 2]
+        assert torch.equal(torch.cat([b[1] for b in batches]), order)
+        assert torch.equal(torch.cat([b[0] for b in batches]), order * 10)
+        assert all(len(b[2]) == 0 for b in batches)  # no task labels
+    unlabelled = list(TensorBatches(x, None, batch_size=4, shuffle=False))
+    assert torch.equal(unlabelled[0][0], x[:4]) and len(unlabelled[0][1]) == 0
