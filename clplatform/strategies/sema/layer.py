@@ -15,14 +15,18 @@ from torch import nn
 
 
 class Adapter(nn.Module):
-    """Linear(d->r) -> ReLU -> Linear(r->d); a new adapter is an exact no-op.
+    """Linear(d->r) -> ReLU -> [dropout] -> Linear(r->d) [x scale]; a new adapter is an exact
+    no-op.
 
     Down weight Kaiming-uniform (a = sqrt 5, timm/PyTorch's Linear default), up weight and
-    both biases zero.
+    both biases zero. ``scale`` and ``dropout`` (training only) are AdaptFormer's, as APER,
+    EASE and RanPAC use them (0.1 and 0.1); the defaults (1, 0: SEMA's adapter) skip both
+    operations, so SEMA computes exactly what it computed before they existed.
     """
 
-    def __init__(self, dim: int, bottleneck: int):
+    def __init__(self, dim: int, bottleneck: int, scale: float = 1.0, dropout: float = 0.0):
         super().__init__()
+        self.scale, self.dropout = scale, dropout
         self.down = nn.Linear(dim, bottleneck)
         self.up = nn.Linear(bottleneck, dim)
         nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
@@ -31,7 +35,11 @@ class Adapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(F.relu(self.down(x)))
+        hidden = F.relu(self.down(x))
+        if self.dropout:
+            hidden = F.dropout(hidden, p=self.dropout, training=self.training)
+        out = self.up(hidden)
+        return out * self.scale if self.scale != 1.0 else out
 
 
 class LossStatistics(nn.Module):

@@ -1,0 +1,26 @@
+"""Pre-trained-model comparators with adapters (``shared/specs/ptm-comparators.md``): APER
+with adapters, EASE and RanPAC. ``config.py`` (hyper-parameters), ``model.py`` (adapter sets
+in a timm ViT, the cosine training head), ``common.py`` (adapter training from cached tokens),
+``aper.py``, ``ease.py``, ``ranpac.py`` (the strategies)."""
+from clplatform.registry import lazy_exports, register_strategy
+
+from .config import APEROptions, EASEOptions, RanPACOptions
+
+__getattr__ = lazy_exports(__name__, {
+    "APER": ".aper", "APERModel": ".aper", "EASE": ".ease", "EASEModel": ".ease",
+    "RanPAC": ".ranpac", "RanPACModel": ".ranpac", "AdapterViT": ".model",
+    "AdapterBlock": ".model", "CosineClassifier": ".model"})
+
+_UNUSED = ("epochs", "batch_size", "lr")
+
+
+@register_strategy("aper", options=APEROptions, unused_train=_UNUSED, resumable=True,
+                   help="APER with adapters: adapters trained on the first experience, then "
+                        "prototypes of [pre-trained || adapted] features (Zhou et al. 2023)")
+def aper(ctx, opts: APEROptions):
+    from .aper import APER
+    return APER(ctx, opts)
+
+
+__all__ = ["APER", "APEROptions", "EASE", "EASEOptions", "RanPAC", "RanPACOptions",
+           "AdapterViT", "AdapterBlock", "CosineClassifier"]
