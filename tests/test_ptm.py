@@ -110,3 +110,83 @@ def test_aper_trains_once_then_prototypes_of_concatenated_features(pretrained_ba
     seen = model.head.counts > 0
     assert torch.allclose(logits[:, seen], expected[:, seen], atol=1e-5)
     assert torch.equal(logits.argmax(1), expected.masked_fill(~seen, -1e3).argmax(1))
+
+
+# ----------------------------------------------------------------------------- RanPAC
+def _ranpac_model(M=40, classes=5):
+    from clplatform.strategies.ptm import RanPACOptions
+    from clplatform.strategies.ptm.ranpac import RanPACModel
+    return RanPACModel(create_backbone("vit-glyphs", pretrained=False), classes,
+                       RanPACOptions(M=M)).double()
+
+
+def test_ranpac_accumulated_head_is_one_ridge_fit_and_order_free():
+    torch.manual_seed(0)
+    parts = [(torch.relu(torch.randn(30, 40, dtype=torch.float64)),
+              torch.randint(0, 5, (30,))) for _ in range(3)]
+    H = torch.cat([h for h, _ in parts])
+    Y = F.one_hot(torch.cat([y for _, y in parts]), 5).double()
+    direct = (torch.linalg.inv(H.T @ H + 0.5 * torch.eye(40, dtype=torch.float64))
+              @ H.T @ Y).T
+    heads = []
+    for order in ([0, 1, 2], [2, 0, 1]):
+        model = _ranpac_model()
+        for i in order:
+            model.accumulate(*parts[i])
+        model.solve(0.5)
+        heads.append(model.weight.clone())
+    assert torch.allclose(heads[0], direct, atol=1e-4)
+    assert torch.allclose(heads[1], direct, atol=1e-4)
+    # a huge ridge: the head is ~ Q / lambda, the prediction the class-sum dot product
+    model = _ranpac_model()
+    for part in parts:
+        model.accumulate(*part)
+    model.solve(1e8)
+    Q = H.T @ Y
+    assert torch.allclose(model.weight, Q.T / 1e8, rtol=1e-3, atol=1e-12)
+    assert torch.equal((H @ model.weight.T).argmax(1), (H @ Q).argmax(1))
+
+
+def test_ranpac_ridge_search_picks_the_best_of_the_80_20_split():
+    from clplatform.strategies.ptm.ranpac import RIDGES, search_ridge
+    torch.manual_seed(1)
+    n, m, c = 60, 20, 4
+    H = torch.randn(n, m, dtype=torch.float64)
+    truth = torch.randn(m, c, dtype=torch.float64)
+    Y = H @ truth + 4.0 * torch.randn(n, c, dtype=torch.float64)  # noisy: some ridge helps
+    k = int(0.8 * n)
+    brute = []
+    for ridge in RIDGES:
+        w = torch.linalg.solve(H[:k].T @ H[:k] + ridge * torch.eye(m, dtype=torch.float64),
+                               H[:k].T @ Y[:k])
+        brute.append(float(((H[k:] @ w - Y[k:]) ** 2).mean()))
+    best = RIDGES[min(range(len(RIDGES)), key=brute.__getitem__)]
+    assert best not in (RIDGES[0], RIDGES[-1])           # an interior optimum
+    for method in ("dual", "primal"):
+        ridge, losses = search_ridge(H, Y, method)
+        assert ridge == best
+        assert losses == pytest.approx(brute, rel=1e-6)
+
+
+def test_ranpac_backbone_and_projection_fixed_after_phase_1(pretrained_backbone):
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    strategy = _strategy("ranpac", bm, M=300, **FAST)
+    model = strategy.model
+    strategy.train(bm.train_stream[0], eval_streams=[])
+    assert model.W.abs().sum() > 0 and model.W.shape == (96, 300)
+    fixed = {k: v for k, v in _digest(model).items()
+             if not k.startswith(("G", "stats.", "weight"))}
+    G0 = model.G.clone()
+    for exp in bm.train_stream[1:]:
+        strategy.train(exp, eval_streams=[])
+    assert {k: v for k, v in _digest(model).items()
+            if not k.startswith(("G", "stats.", "weight"))} == fixed
+    assert not torch.equal(model.G, G0)
+    x, y = dataset_tensors(bm.test_stream[0].dataset)
+    model.eval()
+    with torch.no_grad():
+        h = torch.relu(model.backbone_features(model.embed(x)) @ model.W)
+        logits = model(x)
+    seen = model.stats.counts > 0
+    assert torch.allclose(logits[:, seen], (h @ model.weight.T)[:, seen], atol=1e-4)
+    assert strategy.experience_extras()["projection_width"] == 300

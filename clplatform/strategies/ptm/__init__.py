@@ -22,5 +22,14 @@ def aper(ctx, opts: APEROptions):
     return APER(ctx, opts)
 
 
+@register_strategy("ranpac", options=RanPACOptions, unused_train=_UNUSED, resumable=True,
+                   help="RanPAC: adapters trained on the first experience, ReLU random "
+                        "projection and a ridge-regression head from accumulated statistics "
+                        "(McDonnell et al. 2023)")
+def ranpac(ctx, opts: RanPACOptions):
+    from .ranpac import RanPAC
+    return RanPAC(ctx, opts)
+
+
 __all__ = ["APER", "APEROptions", "EASE", "EASEOptions", "RanPAC", "RanPACOptions",
            "AdapterViT", "AdapterBlock", "CosineClassifier"]
