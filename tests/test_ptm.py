@@ -190,3 +190,120 @@ def test_ranpac_backbone_and_projection_fixed_after_phase_1(pretrained_backbone)
     seen = model.stats.counts > 0
     assert torch.allclose(logits[:, seen], (h @ model.weight.T)[:, seen], atol=1e-4)
     assert strategy.experience_extras()["projection_width"] == 300
+
+
+# ----------------------------------------------------------------------------- EASE
+def test_ease_semantic_complement_by_hand():
+    from clplatform.strategies.ptm.ease import semantic_complement
+    torch.manual_seed(0)
+    a_hat, a, b = torch.randn(3, 4), torch.randn(2, 4), torch.randn(2, 4)
+    expected = torch.zeros(3, 4)
+    for i in range(3):
+        sims = torch.tensor([float(torch.cosine_similarity(a_hat[i], a[j], dim=0))
+                             for j in range(2)])
+        weights = sims.exp() / sims.exp().sum()
+        expected[i] = weights[0] * b[0] + weights[1] * b[1]
+    assert torch.allclose(semantic_complement(a_hat, a, b), expected, atol=1e-6)
+    same = torch.randn(1, 4).expand(2, 4)
+    assert torch.allclose(semantic_complement(a_hat, a, same), same[:1].expand(3, 4),
+                          atol=1e-6)
+
+
+def _ease_model(**opts):
+    from clplatform.strategies.ptm import EASEOptions
+    from clplatform.strategies.ptm.ease import EASEModel
+    return EASEModel(create_backbone("vit-glyphs", pretrained=False), 6,
+                     EASEOptions(**opts)).eval()
+
+
+def test_ease_reweighted_logit_and_complement_in_the_model():
+    torch.manual_seed(0)
+    model = _ease_model()
+    for _ in range(3):
+        model.grow()
+    model.class_exp.copy_(torch.tensor([0, 0, 1, 1, 2, -1]))
+    for j, space in enumerate(model.subspaces):   # real prototypes of experiences >= j
+        for c in range(5):
+            if model.class_exp[c] >= j:
+                space.add(torch.randn(2, 96), torch.tensor([c, c]))
+    model.rebuild_prototypes()
+    P = model.protos
+    real = lambda c, j: model.subspaces[j].prototypes[c]  # noqa: E731
+    # class 0 (experience 0) in subspace 2: complement over the classes of experiences 2..t
+    from clplatform.strategies.ptm.ease import semantic_complement
+    assert torch.allclose(P[0, 2], semantic_complement(real(0, 0)[None], real(4, 0)[None],
+                                                       real(4, 2)[None])[0])
+    assert torch.allclose(P[0, 2], real(4, 2))            # one newer class: its prototype
+    # class 1 in subspace 1: over the classes of experiences 1..2 (2, 3, 4)
+    newer = [2, 3, 4]
+    assert torch.allclose(P[1, 1], semantic_complement(
+        real(1, 0)[None], torch.stack([real(c, 0) for c in newer]),
+        torch.stack([real(c, 1) for c in newer]))[0], atol=1e-6)
+    assert torch.equal(P[2, 1], real(2, 1)) and torch.equal(P[4, 0], real(4, 0))
+    # logit = own cosine + (alpha / t) * the other cosines (t = 2)
+    features = torch.randn(4, 3, 96)
+    logits = model.logits(features)
+    for c in range(5):
+        cos = [float(F.cosine_similarity(features[:, j], P[c, j][None], dim=1)[0])
+               for j in range(3)]
+        own = int(model.class_exp[c])
+        expected = cos[own] + 0.1 / 2 * sum(v for j, v in enumerate(cos) if j != own)
+        assert float(logits[0, c]) == pytest.approx(expected, abs=1e-5)
+    assert float(logits[0, 5]) == -1000.0                    # unseen class masked
+
+
+def test_ease_one_adapter_set_per_experience_t_plus_1_passes(pretrained_backbone, monkeypatch):
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    strategy = _strategy("ease", bm, epochs=1)
+    model = strategy.model
+    strategy.train(bm.train_stream[0], eval_streams=[])
+    old = _digest(torch.nn.ModuleList(model.adapter_set(0)))
+    trained = []
+    original = type(strategy).fit_tensors
+
+    def spy(self, optimizer, *args, **kwargs):
+        trained.append({id(p) for g in optimizer.param_groups for p in g["params"]})
+        assert not any(p.requires_grad for a in model.adapter_set(0) for p in a.parameters())
+        assert all(p.requires_grad for a in model.adapter_set(1) for p in a.parameters())
+        original(self, optimizer, *args, **kwargs)
+        grads = [p.grad for a in model.adapter_set(0) for p in a.parameters()]
+        assert all(g is None for g in grads)                   # old set: no gradient
+        assert any(p.grad is not None for a in model.adapter_set(1) for p in a.parameters())
+    monkeypatch.setattr(type(strategy), "fit_tensors", spy)
+    strategy.train(bm.train_stream[1], eval_streams=[])
+    new = {id(p) for a in model.adapter_set(1) for p in a.parameters()}
+    assert new <= trained[0] and len(trained[0]) == len(new) + 2   # + the cosine head (w, sigma)
+    assert _digest(torch.nn.ModuleList(model.adapter_set(0))) == old
+    assert model.num_sets == 2 and strategy.experience_extras()["adapter_sets"] == 2
+    calls = []
+    model.blocks[0].register_forward_hook(lambda *_: calls.append(1))
+    x, _ = dataset_tensors(bm.test_stream[0].dataset)
+    with torch.no_grad():
+        model(x[:3])
+    assert len(calls) == 2                                      # t + 1 passes at t = 1
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("strategy, options", [
+    ("aper", {"epochs": 2}), ("ranpac", {"epochs": 2, "M": 500}), ("ease", {"epochs": 2})])
+def test_end_to_end_on_a_tiny_stream(strategy, options, runs_dir, pretrained_backbone):
+    import clplatform
+    run = clplatform.run(strategy, "glyphs", stream_options=TINY_GLYPHS, seed=0, out=runs_dir,
+                         strategy_options=options)
+    exps = run.experiences
+    assert len(exps) == 3 and run.accuracy["accuracy"].notna().all()
+    assert (exps["stored_bytes"] > 0).all() and (exps["params_added"] > 0).all()
+    flops = list(exps["inference_flops_per_sample"])
+    if strategy == "ease":   # t + 1 passes: one more ViT pass per experience
+        assert list(exps["ease.backbone_passes"]) == [1, 2, 3]
+        assert flops[2] - flops[1] == pytest.approx(flops[1] - flops[0], rel=1e-3)
+        assert flops[1] - flops[0] > 0.5 * flops[0]
+    else:
+        assert flops[0] == flops[-1]
+    if strategy == "aper":   # two passes: about twice SimpleCIL's inference
+        base = clplatform.run("simplecil", "glyphs", stream_options=TINY_GLYPHS, seed=0,
+                              out=runs_dir).experiences["inference_flops_per_sample"][0]
+        assert 1.9 < flops[0] / base < 2.2
+        assert list(exps["aper.trained_params"])[1:] == [0, 0]
+    if strategy == "ranpac":  # the projection is counted: d x M MACs more than the ViT
+        assert list(exps["ranpac.projection_width"]) == [500] * 3

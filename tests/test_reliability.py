@@ -189,6 +189,7 @@ RESUME_ARGS = {
              "--set", "source_epochs=2"],
     "aper": ["--set", "epochs=2"],
     "ranpac": ["--set", "epochs=2", "--set", "M=500"],
+    "ease": ["--set", "epochs=2"],
 }
 SLOW_RESUME = {"linear-probe", "simplecil", "si", "lwf", "agem", "cumulative", "prompt"}
 
@@ -228,7 +229,7 @@ def _kill_and_resume(strategy: str, kill_after: int, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("strategy, kill_after", [
     ("naive", 2), ("ewc", 1), ("replay", 2), ("sema", 1), ("qprompt", 2), ("lftl", 1),
-    ("aper", 1), ("ranpac", 1)] +
+    ("aper", 1), ("ranpac", 1), ("ease", 1)] +
     [pytest.param(s, 1, marks=pytest.mark.slow) for s in ["naive", *sorted(SLOW_RESUME)]])
 def test_killed_run_resumes_to_the_same_records(strategy, kill_after, tmp_path,
                                                 pretrained_backbone):

@@ -31,5 +31,13 @@ def ranpac(ctx, opts: RanPACOptions):
     return RanPAC(ctx, opts)
 
 
+@register_strategy("ease", options=EASEOptions, unused_train=_UNUSED, resumable=True,
+                   help="EASE: one adapter set per experience, prototypes per subspace with "
+                        "a semantic-guided complement for old classes (Zhou et al. 2024)")
+def ease(ctx, opts: EASEOptions):
+    from .ease import EASE
+    return EASE(ctx, opts)
+
+
 __all__ = ["APER", "APEROptions", "EASE", "EASEOptions", "RanPAC", "RanPACOptions",
            "AdapterViT", "AdapterBlock", "CosineClassifier"]

@@ -72,3 +72,5 @@ class AdapterStrategy(Strategy):
                              scheduler)
         finally:
             model.eval()
+            for p in params:  # frozen from now on: no stale gradients kept
+                p.grad = None
