@@ -300,10 +300,11 @@ def test_end_to_end_on_a_tiny_stream(strategy, options, runs_dir, pretrained_bac
         assert flops[1] - flops[0] > 0.5 * flops[0]
     else:
         assert flops[0] == flops[-1]
-    if strategy == "aper":   # two passes: about twice SimpleCIL's inference
+    if strategy == "aper":   # two passes of the blocks from one embedding (the frozen conv
+        # stem, computed once: exact); the blocks are ~57 % of a vit-glyphs pass
         base = clplatform.run("simplecil", "glyphs", stream_options=TINY_GLYPHS, seed=0,
                               out=runs_dir).experiences["inference_flops_per_sample"][0]
-        assert 1.9 < flops[0] / base < 2.2
+        assert 1.5 < flops[0] / base < 2.0
         assert list(exps["aper.trained_params"])[1:] == [0, 0]
     if strategy == "ranpac":  # the projection is counted: d x M MACs more than the ViT
         assert list(exps["ranpac.projection_width"]) == [500] * 3
