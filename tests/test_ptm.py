@@ -55,6 +55,9 @@ def test_vit_b_adapter_set_has_1189632_parameters():
     assert bottleneck(None, 768) == 64 and bottleneck(None, 96) == 8
     assert adapter_parameters(768, 64, 1) == 99136
     assert adapter_parameters(768, 64, 12) == 1189632
+    from clplatform.strategies.ptm import RanPACOptions
+    assert RanPACOptions().projection(768) == 10000 and RanPACOptions().projection(96) == 1250
+    assert RanPACOptions(M=10000).projection(96) == 10000
 
 
 # ----------------------------------------------------------------------------- APER

@@ -57,20 +57,25 @@ class APEROptions(AdapterTraining):
 
 @dataclass
 class RanPACOptions(AdapterTraining):
-    M: int = opt(10000, "random projection width (0: no projection, ridge on the features)",
-                 min=0)
+    M: Optional[int] = opt(None, "random projection width (default: 10000 x d / 768, i.e. "
+                                 "the official 10000 on ViT-B, 1250 on vit-glyphs; 0: no "
+                                 "projection, ridge on the features)", min=0)
     phase1: bool = opt(True, "train adapters on the first experience (phase 1); false: the "
                              "pre-trained backbone as it is")
-    lambda_search: str = opt("dual", "ridge search over 10^-8..10^8 on the current "
-                             "experience (80/20): dual (the same ridge solutions through the "
-                             "n x n kernel, float64: exact and fast when n < M) or primal "
-                             "(the official 17 M x M float32 solves)",
-                             choices=("dual", "primal"))
+    lambda_search: str = opt("primal", "ridge search over 10^-8..10^8 on the current "
+                             "experience (80/20): primal (the official 17 M x M float32 "
+                             "solves) or dual (the same ridge solutions through the n x n "
+                             "kernel in float64: fast when n << M, e.g. M=10000 on a CPU)",
+                             choices=("primal", "dual"))
     ridge: Optional[float] = opt(None, "fixed ridge lambda (default: searched every "
                                        "experience)", min=0)
 
+    def projection(self, width: int) -> int:
+        """M: as set, else 10000 x d / 768 (the official 10000 on ViT-B)."""
+        return self.M if self.M is not None else round(10000 * width / 768)
+
     def parameters_added(self, width: int, depth: int, classes: int) -> int:
-        m = self.M or width
+        m = self.projection(width) or width
         return (self._adapters(width, depth) if self.phase1 else 0) + m * m + 2 * m * classes
 
 

@@ -69,9 +69,9 @@ class RanPACModel(AdapterViT):
         super().__init__(backbone, opts, "ranpac")
         if opts.phase1:
             self.add_adapter_set()
-        self.M = opts.M
-        width = opts.M or self.dim
-        self.register_buffer("W", torch.zeros(self.dim, opts.M))
+        self.M = opts.projection(self.dim)
+        width = self.M or self.dim
+        self.register_buffer("W", torch.zeros(self.dim, self.M))
         self.register_buffer("G", torch.zeros(width, width))
         self.stats = PrototypeHead(width, num_classes)  # sums = Q^T, counts: classes seen
         self.register_buffer("weight", torch.zeros(num_classes, width))
@@ -123,8 +123,8 @@ class RanPAC(AdapterStrategy):
                 self._train_adapters(0, params, tokens, y, sorted(set(y.tolist())))
                 trained = sum(p.numel() for p in params)
             model.freeze_adapters()
-            if o.M:  # drawn once, after phase 1 (as the code draws it), fixed forever
-                model.W.copy_(torch.randn(model.dim, o.M).to(model.W))
+            if model.M:  # drawn once, after phase 1 (as the code draws it), fixed forever
+                model.W.copy_(torch.randn(model.dim, model.M).to(model.W))
         model.eval()
         features = self._map(model.backbone_features, tokens)
         # the code accumulates over a shuffled loader: the 80/20 split follows that order
