@@ -6,8 +6,9 @@ strategy, options of a stream or backbone) and one line of help::
     @register_strategy("ewc", options=EWCOptions, help="Elastic weight consolidation")
     def ewc(ctx, opts): ...
 
-and built by name with ``create_strategy``/``create_stream``/``create_backbone``, which
-validate the options (one place, one message) before calling the builder.
+and built by name with ``clplatform.create_strategy``/``create_stream``/``create_backbone``
+(:mod:`clplatform.app.factories`), which validate the options (one place, one message)
+before calling the builder.
 
 Registering is cheap: a module that registers components imports torch, Avalanche or timm
 inside its builders, not at its top, so that listing them (``clplat list strategies -v``)
@@ -19,6 +20,7 @@ import dataclasses
 import importlib
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .contract import ComponentTraits, StrategyTraits, make_traits
@@ -121,8 +123,9 @@ class Registry:
             try:
                 obj = point.load()
             except Exception as exc:  # noqa: BLE001  (a broken plugin must not stop clplat)
+                reason = old_import_name(exc, point.value) or f"{type(exc).__name__}: {exc}"
                 print(f"clplat: warning: cannot load {self.kind} plugin {point.name!r} "
-                      f"({point.value}): {type(exc).__name__}: {exc}", file=sys.stderr)
+                      f"({point.value}): {reason}", file=sys.stderr)
                 continue
             if point.name not in self._entries and callable(obj):  # a plain builder
                 self.register(point.name, plugin=point.value)(obj)
@@ -145,7 +148,34 @@ class Registry:
 STRATEGIES = Registry("strategy", "clplatform.strategies", "clplatform.strategies",
                       traits=StrategyTraits)
 STREAMS = Registry("stream", "clplatform.streams", "clplatform.streams")
-BACKBONES = Registry("backbone", "clplatform.backbones")
+BACKBONES = Registry("backbone", "clplatform.models")
+
+# the top-level packages of clplatform before 0.2, now inside it
+OLD_PACKAGES = ("streams", "strategies", "reports")
+
+
+def old_import_name(exc: BaseException, what: str) -> str | None:
+    """For an import of a pre-0.2 top-level package name (``import strategies``, ``from
+    streams import ...``) that failed: ``FILE:LINE imports 'strategies', which is now
+    'clplatform.strategies'`` (the file and line of the import statement; ``what`` when it
+    is not a file of the user's); else None."""
+    name = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    if not name or name.split(".")[0] not in OLD_PACKAGES:
+        return None
+    skip = (str(Path(importlib.__file__).parent), str(Path(__file__).parent))
+    frames = [(file, line) for file, line in _frames(exc.__traceback__)
+              if not file.startswith("<") and not file.startswith(skip)]
+    where = f"{frames[-1][0]}:{frames[-1][1]}" if frames else what
+    return f"{where} imports {name!r}, which is now {'clplatform.' + name!r}"
+
+
+def _frames(tb) -> list[tuple[str, int]]:
+    found = []
+    while tb is not None:
+        found.append((tb.tb_frame.f_code.co_filename, tb.tb_lineno))
+        tb = tb.tb_next
+    return found
+
 
 def _origin(builder: Callable) -> str:
     """Where a builder is defined (the same one registered again, e.g. by a re-imported
@@ -157,20 +187,3 @@ register_strategy = STRATEGIES.register
 register_stream = STREAMS.register
 register_backbone = BACKBONES.register
 
-
-def create_stream(name: str, **options: Any):
-    """Build the Avalanche benchmark of stream ``name`` with validated ``options``."""
-    entry = STREAMS.get(name)
-    return entry.builder(entry.make_options(options, f"stream {name!r}"))
-
-
-def create_backbone(name: str, **options: Any):
-    """Build backbone ``name`` (a :class:`clplatform.backbones.Backbone`)."""
-    entry = BACKBONES.get(name)
-    return entry.builder(entry.make_options(options, f"backbone {name!r}"))
-
-
-def create_strategy(name: str, context: Any, **hparams: Any):
-    """Build strategy ``name`` on ``context`` (a :class:`strategies.base.StrategyContext`)."""
-    entry = STRATEGIES.get(name)
-    return entry.builder(context, entry.make_options(hparams, f"strategy {name!r}"))

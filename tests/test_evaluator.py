@@ -5,7 +5,7 @@ import pytest
 import clplatform
 from clplatform.evaluator import Evaluator
 from clplatform.metrics import bwt, summarize
-from clplatform.registry import create_backbone, create_strategy, create_stream
+from clplatform import create_backbone, create_strategy, create_stream
 from clplatform.strategies.base import StrategyContext, TrainSettings
 
 from conftest import TINY_GLYPHS

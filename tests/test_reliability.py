@@ -277,8 +277,8 @@ def interrupted_run(tmp_path_factory, pretrained_backbone) -> Path:
     out = tmp_path_factory.mktemp("interrupted")
     save = checkpoint.save
 
-    def save_then_stop(run_dir, prepared, experience):
-        save(run_dir, prepared, experience)
+    def save_then_stop(run_dir, strategy, evaluator, experience):
+        save(run_dir, strategy, evaluator, experience)
         if experience == 1:
             raise RunInterrupted(signal.SIGTERM)
     old_umask = os.umask(0o022)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clplatform.app.active import Oracle
+from clplatform.active import Oracle
 from clplatform.data import dataset_tensors
 
 from ..base import map_batches, fit_on_tensors
