@@ -83,7 +83,7 @@ class Registry:
 
         def decorator(builder: Callable) -> Callable:
             old = self._entries.get(name)
-            if old is not None and _origin(old.builder) != _origin(builder):
+            if old is not None and _definition(old.builder) != _definition(builder):
                 raise TypeError(f"{self.kind} {name!r} is registered twice: by "
                                 f"{_origin(old.builder)} and by {_origin(builder)}")
             self._entries[name] = Entry(name, builder, options,
@@ -178,9 +178,21 @@ def _frames(tb) -> list[tuple[str, int]]:
 
 
 def _origin(builder: Callable) -> str:
-    """Where a builder is defined (the same one registered again, e.g. by a re-imported
-    module, is not a duplicate)."""
+    """Where a builder is defined, for messages: ``module.name``."""
     return f"{getattr(builder, '__module__', '?')}.{getattr(builder, '__qualname__', '?')}"
+
+
+def _definition(builder: Callable) -> tuple[str, str]:
+    """What identifies a builder's definition: its source file and name. The same definition
+    registered again — a module imported twice, or a file loaded under another module name
+    (a stream file given as ``file.py:function`` that is also installed) — is not a
+    duplicate."""
+    code = getattr(builder, "__code__", None)
+    module = sys.modules.get(getattr(builder, "__module__", None) or "")
+    file = code.co_filename if code is not None else getattr(module, "__file__", None)
+    if not file:
+        return _origin(builder), ""
+    return str(Path(file).resolve()), getattr(builder, "__qualname__", "?")
 
 
 register_strategy = STRATEGIES.register
