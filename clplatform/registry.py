@@ -19,9 +19,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from .contract import ComponentTraits, StrategyTraits, make_traits
 from .errors import UserError
@@ -121,7 +122,8 @@ class Registry:
         from importlib.metadata import entry_points
         for point in entry_points(group=self._group):
             try:
-                obj = point.load()
+                with old_names_refused():
+                    obj = point.load()
             except Exception as exc:  # noqa: BLE001  (a broken plugin must not stop clplat)
                 reason = old_import_name(exc, point.value) or f"{type(exc).__name__}: {exc}"
                 print(f"clplat: warning: cannot load {self.kind} plugin {point.name!r} "
@@ -152,6 +154,34 @@ BACKBONES = Registry("backbone", "clplatform.models")
 
 # the top-level packages of clplatform before 0.2, now inside it
 OLD_PACKAGES = ("streams", "strategies", "reports")
+
+
+class _OldNames:
+    """A ``sys.meta_path`` finder refusing the pre-0.2 top-level names (unless another
+    distribution provides a package of that name): an old clplatform left installed beside
+    the new one must not be imported by a plugin written against it."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if path is None and name in OLD_PACKAGES and not _provided_by_another(name):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+def _provided_by_another(name: str) -> bool:
+    from importlib.metadata import packages_distributions
+    return any(d.lower() != "clplatform" for d in packages_distributions().get(name, []))
+
+
+@contextmanager
+def old_names_refused() -> Iterator[None]:
+    """While loading a plugin or a user's stream file: an import of ``streams``,
+    ``strategies`` or ``reports`` fails (see :func:`old_import_name`)."""
+    finder = _OldNames()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
 
 
 def old_import_name(exc: BaseException, what: str) -> str | None:

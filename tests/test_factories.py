@@ -76,7 +76,8 @@ def test_create_stream_takes_a_function_in_a_file_and_a_benchmark_object(tmp_pat
     assert sum(len(e.dataset) for e in made.train_stream) + sum(
         len(e.dataset) for e in made.test_stream) == 24
     # a benchmark object, as clplatform.run(stream=benchmark) takes it
-    assert create_stream(made) is made
+    again = create_stream(made)
+    assert again.info == made.info and _same_data(again, made)
     with pytest.raises(UserError, match="stream options do not apply to a benchmark object"):
         create_stream(made, experiences=3)
     with pytest.raises(UserError, match=r"unknown stream 'nope'.*or a Python callable"):

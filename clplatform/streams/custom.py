@@ -24,7 +24,7 @@ import torch
 
 from clplatform.errors import UserError
 from clplatform.options import build_options, opt
-from clplatform.registry import old_import_name, register_stream
+from clplatform.registry import old_import_name, old_names_refused, register_stream
 
 from .common import (SEED_MAX, StreamInfo, cached_arrays, class_incremental,
                      domain_incremental, seed_option, seeded_permutation)
@@ -272,7 +272,8 @@ def _load_callable(reference: str):
         sys.modules[spec.name] = module  # dataclasses and pickling look modules up here
         sys.path.insert(0, str(path.parent.resolve()))
         try:
-            spec.loader.exec_module(module)
+            with old_names_refused():
+                spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001  (the user's code: report, do not crash)
             sys.modules.pop(spec.name, None)
             raise UserError(old_import_name(exc, target) or f"cannot import {target}: "
@@ -281,7 +282,8 @@ def _load_callable(reference: str):
             sys.path.remove(str(path.parent.resolve()))
     else:
         try:
-            module = importlib.import_module(target)
+            with old_names_refused():
+                module = importlib.import_module(target)
         except Exception as exc:  # noqa: BLE001
             raise UserError(old_import_name(exc, target) or f"cannot import module {target!r}: "
                             f"{type(exc).__name__}: {exc}") from None
