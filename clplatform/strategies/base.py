@@ -30,10 +30,6 @@ from torch import nn
 from clplatform.contract import StrategyContext, StrategyHooks, TrainSettings  # noqa: F401
 from clplatform.errors import UserError
 
-# Avalanche warns about constructors with positional parameters (it wants keyword-only ones);
-# a registered strategy class is called as Class(context, options), by the platform
-warnings.filterwarnings("ignore", message="Avalanche is transitioning to strategy constructors",
-                        category=UserWarning)
 
 #: Avalanche plugins that run a model on the training mini-batch's inputs (``mb_x``): in
 #: :meth:`Strategy.fit_tensors` those are cached tensors (tokens, indices), not images
