@@ -19,7 +19,6 @@ own epoch loop, so every Avalanche plugin hook fires.
 from __future__ import annotations
 
 import math
-import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
