@@ -63,8 +63,10 @@ def orthogonal_rows(old: torch.Tensor, count: int, mode: str = "span"
                 r = v - coef @ earlier
             else:
                 r = v
-            if r.norm() < EXHAUSTED * v.norm():
+            if r.norm() < EXHAUSTED * v.norm():  # spanned already (the code would loop
+                rows.append(v)                    # forever on the next row's projection)
                 exhausted += 1
+                continue
             rows.append(r)
             earlier = torch.cat([earlier, r[None]])
         rows = [r / r.norm() for r in rows]
