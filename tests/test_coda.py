@@ -209,3 +209,43 @@ def test_end_to_end_records(runs_dir, pretrained_backbone):
     ratio = (summary["inference_flops_per_sample"]
              / frozen.summary["inference_flops_per_sample"])
     assert 1.4 < ratio < 2.2  # the embedding (conv stem) runs once for both passes
+
+
+@pytest.mark.parametrize("flags", [
+    {"init": "orthogonal-start", "ortho_weight": 0.1},   # the beta release / paper
+    {"orthogonalise": "code", "lr_schedule": "formula", "drop_last": False},
+    {"attention": False, "layers": 1, "length": 4, "components_per_experience": 3},
+])
+def test_flags_train_and_restore_from_checkpoint_state(flags, pretrained_backbone):
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+
+    def build():
+        ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info,
+                              TrainSettings(epochs=1, batch_size=16, lr=0.01))
+        return CODAPrompt(ctx, CODAOptions(**flags))
+    strategy = build()
+    model = strategy.coda
+    strategy.train(bm.train_stream[0], eval_streams=[])
+    if flags.get("init") == "orthogonal-start":
+        # all M rows orthonormal at the start (P flattened; K, A: 100 rows in 96-d have
+        # orthonormal columns instead); experience 1 starts from rows 33..65
+        p = model.reserve_p[0].flatten(1)
+        assert (p @ p.T - torch.eye(100)).abs().max() < 1e-5
+        reserve = model.reserve_k[:, 33:66].clone()
+        strategy.train(bm.train_stream[1], eval_streams=[])
+        assert torch.equal(model.reserve_k[:, 33:66], reserve)
+        assert not torch.equal(model.components[1].k, reserve)  # trained from there
+    else:
+        strategy.train(bm.train_stream[1], eval_streams=[])
+    count = flags.get("components_per_experience", 33)
+    assert [c.count for c in model.components] == [count, count]
+    assert model.layers == flags.get("layers", 5)
+    # a resume: the checkpoint state regrows the model, the weights load into it
+    other = build()
+    other.restore_checkpoint_state(strategy.checkpoint_state(), list(bm.train_stream[:2]))
+    other.model.load_state_dict(strategy.model.state_dict())
+    x = torch.rand(4, 1, 32, 32)
+    model.eval(), other.model.eval()
+    assert torch.equal(model(x), other.model(x))
+    assert strategy.experience_extras() == other.experience_extras()
+    assert not any(p.requires_grad for p in other.coda.components.parameters())
