@@ -101,7 +101,8 @@ class CODAPrompt(Strategy):
         # an experience smaller than one batch keeps its one incomplete batch (the code
         # would train nothing)
         drop_last = o.drop_last and len(x) >= settings.batch_size
-        steps = len(TensorBatches(torch.arange(len(x)), None, settings.batch_size, drop_last=drop_last))
+        steps = len(TensorBatches(torch.arange(len(x)), None, settings.batch_size,
+                                  drop_last=drop_last))
         epochs = settings.epochs
         scheduler = torch.optim.lr_scheduler.LambdaLR(  # per iteration, constant per epoch
             optimizer, lambda it: cosine_factor(it // max(steps, 1), epochs, o.lr_schedule))
