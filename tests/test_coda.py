@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 
-from clplatform.registry import create_backbone, create_stream
+from clplatform import create_backbone, create_stream
 from clplatform.strategies.base import StrategyContext, TrainSettings, masked_cross_entropy
 from clplatform.strategies.coda import (CODAModel, CODAOptions, CODAPrompt, cosine_factor,
                                         ortho_penalty, orthogonal_rows)
