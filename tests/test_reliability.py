@@ -185,6 +185,7 @@ RESUME_ARGS = {
     "sema": ["--set", "functional_epochs=1", "--set", "rd_epochs=2", "--set", "threshold=0"],
     "prompt": ["--epochs", "2"],
     "qprompt": ["--epochs", "2", "--set", "min_interval=2", "--set", "kl_threshold=0"],
+    "coda-prompt": ["--epochs", "2", "--batch-size", "16"],
     "lftl": ["--set", "rounds=2", "--set", "budget_per_round=0.03",
              "--set", "source_epochs=2"],
     "aper": ["--set", "epochs=2"],
@@ -229,7 +230,7 @@ def _kill_and_resume(strategy: str, kill_after: int, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("strategy, kill_after", [
     ("naive", 2), ("ewc", 1), ("replay", 2), ("sema", 1), ("qprompt", 2), ("lftl", 1),
-    ("aper", 1), ("ranpac", 1), ("ease", 1)] +
+    ("coda-prompt", 2), ("aper", 1), ("ranpac", 1), ("ease", 1)] +
     [pytest.param(s, 1, marks=pytest.mark.slow) for s in ["naive", *sorted(SLOW_RESUME)]])
 def test_killed_run_resumes_to_the_same_records(strategy, kill_after, tmp_path,
                                                 pretrained_backbone):
@@ -239,7 +240,7 @@ def test_killed_run_resumes_to_the_same_records(strategy, kill_after, tmp_path,
 def test_every_strategy_can_be_resumed():
     from clplatform.registry import STRATEGIES
     builtin = {n for n in STRATEGIES.names() if n not in ("joint", "partial-finetune")}
-    resumable = {n for n in builtin if STRATEGIES.get(n).extra.get("resumable")}
+    resumable = {n for n in builtin if STRATEGIES.get(n).traits.resumable}
     assert resumable == builtin == set(RESUME_ARGS)
 
 
@@ -281,8 +282,8 @@ def interrupted_run(tmp_path_factory, pretrained_backbone) -> Path:
     out = tmp_path_factory.mktemp("interrupted")
     save = checkpoint.save
 
-    def save_then_stop(run_dir, prepared, experience):
-        save(run_dir, prepared, experience)
+    def save_then_stop(run_dir, strategy, evaluator, experience):
+        save(run_dir, strategy, evaluator, experience)
         if experience == 1:
             raise RunInterrupted(signal.SIGTERM)
     old_umask = os.umask(0o022)

@@ -85,7 +85,7 @@ def _internal_error(exc: Exception, debug: bool) -> int:
     run had started); with --debug, the traceback itself. Exit status 1."""
     import traceback
 
-    from ..errors import save_traceback
+    from ..cache import save_traceback
     if debug:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     path = save_traceback(exc)
@@ -157,7 +157,8 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
     """
     from ..options import parse_assignments
     from .runner import dry_run as check_only
-    from .runner import execute, make_spec
+    from .runner import execute
+    from .spec import make_spec
     from ..store import json_safe
 
     if resume:
@@ -166,9 +167,8 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
         if any(v is not None and v != () for v in given) or dry_run:
             raise UserError("--resume continues a run with its own configuration; give no "
                             "other run options")
-        from ..checkpoint import resume_spec
-        _finish(execute(resume_spec(resume), progress=not quiet, exiting_after=True,
-                        resume=resume), as_json)
+        from .runner import resume as resume_run
+        _finish(resume_run(resume, progress=not quiet, exiting_after=True), as_json)
         return
     backbone_options = parse_assignments(backbone_opts, "--backbone-opt")
     if backbone_weights:
@@ -297,7 +297,11 @@ def compare_command(runs, out, group_by, export, export_format, include_incomple
 
 
 @cli.command("sweep")
-@click.option("--strategies", required=True, metavar="A,B,...", help="strategies to run")
+@click.option("--strategies", metavar="A,B,...", help="strategies to run")
+@click.option("--preset", metavar="NAME",
+              help="the strategies of a paper's comparison instead of --strategies: "
+                   "sema-table1 (L2P, DualPrompt, CODA-Prompt, SimpleCIL, APER, InfLoRA, "
+                   "SEMA) or sema-appendix (EASE, RanPAC, SimpleCIL, SEMA)")
 @click.option("--streams", default="glyphs", show_default=True, metavar="X,Y,...",
               help="streams to run on")
 @click.option("--seeds", default="0", show_default=True, metavar="0,1,2", help="seeds")
@@ -323,7 +327,7 @@ def compare_command(runs, out, group_by, export, export_format, include_incomple
 @_training_options
 @_component_options("hyper-parameter for the strategies that have it",
                     "option of every stream")
-def sweep_command(strategies, streams, seeds, grid, executor, workers, threads, gpus,
+def sweep_command(strategies, preset, streams, seeds, grid, executor, workers, threads, gpus,
                   address, retries, out, backbone, epochs, batch_size, lr, device, sets,
                   stream_opts, backbone_opts):
     """Run strategy x stream x seed x grid, each cell an ordinary run, then compare them.
@@ -337,9 +341,11 @@ def sweep_command(strategies, streams, seeds, grid, executor, workers, threads, 
       clplat sweep --strategies naive,ewc --seeds 0,1,2 --workers 2
       clplat sweep --strategies ewc --grid ewc_lambda=0.1,1,10 --grid lr=0.01,0.001
       clplat sweep --strategies sema,simplecil --executor ray --address auto
+      clplat sweep --preset sema-table1 --seeds 0,1,2
     """
     from ..options import parse_assignments
-    from .runner import make_spec
+    from .presets import preset_strategies
+    from .spec import make_spec
     from .sweep import SweepOptions, _split, parse_grid, plan, run_sweep
     seed_values = []
     for value in _split(seeds, "--seeds"):
@@ -352,7 +358,10 @@ def sweep_command(strategies, streams, seeds, grid, executor, workers, threads, 
                      stream_options=parse_assignments(stream_opts, "--stream-opt"),
                      backbone_options=parse_assignments(backbone_opts, "--backbone-opt"),
                      epochs=epochs, batch_size=batch_size, lr=lr, device=device, out=out)
-    cells = plan(_split(strategies, "--strategies"), _split(streams, "--streams"),
+    if (strategies is None) == (preset is None):
+        raise UserError("give either --strategies or --preset")
+    names = preset_strategies(preset) if preset else _split(strategies, "--strategies")
+    cells = plan(names, _split(streams, "--streams"),
                  seed_values, parse_grid(grid), base)
     cells, runs, report = run_sweep(cells, out, SweepOptions(executor, workers, threads,
                                                               gpus, address, retries))
@@ -419,7 +428,7 @@ def pretrain_command(force, out, quiet):
     """
     import shutil
 
-    from ..pretrain import PretrainRecipe, cached_weights_path, pretrain_glyph_vit
+    from ..models.pretrain import PretrainRecipe, cached_weights_path, pretrain_glyph_vit
     path = cached_weights_path(PretrainRecipe())
     if force or not path.is_file():
         path, accuracy = pretrain_glyph_vit(progress=not quiet)
