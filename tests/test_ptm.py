@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from clplatform.data import dataset_tensors
-from clplatform.registry import create_backbone, create_strategy, create_stream
+from clplatform import create_backbone, create_strategy, create_stream
 from clplatform.strategies.base import StrategyContext, TrainSettings
 from clplatform.strategies.sema.layer import Adapter
 
