@@ -1,5 +1,7 @@
-"""Prompt-based continual learning (``shared/specs/qprompt.md``): ``prompt`` (DualPrompt-style
-prefix tuning, full precision) and ``qprompt`` (quantization-aware prompt training).
+"""Prompt-based continual learning (``shared/specs/qprompt.md``,
+``shared/specs/prompt-comparators.md``): ``dualprompt`` (DualPrompt as its official code),
+``prompt`` (the same implementation with simpler defaults: fresh E-prompts, no clipping, fp16
+storage, torch head init) and ``qprompt`` (quantization-aware prompt training).
 ``config.py`` (hyper-parameters), ``quantizer.py`` (the quantizer), ``layer.py`` (prefix
 attention, prompt tensors), ``model.py`` (injection into a timm ViT), ``strategy.py``
 (training as an Avalanche template)."""
@@ -51,5 +53,5 @@ def qprompt(ctx, opts: QPromptOptions):
     return _build(ctx, opts)
 
 
-__all__ = ["DualPromptOptions", "PromptOptions", "QPromptOptions", "PromptModel", "PromptStrategy", "PrefixAttention",
-           "PromptTensor", "TensorQuantizer", "kmeans_1d", "stored_bits"]
+__all__ = ["DualPromptOptions", "PromptOptions", "QPromptOptions", "PromptModel", "PromptStrategy",
+           "PrefixAttention", "PromptTensor", "TensorQuantizer", "kmeans_1d", "stored_bits"]
