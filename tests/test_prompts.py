@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clplatform.registry import create_backbone, create_strategy, create_stream
+from clplatform import create_backbone, create_strategy, create_stream
 from clplatform.strategies.base import StrategyContext, TrainSettings
 from clplatform.strategies.prompts import PrefixAttention, TensorQuantizer, kmeans_1d, stored_bits
 from clplatform.strategies.prompts.quantizer import assign, kl_divergence, uniform_levels
