@@ -7,7 +7,7 @@ import pytest
 import torch
 from avalanche.core import SupervisedPlugin
 
-from clplatform.registry import create_backbone, create_strategy, create_stream
+from clplatform import create_backbone, create_strategy, create_stream
 from clplatform.strategies.base import StrategyContext, TrainSettings
 from clplatform.strategies.prompts import DualPromptOptions, PromptModel, PromptOptions
 from clplatform.strategies.prompts.model import majority_ids

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clplatform.registry import create_backbone
+from clplatform import create_backbone
 from clplatform.strategies.l2p import L2PModel, L2POptions
 
 from conftest import TINY_GLYPHS
