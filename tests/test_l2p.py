@@ -26,6 +26,12 @@ def test_defaults_are_the_ports():
     assert defaults.lr == pytest.approx(1.875e-3)
 
 
+def test_more_prompts_than_the_pool_is_a_user_error():
+    from clplatform.errors import UserError
+    with pytest.raises(UserError, match="top_k = 11"):
+        _model(top_k=11)
+
+
 def test_no_prompt_is_the_plain_vit():
     model = _model(top_k=0, head_type="token")
     x = torch.rand(3, 1, 32, 32)

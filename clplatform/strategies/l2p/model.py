@@ -31,6 +31,9 @@ class L2PModel(ViTPieces):
         if getattr(vit, "cls_token", None) is None:
             raise UserError("l2p needs a ViT with a class token (prompts sit after [CLS] and "
                             "carry its position embedding)")
+        if opts.top_k > opts.pool_size:
+            raise UserError(f"l2p: top_k = {opts.top_k} prompts cannot be selected from a pool "
+                            f"of {opts.pool_size}")
         super().__init__(backbone)
         backbone.requires_grad_(False)
         self.frozen_blocks = len(vit.blocks)
