@@ -36,7 +36,7 @@ __getattr__ = lazy_exports(__name__, {
     "create_stream": ".app.factories", "create_backbone": ".app.factories",
     "create_strategy": ".app.factories", "Strategy": ".strategies.base"})
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["run", "resume", "load_run", "Run", "UserError", "register_strategy", "register_stream",
            "register_backbone", "create_strategy", "create_stream", "create_backbone"]

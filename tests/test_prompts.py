@@ -167,9 +167,11 @@ def test_task_selection_is_recorded(pretrained_backbone):
     strategy.train(bm.train_stream[0], eval_streams=[])
     from clplatform.data import dataset_tensors
     x, y = dataset_tensors(bm.test_stream[0].dataset)
-    row = evaluate(strategy.model, x, y, 64, "cpu", 62, experience=0)
+    row = evaluate(strategy.model, x, y, 64, "cpu", 62, experience=0,
+                   selection=strategy.selected_experiences)
     assert row["task_selection_accuracy"] == 1.0  # one key: always experience 0
-    row = evaluate(strategy.model, x, y, 64, "cpu", 62, experience=1)
+    row = evaluate(strategy.model, x, y, 64, "cpu", 62, experience=1,
+                   selection=strategy.selected_experiences)
     assert row["task_selection_accuracy"] == 0.0
 
 
