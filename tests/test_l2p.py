@@ -161,3 +161,27 @@ def test_vit_b_parameter_counts_match_sema_table():
         sum(k.latent.numel() for k in dual.keys) + dual.head.weight.numel() + \
         dual.head.bias.numel()
     assert values == 1_021_540
+
+
+def test_vit_b_inference_cost_is_two_passes():
+    """Inference FLOPs / one plain ViT-B pass (meta device, shapes only): the spec's 2.13
+    (L2P: 222 tokens in the prompted pass) and 2.00 (DualPrompt), less one patch embedding
+    (0.0066 of a pass): the frozen embedding is computed once and shared by both passes,
+    which the official codes compute twice."""
+    from clplatform.compute import FlopCount
+    from clplatform.strategies.prompts import DualPromptOptions, PromptModel
+    with torch.device("meta"):
+        x = torch.empty(2, 3, 224, 224)
+        with FlopCount() as plain:
+            _vit_b_meta().eval()(x)
+        l2p = L2PModel(_vit_b_meta(), 100, L2POptions()).eval()
+        with FlopCount() as prompted:
+            l2p(x)
+        assert 2.13 - 0.0066 - 0.005 < prompted.total / plain.total < 2.13 - 0.0066 + 0.005
+        dual = PromptModel(_vit_b_meta(), 100, DualPromptOptions(e_length=20))
+        for _ in range(10):
+            dual.add_experience()
+            dual.finish_experience()
+        with FlopCount() as prefixed:
+            dual.eval()(x)
+        assert 2.0 - 0.0066 - 0.005 < prefixed.total / plain.total < 2.0 - 0.0066 + 0.005
