@@ -297,3 +297,37 @@ def test_summary_text_is_aligned_and_shows_only_recorded_metrics(runs_folder):
     assert len(metrics) == 16 and "task-selection" not in text
     ends = {len(line.rstrip(" %")) for line in metrics}
     assert len(ends) == 1  # every value ends in the same column
+
+
+def test_published_values_match_only_their_setting():
+    from clplatform.reports.published import VIT_B16_IN1K, published_for
+    config = {"stream": {"name": "avalanche:SplitCIFAR100", "experiences_in_stream": 10},
+              "backbone": {"name": f"timm:{VIT_B16_IN1K}"}}
+    row = published_for("sema", config)
+    assert (row.final_accuracy, row.average_incremental_accuracy) == (86.98, 91.37)
+    assert "Table 1" in row.source
+    assert published_for("coda-prompt", config).final_accuracy == 86.11
+    other_tag = {**config, "backbone": {"name": "timm:vit_base_patch16_224"}}  # augreg2
+    five = {**config, "stream": {**config["stream"], "experiences_in_stream": 5}}
+    glyphs = {**config, "stream": {"name": "glyphs", "experiences_in_stream": 10}}
+    assert all(published_for("sema", c) is None for c in (other_tag, five, glyphs))
+    assert published_for("naive", config) is None
+    inr = {"stream": {"name": "imagenet-r", "experiences_in_stream": 20},
+           "backbone": {"name": VIT_B16_IN1K}}
+    assert published_for("l2p", inr).final_accuracy == 62.90
+
+
+def test_comparison_shows_the_published_column_only_where_a_setting_matches():
+    from clplatform.reports.tables import PUBLISHED_HEADER, SOURCE_HEADER, comparison_table
+    table = pd.DataFrame({
+        "label": ["sema", "sema", "naive"], "seed": [0, 1, 0], "stream": ["s"] * 3,
+        "final_accuracy": [0.8, 0.9, 0.2],
+        "published_final_accuracy": [0.8698, 0.8698, None],
+        "published_source": ["SEMA Table 1", "SEMA Table 1", None]})
+    frame = comparison_table(table).set_index("label")
+    assert frame.loc["sema", "A_T (%)"] == "85.0 ± 7.1"
+    assert frame.loc["sema", PUBLISHED_HEADER] == "86.98"
+    assert frame.loc["sema", SOURCE_HEADER] == "SEMA Table 1"
+    assert frame.loc["naive", PUBLISHED_HEADER] == "n/a"
+    none = table.assign(published_final_accuracy=None, published_source=None)
+    assert PUBLISHED_HEADER not in comparison_table(none).columns

@@ -185,6 +185,19 @@ def test_killed_worker_is_retried_and_the_sweep_completes(executor, tmp_path,
     assert (out / "comparison.html").is_file() and "replay" in stdout
 
 
+@pytest.mark.parametrize("preset", ["sema-table1", "sema-appendix"])
+def test_a_preset_plans_its_paper_comparison(preset):
+    """Every strategy of the paper's table is registered and every cell validates, with
+    each strategy's own (paper) defaults."""
+    from clplatform.app.presets import PRESETS, preset_strategies
+    names = preset_strategies(preset)
+    assert names == list(PRESETS[preset].strategies) and "sema" in names
+    cells = plan(names, ["glyphs"], [0, 1, 2], {}, _base())
+    assert sorted(c.id for c in cells) == sorted(
+        f"{n}-glyphs-s{seed}" for n in names for seed in (0, 1, 2))
+    assert all(c.spec.strategy_options == {} for c in cells)
+
+
 def test_sweep_command_line_errors_are_one_line(tmp_path):
     from click.testing import CliRunner
 
@@ -195,6 +208,9 @@ def test_sweep_command_line_errors_are_one_line(tmp_path):
         (["--strategies", "naive", "--seeds", "a"], "--seeds: 'a' is not an integer"),
         (["--strategies", "naive", "--grid", "lr"], "--grid expects key=v1,v2"),
         (["--strategies", "naive", "--set", "ewc_lambda=1"], "--set ewc_lambda"),
+        (["--preset", "nope"], "unknown preset 'nope'; valid presets: sema-table1"),
+        ([], "give either --strategies or --preset"),
+        (["--strategies", "naive", "--preset", "sema-table1"], "give either"),
     ]:
         result = CliRunner().invoke(cli, ["sweep", *args, "--out", str(tmp_path / "s")],
                                     prog_name="clplat")

@@ -297,7 +297,11 @@ def compare_command(runs, out, group_by, export, export_format, include_incomple
 
 
 @cli.command("sweep")
-@click.option("--strategies", required=True, metavar="A,B,...", help="strategies to run")
+@click.option("--strategies", metavar="A,B,...", help="strategies to run")
+@click.option("--preset", metavar="NAME",
+              help="the strategies of a paper's comparison instead of --strategies: "
+                   "sema-table1 (L2P, DualPrompt, CODA-Prompt, SimpleCIL, APER, InfLoRA, "
+                   "SEMA) or sema-appendix (EASE, RanPAC, SimpleCIL, SEMA)")
 @click.option("--streams", default="glyphs", show_default=True, metavar="X,Y,...",
               help="streams to run on")
 @click.option("--seeds", default="0", show_default=True, metavar="0,1,2", help="seeds")
@@ -323,7 +327,7 @@ def compare_command(runs, out, group_by, export, export_format, include_incomple
 @_training_options
 @_component_options("hyper-parameter for the strategies that have it",
                     "option of every stream")
-def sweep_command(strategies, streams, seeds, grid, executor, workers, threads, gpus,
+def sweep_command(strategies, preset, streams, seeds, grid, executor, workers, threads, gpus,
                   address, retries, out, backbone, epochs, batch_size, lr, device, sets,
                   stream_opts, backbone_opts):
     """Run strategy x stream x seed x grid, each cell an ordinary run, then compare them.
@@ -337,8 +341,10 @@ def sweep_command(strategies, streams, seeds, grid, executor, workers, threads, 
       clplat sweep --strategies naive,ewc --seeds 0,1,2 --workers 2
       clplat sweep --strategies ewc --grid ewc_lambda=0.1,1,10 --grid lr=0.01,0.001
       clplat sweep --strategies sema,simplecil --executor ray --address auto
+      clplat sweep --preset sema-table1 --seeds 0,1,2
     """
     from ..options import parse_assignments
+    from .presets import preset_strategies
     from .spec import make_spec
     from .sweep import SweepOptions, _split, parse_grid, plan, run_sweep
     seed_values = []
@@ -352,7 +358,10 @@ def sweep_command(strategies, streams, seeds, grid, executor, workers, threads, 
                      stream_options=parse_assignments(stream_opts, "--stream-opt"),
                      backbone_options=parse_assignments(backbone_opts, "--backbone-opt"),
                      epochs=epochs, batch_size=batch_size, lr=lr, device=device, out=out)
-    cells = plan(_split(strategies, "--strategies"), _split(streams, "--streams"),
+    if (strategies is None) == (preset is None):
+        raise UserError("give either --strategies or --preset")
+    names = preset_strategies(preset) if preset else _split(strategies, "--strategies")
+    cells = plan(names, _split(streams, "--streams"),
                  seed_values, parse_grid(grid), base)
     cells, runs, report = run_sweep(cells, out, SweepOptions(executor, workers, threads,
                                                               gpus, address, retries))

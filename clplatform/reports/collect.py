@@ -70,6 +70,15 @@ def _identity(run: Run) -> dict:
             "seed": cfg["train"]["seed"]}
 
 
+def _published(run: Run) -> dict[str, Any]:
+    """The published final accuracy of the run's strategy in its setting, with its source
+    (:mod:`clplatform.reports.published`); None where nothing was published."""
+    from .published import published_for
+    row = published_for(run.config["strategy"]["name"], run.config)
+    return {"published_final_accuracy": row.final_accuracy / 100 if row else None,
+            "published_source": row.source if row else None}
+
+
 def _label(run: Run) -> str:
     """Strategy plus the hyper-parameters that differ from the defaults, as a group label."""
     from clplatform.options import options_dict
@@ -132,7 +141,7 @@ def load_runs(paths: list[str | os.PathLike], include_incomplete: bool = False) 
         summary = summarize(run.accuracy, run.experiences if not run.experiences.empty
                             else None)
         summary["wall_seconds"] = run.summary.get("wall_seconds")
-        rows.append({**ident, "status": run.status, **summary})
+        rows.append({**ident, "status": run.status, **summary, **_published(run)})
         accuracy.append(run.accuracy.assign(**ident))
         if not run.experiences.empty:
             experiences.append(run.experiences.assign(**ident))

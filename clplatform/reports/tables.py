@@ -94,6 +94,10 @@ def _mean_std(values: pd.Series, scale: float, fmt: str) -> str:
     return f"{fmt.format(values.mean())} ± {fmt.format(values.std(ddof=1))}"
 
 
+PUBLISHED_HEADER = "published A_T (%)"
+SOURCE_HEADER = "published in"
+
+
 def comparison_table(table: pd.DataFrame, group_by: str = "label") -> pd.DataFrame:
     """Groups x metrics, each cell 'mean ± std' over the runs (seeds) of the group.
 
@@ -115,6 +119,13 @@ def comparison_table(table: pd.DataFrame, group_by: str = "label") -> pd.DataFra
         for key, (header, scale, fmt) in COMPARISON_COLUMNS.items():
             if key in runs.columns:
                 row[header] = _mean_std(runs[key], scale, fmt)
+                if key == "final_accuracy" and "published_final_accuracy" in runs.columns:
+                    # beside the measured value, where the setting matches a published one
+                    published = runs["published_final_accuracy"].dropna()
+                    row[PUBLISHED_HEADER] = (f"{100 * float(published.iloc[0]):.2f}"
+                                             if len(published) else "n/a")
+                    row[SOURCE_HEADER] = ", ".join(sorted(
+                        runs["published_source"].dropna().astype(str).unique())) or "n/a"
         rows.append(row)
     frame = pd.DataFrame(rows)
     # a metric no run defines (e.g. task selection without prompt methods) is left out

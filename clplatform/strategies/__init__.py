@@ -6,6 +6,7 @@ A new strategy is one class deriving from :class:`Strategy` (``clplatform.Strate
 from clplatform.registry import lazy_exports
 
 from . import baselines, lftl, prompts, sema, simplecil  # noqa: F401  (registration)
+from . import coda  # noqa: F401  (registration)
 from . import l2p  # noqa: F401  (registration)
 
 # the context needs neither torch nor Avalanche; Strategy (Avalanche's template) loads them

@@ -40,21 +40,25 @@ class TensorBatches:
     """A data loader over in-memory tensors: each pass yields the mini-batches
     ``[inputs[idx], labels[idx], task labels (empty)]`` of one fresh ``torch.randperm(n)``
     (drawn when the pass starts), or in order when ``shuffle`` is false. ``labels=None``:
-    empty label tensors (the loss function needs none)."""
+    empty label tensors (the loss function needs none). ``drop_last``: the last incomplete
+    batch of a pass is left out (as ``DataLoader(drop_last=True)``; a pass over fewer than
+    ``batch_size`` samples then yields nothing)."""
 
     def __init__(self, inputs: torch.Tensor, labels: torch.Tensor | None, batch_size: int,
-                 shuffle: bool = True):
+                 shuffle: bool = True, drop_last: bool = False):
         self.inputs, self.labels = inputs, labels
-        self.batch_size, self.shuffle = batch_size, shuffle
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.inputs) // self.batch_size
         return math.ceil(len(self.inputs) / self.batch_size)
 
     def __iter__(self) -> Iterator[list[torch.Tensor]]:
         n = len(self.inputs)
         order = torch.randperm(n) if self.shuffle else torch.arange(n)
         none = torch.zeros(0, dtype=torch.long)
-        for i in range(0, n, self.batch_size):
+        for i in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[i:i + self.batch_size]
             yield [self.inputs[idx], self.labels[idx] if self.labels is not None else none,
                    none]
@@ -85,7 +89,7 @@ class Strategy(StrategyHooks, SupervisedTemplate):
     # ------------------------------------------------------------ training from tensors
     def fit_tensors(self, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
                     labels: torch.Tensor | None, loss_fn: Callable, epochs: int,
-                    batch_size: int, scheduler: Any = None) -> None:
+                    batch_size: int, scheduler: Any = None, drop_last: bool = False) -> None:
         """Mini-batch training on in-memory tensors through the template's own epoch loop.
 
         The template's data loader becomes a :class:`TensorBatches` over ``inputs`` (cached
@@ -94,7 +98,8 @@ class Strategy(StrategyHooks, SupervisedTemplate):
         iteration, forward, backward, update) and the penalties plugins add to
         ``self.loss`` in ``before_backward`` (EWC, SI, ...) are trained. In this loop
         ``forward()`` is ``loss_fn(mb_x, mb_y)``, the batch's loss, and so is
-        ``mb_output``; ``scheduler`` steps once per iteration, after the optimizer.
+        ``mb_output``; ``scheduler`` steps once per iteration, after the optimizer;
+        ``drop_last``: each pass leaves out its last incomplete batch.
         Sets ``self.optimizer`` (rebuilt by the caller whenever modules were added).
 
         Plugins that run a model on ``mb_x`` (:data:`RAW_INPUT_PLUGINS`, e.g. LwF) cannot
@@ -110,7 +115,7 @@ class Strategy(StrategyHooks, SupervisedTemplate):
                     "not images")
         self.optimizer = optimizer
         saved = getattr(self, "dataloader", None)
-        self.dataloader = TensorBatches(inputs, labels, batch_size)
+        self.dataloader = TensorBatches(inputs, labels, batch_size, drop_last=drop_last)
         self._tensor_fit = (loss_fn, scheduler)
         try:
             for _epoch in range(epochs):
