@@ -5,7 +5,7 @@ A new strategy is one class deriving from :class:`Strategy` (``clplatform.Strate
 """
 from clplatform.registry import lazy_exports
 
-from . import baselines, lftl, prompts, sema, simplecil  # noqa: F401  (registration)
+from . import baselines, inflora, lftl, prompts, sema, simplecil  # noqa: F401  (registration)
 
 # the context needs neither torch nor Avalanche; Strategy (Avalanche's template) loads them
 __getattr__ = lazy_exports(__name__, {"Strategy": ".base",
