@@ -100,9 +100,10 @@ class LoRALinear(nn.Module):
         for sl, branch in zip(self.slices, self.branches):
             groups.setdefault(sl, []).append(branch)
         ordered = sorted(groups.items())
-        for (a, b), (c, _d) in zip(ordered, ordered[1:]):
+        keys = [key for key, _ in ordered]
+        for (a, b), (c, e) in zip(keys, keys[1:]):
             if c < b:
-                raise ValueError(f"branch slices {a}:{b} and {c}:{_d} overlap")
+                raise ValueError(f"branch slices {a}:{b} and {c}:{e} overlap")
         return ordered
 
     @torch.no_grad()
