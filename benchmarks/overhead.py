@@ -24,11 +24,10 @@ import torch
 import torch.nn.functional as F
 
 import clplatform
+from clplatform import create_backbone, create_stream
+from clplatform.contract import StrategyContext, TrainDefaults, TrainSettings
 from clplatform.data import dataset_tensors
-from clplatform.registry import create_backbone, create_stream
-from clplatform.app.runner import GLOBAL_TRAIN_DEFAULTS
 from clplatform.seeding import seed_everything
-from clplatform.strategies.base import StrategyContext, TrainSettings
 
 
 def plain_loop(stream: str, epochs: int, batch_size: int, lr: float, seed: int) -> float:
@@ -67,9 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--stream", default="glyphs")
-    parser.add_argument("--epochs", type=int, default=GLOBAL_TRAIN_DEFAULTS["epochs"])
+    parser.add_argument("--epochs", type=int, default=TrainDefaults.epochs)
     args = parser.parse_args()
-    batch, lr = GLOBAL_TRAIN_DEFAULTS["batch_size"], GLOBAL_TRAIN_DEFAULTS["lr"]
+    batch, lr = TrainDefaults.batch_size, TrainDefaults.lr
     platform, plain = [], []
     with tempfile.TemporaryDirectory() as out:
         clplatform.run("naive", args.stream, epochs=1, out=out)  # warm-up: caches built

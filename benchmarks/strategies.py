@@ -33,7 +33,7 @@ DOMAIN_STREAM = {"lftl": "glyphs-domains"}
 
 
 def _run(strategy: str, out: str, epochs: int | None, device: str, **stream_options):
-    reads_epochs = "epochs" not in STRATEGIES.get(strategy).extra.get("unused_train", ())
+    reads_epochs = "epochs" not in STRATEGIES.get(strategy).traits.unused_train
     kwargs = {"epochs": epochs} if epochs and reads_epochs else {}
     return clplatform.run(strategy, DOMAIN_STREAM.get(strategy, "glyphs"), out=out,
                           device=device, stream_options=stream_options, **kwargs)

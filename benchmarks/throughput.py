@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 
 import clplatform
+from clplatform import create_backbone, create_stream
 from clplatform.compute import FlopCount
-from clplatform.registry import create_backbone, create_stream
-from clplatform.app.runner import GLOBAL_TRAIN_DEFAULTS
+from clplatform.contract import TrainDefaults
 from clplatform.seeding import seed_everything
 
 
@@ -113,8 +113,8 @@ def platform_training(device: str, batch_size: int, epochs: int, out: str) -> fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=GLOBAL_TRAIN_DEFAULTS["batch_size"])
-    parser.add_argument("--epochs", type=int, default=GLOBAL_TRAIN_DEFAULTS["epochs"])
+    parser.add_argument("--batch-size", type=int, default=TrainDefaults.batch_size)
+    parser.add_argument("--epochs", type=int, default=TrainDefaults.epochs)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--profile", type=int, default=0, metavar="N",

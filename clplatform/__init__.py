@@ -6,6 +6,7 @@ Python API::
     run = clplatform.run(strategy="naive", stream="glyphs", epochs=1)
     run.summary["final_accuracy"], run.accuracy, run.experiences, run.config
     clplatform.load_run("runs/<id>")
+    clplatform.resume("runs/<id>")       # an interrupted run, after its last experience
 """
 import warnings as _warnings
 
@@ -19,17 +20,23 @@ _warnings.filterwarnings("ignore", message="Call to deprecated function update",
 _warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"avalanche\.")
 # Avalanche 0.6's ParamData.expand (EWC/SI with growing heads) indexes with a list
 _warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional")
+# a registered strategy class is called as Class(context, options): Avalanche 0.6 wants
+# keyword-only constructor arguments and says so on every build
+_warnings.filterwarnings("ignore", message="Avalanche is transitioning to strategy constructors")
 
 from .errors import UserError  # noqa: E402
-from .registry import (create_backbone, create_stream, create_strategy,  # noqa: E402
-                       lazy_exports, register_backbone, register_strategy, register_stream)
+from .registry import (lazy_exports, register_backbone, register_strategy,  # noqa: E402
+                       register_stream)
 
 # torch, Avalanche and pandas load with the first run or record, not with the package
-# (``clplat list`` and ``--help`` need none of them)
-__getattr__ = lazy_exports(__name__, {"run": ".app.runner", "Run": ".store", "load_run": ".store",
-                                      "Strategy": ".strategies.base"})
+# (``clplat list`` and ``--help`` need none of them); the application layer is named here
+# by module name only (the kernel imports nothing of it)
+__getattr__ = lazy_exports(__name__, {
+    "run": ".app.runner", "resume": ".app.runner", "Run": ".store", "load_run": ".store",
+    "create_stream": ".app.factories", "create_backbone": ".app.factories",
+    "create_strategy": ".app.factories", "Strategy": ".strategies.base"})
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["run", "load_run", "Run", "UserError", "register_strategy", "register_stream",
+__all__ = ["run", "resume", "load_run", "Run", "UserError", "register_strategy", "register_stream",
            "register_backbone", "create_strategy", "create_stream", "create_backbone"]

@@ -1,10 +1,8 @@
-"""Backbones (timm models) and the classifier model every strategy trains.
+"""Backbones (timm models) and the classifier model every strategy trains; the architecture
+of the default backbone ``vit-glyphs`` and loading of local weights files.
 
-- ``vit-glyphs`` (default): a small timm VisionTransformer whose patch embedding is a
-  convolutional stem (timm's ``HybridEmbed``), pre-trained by ``clplat pretrain`` on
-  ``glyphs-pretrain`` (Greek and Cyrillic characters) and cached; built on first use.
-- ``timm:<model-name>``: any timm model. Hub weights are downloaded only for these names and
-  only when no local file is given; ``--backbone-weights FILE`` loads a local state dict.
+The backbones themselves (``vit-glyphs``, ``timm:<model-name>``) are registered by the
+component package :mod:`clplatform.models` (``vit-glyphs`` is pre-trained on a stream).
 
 A :class:`Backbone` maps stream images (float tensors in [0, 1], any channel count and size)
 to feature vectors: it adapts channels and size to the model's input and normalises with the
@@ -16,17 +14,12 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
-from .options import opt
-from .registry import register_backbone
-
-DEFAULT_BACKBONE = "vit-glyphs"
 
 
 class Backbone(nn.Module):
@@ -175,78 +168,3 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
                   f"shape mismatch at {wrong[:3]}")
         raise UserError(f"backbone weights {path} do not fit the model: {detail}")
     model.load_state_dict(state)
-
-
-@dataclass
-class GlyphViTOptions:
-    pretrained: bool = opt(True, "use the pre-trained weights (false: random initialisation)")
-    weights: Optional[str] = opt(None, "local weights file (default: the cached pre-trained "
-                                       "backbone, built by `clplat pretrain` on first use)")
-
-
-@register_backbone("vit-glyphs", options=GlyphViTOptions,
-                   help="small ViT (conv stem, d=96, depth 6) pre-trained on Greek/Cyrillic glyphs")
-def vit_glyphs(opts: GlyphViTOptions) -> Backbone:
-    model = build_glyph_vit()
-    if opts.weights:
-        load_weights(model, opts.weights)
-    elif opts.pretrained:
-        from .pretrain import pretrained_glyph_vit_path
-        load_weights(model, pretrained_glyph_vit_path())
-    arch = GlyphViTArch()
-    return Backbone(model, name="vit-glyphs", in_chans=arch.in_chans, img_size=arch.img_size,
-                    mean=(0.5,), std=(0.5,))
-
-
-# --------------------------------------------------------------------------- timm:<name>
-@dataclass
-class TimmOptions:
-    model_name: str = opt("vit_base_patch16_224", "timm model name (`timm:<model-name>`)")
-    pretrained: bool = opt(True, "download the hub's pre-trained weights (needs internet); "
-                                 "ignored when `weights` is given")
-    weights: Optional[str] = opt(None, "local weights file (.pth/.pt/.safetensors): no download")
-    img_size: Optional[int] = opt(None, "input size if the model allows another one", min=8)
-
-
-@register_backbone("timm", options=TimmOptions, display="timm:<model-name>",
-                   suffix_option="model_name",
-                   help="any timm model as `timm:<model-name>`; hub weights or a local file")
-def timm_backbone(opts: TimmOptions) -> Backbone:
-    import timm
-    kwargs = {"num_classes": 0}
-    if opts.img_size:
-        kwargs["img_size"] = opts.img_size
-    download = opts.pretrained and not opts.weights
-    try:
-        model = timm.create_model(opts.model_name, pretrained=download, **kwargs)
-    except RuntimeError as exc:
-        if "Unknown model" in str(exc):
-            raise UserError(f"unknown timm model {opts.model_name!r} "
-                            "(see timm.list_models())") from None
-        raise
-    except TypeError as exc:
-        raise UserError(f"timm model {opts.model_name!r} rejects these options: {exc}") from None
-    except Exception as exc:  # hub download failed (offline, no such weights, ...)
-        if not download:
-            raise
-        raise UserError(f"cannot download weights for {opts.model_name!r} "
-                        f"({type(exc).__name__}); pass a local file with --backbone-weights"
-                        ) from None
-    if opts.weights:
-        load_weights(model, opts.weights)
-    cfg = model.pretrained_cfg or {}
-    in_chans = int(cfg.get("input_size", (3,))[0])
-    img_size = opts.img_size or int(cfg.get("input_size", (3, 224, 224))[-1])
-    return Backbone(model, name=f"timm:{opts.model_name}", in_chans=in_chans, img_size=img_size,
-                    mean=tuple(cfg.get("mean", (0.5,) * in_chans)),
-                    std=tuple(cfg.get("std", (0.5,) * in_chans)))
-
-
-def resolve_backbone_name(name: str, options: dict) -> tuple[str, dict]:
-    """``timm:<model>`` -> (``timm``, options with ``model_name``); other names unchanged."""
-    if name.startswith("timm:"):
-        model_name = name.split(":", 1)[1]
-        if not model_name:
-            raise UserError("backbone 'timm:' needs a model name, e.g. timm:vit_base_patch16_224")
-        return "timm", {**options, "model_name": model_name}
-    return name, options

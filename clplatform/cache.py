@@ -132,3 +132,39 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+# ----------------------------------------------------------------------------- tracebacks
+TRACEBACK_FILE = "traceback.txt"
+
+
+def save_traceback(exc: BaseException, folder=None):
+    """Write the full traceback of ``exc`` (a bug, not a :class:`UserError`) to
+    ``folder/traceback.txt`` — the run directory when there is one — or else to a new file in
+    the cache (or temporary) folder, once; returns the file, also kept on ``exc`` for the
+    command line to name (a second call returns it). None if nothing could be written."""
+    import datetime as dt
+    import tempfile
+    import traceback
+
+    if getattr(exc, "_clplat_traceback", None) is not None:
+        return exc._clplat_traceback
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    candidates = []
+    if folder is not None:
+        candidates.append(Path(folder) / TRACEBACK_FILE)
+    else:
+        name = (f"clplat-traceback-{dt.datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}.txt")
+        try:
+            candidates.append(cache_dir("errors") / name)
+        except OSError:
+            pass
+        candidates.append(Path(tempfile.gettempdir()) / name)
+    for path in candidates:
+        try:
+            write_text(path, text)
+        except (OSError, UserError):
+            continue
+        exc._clplat_traceback = path
+        return path
+    return None

@@ -11,9 +11,10 @@ The strategy's state has three parts:
   Cumulative template's dataset. Buffers are kept as the ids of their samples: every training
   dataset carries a ``sample_id`` attribute (``tag_samples``), which Avalanche keeps through
   subsets and concatenations, so a buffer is rebuilt from the stream exactly, in order;
-- ``strategy.checkpoint_state()`` of strategies written here, given back to
-  ``strategy.restore_checkpoint_state(state, experiences)`` before the model's weights are
-  loaded (it regrows what the strategy added: adapters, prompts, quantizers, counters).
+- the strategy's own state, ``checkpoint_state()`` (a hook of
+  :class:`clplatform.contract.StrategyHooks`, read through ``contract.hooks``), given back
+  to ``restore_checkpoint_state(state, experiences)`` before the model's weights are loaded
+  (it regrows what the strategy added: adapters, prompts, quantizers, counters).
 
 Strategies declare support when registered (``resumable=True``); for them ``clplat run
 --resume RUN_DIR`` rebuilds the run from its resolved configuration, restores the checkpoint
@@ -29,11 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .contract import hooks
 from .errors import UserError
 
 CHECKPOINT_FILE = "checkpoint.pt"
-# keys config.json adds to a stream's options (derived from the built stream)
-DERIVED_STREAM_KEYS = ("name", "scenario", "classes", "experiences_in_stream")
 
 
 def rng_state() -> dict[str, Any]:
@@ -58,7 +58,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def optimizer_state(strategy) -> dict[str, Any] | None:
     """An Avalanche template's optimizer (single parameter group, parameters tracked by name
     in ``optimized_param_id``): its state dict and the names of its parameters, in order."""
-    if hasattr(strategy, "checkpoint_state"):  # its optimizers are its own, within experiences
+    if hooks(strategy).builds_own_optimizers:  # within experiences: nothing to keep between
         return None
     names = getattr(strategy, "optimized_param_id", None)
     optimizer = strategy.optimizer
@@ -252,8 +252,7 @@ def strategy_state(strategy) -> dict[str, Any]:
     cumulative = getattr(strategy, "dataset", None)  # Avalanche's Cumulative template
     if cumulative is not None:
         state["dataset"] = sample_ids(cumulative)
-    if hasattr(strategy, "checkpoint_state"):
-        state["own"] = strategy.checkpoint_state()
+    state["own"] = hooks(strategy).checkpoint_state()
     return state
 
 
@@ -265,8 +264,7 @@ def restore_strategy(strategy, state: dict[str, Any], samples: Samples,
         setattr(strategy.clock, k, int(v))
     if "dataset" in state:
         strategy.dataset = samples(state["dataset"])
-    if "own" in state:
-        strategy.restore_checkpoint_state(state["own"], experiences)
+    hooks(strategy).restore_checkpoint_state(state.get("own", {}), experiences)
 
 
 def restore_plugins(strategy, state: dict[str, Any], samples: Samples) -> None:
@@ -296,18 +294,19 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
 
 
 # ----------------------------------------------------------------------------- files
-def save(run_dir: Path, prepared, experience: int) -> None:
-    """Serialized in memory first, then written atomically with its space reserved: the
-    previous checkpoint stays until the new one is complete and renamed onto it, and a
-    failure (disk full) names this file."""
+def save(run_dir: Path, strategy, evaluator, experience: int) -> None:
+    """The state after ``experience`` of ``strategy`` and of the run's ``evaluator`` (its
+    records and bookkeeping). Serialized in memory first, then written atomically with its
+    space reserved: the previous checkpoint stays until the new one is complete and renamed
+    onto it, and a failure (disk full) names this file."""
     import io
 
     from .cache import write_bytes
     from .store import json_safe
-    state = {"experience": experience, "model": prepared.strategy.model.state_dict(),
-             "strategy": strategy_state(prepared.strategy),
-             "rng": rng_state(), "evaluator": json_safe(prepared.evaluator.checkpoint_state())}
-    optimizer = optimizer_state(prepared.strategy)
+    state = {"experience": experience, "model": strategy.model.state_dict(),
+             "strategy": strategy_state(strategy),
+             "rng": rng_state(), "evaluator": json_safe(evaluator.checkpoint_state())}
+    optimizer = optimizer_state(strategy)
     if optimizer is not None:
         state["optimizer"] = optimizer
     buffer = io.BytesIO()
@@ -351,17 +350,18 @@ def load(run_dir: Path) -> dict[str, Any]:
     return state
 
 
-def restore(prepared, run_dir: Path) -> None:
-    """Load the checkpoint of ``run_dir`` into ``prepared``; whatever in it does not fit the
-    rebuilt run is a one-line error naming the file."""
+def restore(run_dir: Path, strategy, train_stream, evaluator) -> int:
+    """Load the checkpoint of ``run_dir`` into the rebuilt ``strategy`` (trained on
+    ``train_stream``) and the run's ``evaluator``; returns the first experience still to
+    train. Whatever in it does not fit the rebuilt run is a one-line error naming the file."""
     path = Path(run_dir) / CHECKPOINT_FILE
     state = load(run_dir)
-    experiences = len(prepared.benchmark.train_stream)
+    experiences = len(train_stream)
     if not 0 <= state["experience"] < experiences:
         raise UserError(f"corrupt checkpoint {path}: experience {state['experience']} is not "
                         f"one of the stream's {experiences}")
     try:
-        prepared.restore(state)
+        return _restore(state, strategy, train_stream, evaluator)
     except UserError as exc:
         raise UserError(f"checkpoint {path}: {exc}") from None
     except (LookupError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
@@ -370,37 +370,22 @@ def restore(prepared, run_dir: Path) -> None:
                         + (f": {first}" if first else "")) from None
 
 
-def resume_spec(run_dir: str | Path):
-    """The RunSpec of the run in ``run_dir``, from its config.json (a damaged one is a
-    one-line error naming it)."""
-    from .store import CONFIG_FILE, load_run
-    run = load_run(run_dir)
-    try:
-        return spec_from_config(run.config)
-    except UserError as exc:
-        raise UserError(f"{Path(run_dir) / CONFIG_FILE}: {exc}") from None
-    except (LookupError, TypeError, ValueError, AttributeError) as exc:
-        raise UserError(f"corrupt file {Path(run_dir) / CONFIG_FILE}: {type(exc).__name__} "
-                        f"{exc}".strip()) from None
-
-
-def spec_from_config(config: dict[str, Any]):
-    """The RunSpec that reproduces a run from its resolved config.json."""
-    from .app.runner import RunSpec
-    strategy, stream, backbone = (dict(config[k]) for k in ("strategy", "stream", "backbone"))
-    train = config["train"]
-    spec = RunSpec()
-    spec.strategy = strategy.pop("name")
-    spec.strategy_options = strategy
-    spec.stream = stream["name"]
-    spec.stream_options = {k: v for k, v in stream.items() if k not in DERIVED_STREAM_KEYS}
-    if "domains" in stream and not stream["domains"]:
-        spec.stream_options.pop("domains")
-    spec.backbone = backbone.pop("name")
-    spec.backbone_options = backbone
-    from .registry import STRATEGIES
-    unused = STRATEGIES.get(spec.strategy).traits.unused_train
-    spec.train = {"seed": train["seed"], "device": train.get("device_requested", "auto"),
-                  "flops": train.get("flops", "sampled"), "out": train["out"],
-                  **{k: train[k] for k in ("epochs", "batch_size", "lr") if k not in unused}}
-    return spec
+def _restore(state: dict[str, Any], strategy, train_stream, evaluator) -> int:
+    """Continue after the checkpoint's experience: the model regrows what it had grown
+    (dynamic heads, the strategy's own modules), then weights, plugin and optimizer states,
+    records and RNG states come back."""
+    from avalanche.models.dynamic_modules import avalanche_model_adaptation
+    done = int(state["experience"])
+    experiences = list(train_stream)[:done + 1]
+    samples = Samples(train_stream)
+    model = strategy.model
+    for experience in experiences:
+        avalanche_model_adaptation(model, experience)
+    restore_strategy(strategy, state["strategy"], samples, experiences)
+    load_model_state(model, state["model"])
+    restore_plugins(strategy, state["strategy"], samples)
+    if "optimizer" in state:
+        restore_optimizer(strategy, state["optimizer"])
+    evaluator.restore(state["evaluator"])
+    set_rng_state(state["rng"])
+    return done + 1

@@ -35,6 +35,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
+from .contract import hooks
+
 FLOP_MODES = ("sampled", "full", "off")
 
 
@@ -266,7 +268,8 @@ class FlopMeter:
     def iteration_key(self, strategy: Any) -> Hashable:
         """What an iteration's FLOPs depend on: batch shape, the (trainable) parameters, and
         the kind of iteration a strategy with several training loops says it runs
-        (``strategy.iteration_kind``, any hashable).
+        (its ``iteration_kind`` hook, any hashable; see
+        :class:`clplatform.contract.StrategyHooks`).
 
         Walking the model's modules for its parameters costs ~1 ms, so the parameter list
         is re-read only when the optimizer changes (another object, or groups of other
@@ -283,7 +286,7 @@ class FlopMeter:
         shape = tuple(strategy.mb_x.shape) if torch.is_tensor(strategy.mb_x) else None
         return (shape, sum(p.numel() for p in self._params),
                 sum(p.numel() for p in self._params if p.requires_grad),
-                getattr(strategy, "iteration_kind", None))
+                hooks(strategy).iteration_kind)
 
     def after_iteration(self) -> None:
         if self.mode != "sampled" or self._key is None:

@@ -1,7 +1,9 @@
-"""Reading datasets into tensors once (evaluation sets, pre-training data, SEMA's caches)."""
+"""Datasets and tensors: reading a dataset into tensors once (evaluation sets, pre-training
+data, SEMA's caches) and tensors as an Avalanche classification dataset."""
 from __future__ import annotations
 
 import torch
+from torch.utils.data import TensorDataset
 
 
 def dataset_tensors(dataset, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
@@ -12,3 +14,19 @@ def dataset_tensors(dataset, batch_size: int = 512) -> tuple[torch.Tensor, torch
         xs.append(batch[0])
         ys.append(batch[1])
     return torch.cat(xs), torch.cat(ys).long()
+
+
+def classification_dataset(x: torch.Tensor, y: torch.Tensor):
+    """An Avalanche classification dataset over tensors, with targets and task labels 0.
+
+    Task-aware (``task_set``), as Avalanche's regularisation strategies (LwF, ...) expect.
+    """
+    from avalanche.benchmarks.utils import DataAttribute
+    from avalanche.benchmarks.utils.classification_dataset import (
+        TaskAwareSupervisedClassificationDataset)
+    y = y.long()
+    return TaskAwareSupervisedClassificationDataset(
+        [TensorDataset(x, y)],
+        data_attributes=[DataAttribute(y.tolist(), "targets"),
+                         DataAttribute([0] * len(y), "targets_task_labels",
+                                       use_in_getitem=True)])

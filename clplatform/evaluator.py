@@ -13,11 +13,12 @@ Records (see ``shared/specs/metrics.md``):
 - experience rows: train_exp, train_seconds, eval_seconds, train_flops,
   inference_flops_per_sample, peak_memory_bytes, params_total, params_trainable,
   params_frozen, params_added (since the start), modules_added, stored_bytes, experience_size.
-- round rows (active strategies call ``record_round``): train_exp, round, labels_used,
-  accuracy and class_mean_accuracy on that experience's test set.
+- round rows (active strategies report rounds through ``context.report_round``, which the
+  runner sets to :meth:`Evaluator.record_round`): train_exp, round, labels_used, accuracy
+  and class_mean_accuracy on that experience's test set.
 
-Strategy-specific columns (the one hook): a strategy object may define
-``experience_extras() -> dict``, called after each trained experience. The keys
+Strategy-specific columns: the strategy's ``experience_extras()`` hook
+(:class:`clplatform.contract.StrategyHooks`), called after each trained experience. The keys
 ``modules_added``, ``params_added``, ``stored_bytes`` and ``labels_queried`` (cumulative since
 the start) fill the standard columns (a
 strategy knows best what it added and must keep); any other key becomes a column named
@@ -28,13 +29,14 @@ old-model copies that Avalanche's strategies keep.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from .compute import (FlopMeter, avalanche_state_bytes, inference_flops_per_sample,
                       peak_memory_bytes, reset_peak_memory, tensor_bytes)
+from .contract import hooks
 from .data import dataset_tensors
 
 INITIAL = -1  # train_exp of the evaluation before any training
@@ -62,15 +64,17 @@ MASK_VALUE = -1000.0  # logit of a class the head has no unit for (as Avalanche 
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int,
-            device: torch.device | str, num_classes: int
+            device: torch.device | str, num_classes: int,
+            selection: Callable[[], torch.Tensor | None] | None = None
             ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits of ``model`` (eval mode) for every row of ``x``, on the CPU, padded to
     ``num_classes``; and the per-experience module each sample chose (or None).
 
     A head that has not grown to ``num_classes`` yet scores the missing classes MASK_VALUE,
     exactly as Avalanche's ``IncrementalClassifier`` scores classes it has not trained.
-    A model that picks a per-experience module for each sample (prompt methods) exposes the
-    choice as ``model.selected_experience`` after its forward.
+    A strategy that picks a per-experience module for each sample (prompt methods) tells
+    the choice of the last forward through ``selection`` (its ``selected_experiences`` hook,
+    :class:`clplatform.contract.StrategyHooks`).
     """
     was_training = model.training
     model.eval()
@@ -81,7 +85,7 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int,
         if out.shape[1] < num_classes:
             out = F.pad(out, (0, num_classes - out.shape[1]), value=MASK_VALUE)
         logits[start:start + len(out)] = out.cpu()
-        chosen = getattr(model, "selected_experience", None)
+        chosen = selection() if selection is not None else None
         if chosen is None or selected is None:
             selected = None
         else:
@@ -127,9 +131,10 @@ def scores(logits: torch.Tensor, y: torch.Tensor, selected: torch.Tensor | None 
 
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
              device: torch.device | str, num_classes: int,
-             experience: int | None = None) -> dict[str, float]:
+             experience: int | None = None,
+             selection: Callable[[], torch.Tensor | None] | None = None) -> dict[str, float]:
     """:func:`scores` of ``model`` on (``x``, ``y``), predicted in batches (:func:`predict`)."""
-    logits, selected = predict(model, x, batch_size, device, num_classes)
+    logits, selected = predict(model, x, batch_size, device, num_classes, selection)
     return scores(logits, y, selected, experience)
 
 
@@ -181,9 +186,10 @@ class Evaluator(_plugin_base()):
         self.train_exp = train_exp
         self.experience_size = experience_size
 
-    def _evaluate_all(self, model, device, train_exp: int) -> None:
-        logits, selected = predict(model, self.test_x, self.batch_size, device,
-                                   self.num_classes)
+    def _evaluate_all(self, strategy, train_exp: int) -> None:
+        logits, selected = predict(strategy.model, self.test_x, self.batch_size,
+                                   strategy.device, self.num_classes,
+                                   hooks(strategy).selected_experiences)
         for eval_exp, (start, end) in enumerate(self.test_bounds):
             row = scores(logits[start:end], self.test_y[start:end],
                          None if selected is None else selected[start:end], eval_exp)
@@ -196,7 +202,7 @@ class Evaluator(_plugin_base()):
             strategy.model.to(strategy.device)
             self._params_at_start = count_parameters(strategy.model)["params_total"]
             self._state_bytes_at_start = tensor_bytes(strategy.model)
-            self._evaluate_all(strategy.model, strategy.device, INITIAL)
+            self._evaluate_all(strategy, INITIAL)
         reset_peak_memory(strategy.device)
         _sync(strategy.device)
         self._t0 = time.perf_counter()
@@ -248,15 +254,14 @@ class Evaluator(_plugin_base()):
                              + avalanche_state_bytes(strategy)),
             "experience_size": self.experience_size,
         }
-        extras = getattr(strategy, "experience_extras", None)
-        for key, value in (extras() if callable(extras) else {}).items():
+        for key, value in hooks(strategy).experience_extras().items():
             row[key if key in RESERVED_EXTRAS else f"{self.prefix}.{key}"] = value
         x_probe = self.test_x[self.test_bounds[-1][0]:][:16]
         row["inference_flops_per_sample"] = (
             inference_flops_per_sample(model, x_probe, strategy.device)
             if self.meter.mode != "off" else None)
         t0 = time.perf_counter()
-        self._evaluate_all(model, strategy.device, self.train_exp)
+        self._evaluate_all(strategy, self.train_exp)
         _sync(strategy.device)
         row["eval_seconds"] = time.perf_counter() - t0
         seen = [r for r in self.accuracy_rows if r["train_exp"] == self.train_exp and r["seen"]

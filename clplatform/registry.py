@@ -6,8 +6,9 @@ strategy, options of a stream or backbone) and one line of help::
     @register_strategy("ewc", options=EWCOptions, help="Elastic weight consolidation")
     def ewc(ctx, opts): ...
 
-and built by name with ``create_strategy``/``create_stream``/``create_backbone``, which
-validate the options (one place, one message) before calling the builder.
+and built by name with ``clplatform.create_strategy``/``create_stream``/``create_backbone``
+(:mod:`clplatform.app.factories`), which validate the options (one place, one message)
+before calling the builder.
 
 Registering is cheap: a module that registers components imports torch, Avalanche or timm
 inside its builders, not at its top, so that listing them (``clplat list strategies -v``)
@@ -18,8 +19,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
 
 from .contract import ComponentTraits, StrategyTraits, make_traits
 from .errors import UserError
@@ -81,7 +84,7 @@ class Registry:
 
         def decorator(builder: Callable) -> Callable:
             old = self._entries.get(name)
-            if old is not None and _origin(old.builder) != _origin(builder):
+            if old is not None and _definition(old.builder) != _definition(builder):
                 raise TypeError(f"{self.kind} {name!r} is registered twice: by "
                                 f"{_origin(old.builder)} and by {_origin(builder)}")
             self._entries[name] = Entry(name, builder, options,
@@ -119,10 +122,12 @@ class Registry:
         from importlib.metadata import entry_points
         for point in entry_points(group=self._group):
             try:
-                obj = point.load()
+                with old_names_refused():
+                    obj = point.load()
             except Exception as exc:  # noqa: BLE001  (a broken plugin must not stop clplat)
+                reason = old_import_name(exc, point.value) or f"{type(exc).__name__}: {exc}"
                 print(f"clplat: warning: cannot load {self.kind} plugin {point.name!r} "
-                      f"({point.value}): {type(exc).__name__}: {exc}", file=sys.stderr)
+                      f"({point.value}): {reason}", file=sys.stderr)
                 continue
             if point.name not in self._entries and callable(obj):  # a plain builder
                 self.register(point.name, plugin=point.value)(obj)
@@ -145,32 +150,82 @@ class Registry:
 STRATEGIES = Registry("strategy", "clplatform.strategies", "clplatform.strategies",
                       traits=StrategyTraits)
 STREAMS = Registry("stream", "clplatform.streams", "clplatform.streams")
-BACKBONES = Registry("backbone", "clplatform.backbones")
+BACKBONES = Registry("backbone", "clplatform.models")
+
+# the top-level packages of clplatform before 0.2, now inside it
+OLD_PACKAGES = ("streams", "strategies", "reports")
+
+
+class _OldNames:
+    """A ``sys.meta_path`` finder refusing the pre-0.2 top-level names (unless another
+    distribution provides a package of that name): an old clplatform left installed beside
+    the new one must not be imported by a plugin written against it."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if path is None and name in OLD_PACKAGES and not _provided_by_another(name):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+def _provided_by_another(name: str) -> bool:
+    from importlib.metadata import packages_distributions
+    return any(d.lower() != "clplatform" for d in packages_distributions().get(name, []))
+
+
+@contextmanager
+def old_names_refused() -> Iterator[None]:
+    """While loading a plugin or a user's stream file: an import of ``streams``,
+    ``strategies`` or ``reports`` fails (see :func:`old_import_name`)."""
+    finder = _OldNames()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+
+
+def old_import_name(exc: BaseException, what: str) -> str | None:
+    """For an import of a pre-0.2 top-level package name (``import strategies``, ``from
+    streams import ...``) that failed: ``FILE:LINE imports 'strategies', which is now
+    'clplatform.strategies'`` (the file and line of the import statement; ``what`` when it
+    is not a file of the user's); else None."""
+    name = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    if not name or name.split(".")[0] not in OLD_PACKAGES:
+        return None
+    skip = (str(Path(importlib.__file__).parent), str(Path(__file__).parent))
+    frames = [(file, line) for file, line in _frames(exc.__traceback__)
+              if not file.startswith("<") and not file.startswith(skip)]
+    where = f"{frames[-1][0]}:{frames[-1][1]}" if frames else what
+    return f"{where} imports {name!r}, which is now {'clplatform.' + name!r}"
+
+
+def _frames(tb) -> list[tuple[str, int]]:
+    found = []
+    while tb is not None:
+        found.append((tb.tb_frame.f_code.co_filename, tb.tb_lineno))
+        tb = tb.tb_next
+    return found
+
 
 def _origin(builder: Callable) -> str:
-    """Where a builder is defined (the same one registered again, e.g. by a re-imported
-    module, is not a duplicate)."""
+    """Where a builder is defined, for messages: ``module.name``."""
     return f"{getattr(builder, '__module__', '?')}.{getattr(builder, '__qualname__', '?')}"
+
+
+def _definition(builder: Callable) -> tuple[str, str]:
+    """What identifies a builder's definition: its source file and name. The same definition
+    registered again — a module imported twice, or a file loaded under another module name
+    (a stream file given as ``file.py:function`` that is also installed) — is not a
+    duplicate."""
+    code = getattr(builder, "__code__", None)
+    module = sys.modules.get(getattr(builder, "__module__", None) or "")
+    file = code.co_filename if code is not None else getattr(module, "__file__", None)
+    if not file:
+        return _origin(builder), ""
+    return str(Path(file).resolve()), getattr(builder, "__qualname__", "?")
 
 
 register_strategy = STRATEGIES.register
 register_stream = STREAMS.register
 register_backbone = BACKBONES.register
 
-
-def create_stream(name: str, **options: Any):
-    """Build the Avalanche benchmark of stream ``name`` with validated ``options``."""
-    entry = STREAMS.get(name)
-    return entry.builder(entry.make_options(options, f"stream {name!r}"))
-
-
-def create_backbone(name: str, **options: Any):
-    """Build backbone ``name`` (a :class:`clplatform.backbones.Backbone`)."""
-    entry = BACKBONES.get(name)
-    return entry.builder(entry.make_options(options, f"backbone {name!r}"))
-
-
-def create_strategy(name: str, context: Any, **hparams: Any):
-    """Build strategy ``name`` on ``context`` (a :class:`strategies.base.StrategyContext`)."""
-    entry = STRATEGIES.get(name)
-    return entry.builder(context, entry.make_options(hparams, f"strategy {name!r}"))

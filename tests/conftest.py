@@ -36,7 +36,7 @@ def pretrained_backbone(private_cache, user_cache) -> tuple[Path, float]:
     and built by the current recipe, else built once per session (70 s on 2 idle cores)."""
     import torch
 
-    from clplatform.pretrain import adopt_cached_weights, pretrained_glyph_vit_path
+    from clplatform.models.pretrain import adopt_cached_weights, pretrained_glyph_vit_path
     adopt_cached_weights(user_cache)
     path = pretrained_glyph_vit_path()
     accuracy = torch.load(path, weights_only=True)["pretrain_test_accuracy"]

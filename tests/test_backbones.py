@@ -3,7 +3,7 @@ import torch
 
 from clplatform.backbones import Backbone, build_glyph_vit, load_weights
 from clplatform.errors import UserError
-from clplatform.registry import create_backbone
+from clplatform import create_backbone
 
 
 def test_vit_glyphs_is_a_timm_vision_transformer_with_conv_stem():

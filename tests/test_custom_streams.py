@@ -205,7 +205,7 @@ def test_callable_returning_an_avalanche_benchmark(tmp_path, runs_dir, pretraine
         "import torch\n"
         "from avalanche.benchmarks.scenarios.dataset_scenario import "
         "benchmark_from_datasets\n"
-        "from streams import classification_dataset\n"
+        "from clplatform.streams import classification_dataset\n"
         "def bench(n=12):\n"
         "    g = torch.Generator().manual_seed(0)\n"
         "    ds = lambda: classification_dataset(torch.rand(n, 1, 16, 16, generator=g),\n"
@@ -379,7 +379,7 @@ def test_avalanche_classic_records_the_dataset_class_names(tmp_path, pretrained_
     from torchvision.datasets import FashionMNIST
 
     from clplatform.data import dataset_tensors
-    from clplatform.registry import create_stream
+    from clplatform import create_stream
     root = _fake_mnist(tmp_path / "fmnist", dataset="FashionMNIST")
     bm = create_stream("avalanche", benchmark="SplitFMNIST", root=str(root), experiences=2,
                        seed=3)
@@ -412,7 +412,7 @@ def test_stream_data_is_validated_before_the_run(tmp_path, runs_dir, pretrained_
         "import torch\n"
         "from avalanche.benchmarks.scenarios.dataset_scenario import "
         "benchmark_from_datasets\n"
-        "from streams import classification_dataset\n"
+        "from clplatform.streams import classification_dataset\n"
         "def ds(n, c=1, label=0):\n"
         "    return classification_dataset(torch.rand(n, c, 8, 8), torch.full((n,), label))\n"
         "def empty():\n"

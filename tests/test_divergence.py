@@ -8,7 +8,7 @@ from click.testing import CliRunner
 import clplatform
 from clplatform.app.cli import cli
 from clplatform.divergence import TrainingDiverged
-from clplatform.registry import create_backbone, create_strategy, create_stream
+from clplatform import create_backbone, create_strategy, create_stream
 from clplatform.seeding import seed_everything
 from clplatform.strategies.base import StrategyContext, TrainSettings
 

@@ -5,7 +5,7 @@ import pytest
 import clplatform
 from clplatform.evaluator import Evaluator
 from clplatform.metrics import bwt, summarize
-from clplatform.registry import create_backbone, create_strategy, create_stream
+from clplatform import create_backbone, create_strategy, create_stream
 from clplatform.strategies.base import StrategyContext, TrainSettings
 
 from conftest import TINY_GLYPHS
@@ -174,6 +174,7 @@ def test_one_evaluation_pass_scores_every_experience_as_separate_passes(pretrain
     rows of one evaluation per experience, task selection included."""
     import torch
 
+    from clplatform.contract import StrategyHooks
     from clplatform.data import dataset_tensors
     from clplatform.evaluator import evaluate
 
@@ -189,15 +190,25 @@ def test_one_evaluation_pass_scores_every_experience_as_separate_passes(pretrain
             self.selected_experience = (flat.sum(1) * 7).long() % 3
             return flat @ self.w
 
+    class Choosing(StrategyHooks):
+        """A strategy telling the evaluator the choice of the last forward (the hook)."""
+        def __init__(self, model):
+            self.model, self.device = model, "cpu"
+
+        def selected_experiences(self):
+            return self.model.selected_experience
+
     torch.manual_seed(0)
     bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
     evaluator = Evaluator(bm.test_stream, bm.info.num_classes, batch_size=7)
     model = Chooser()
-    evaluator._evaluate_all(model, "cpu", train_exp=1)
+    strategy = Choosing(model)
+    evaluator._evaluate_all(strategy, train_exp=1)
     assert len(evaluator.accuracy_rows) == len(bm.test_stream) == 3
     for j, (row, exp) in enumerate(zip(evaluator.accuracy_rows, bm.test_stream)):
         x, y = dataset_tensors(exp.dataset)
-        alone = evaluate(model, x, y, 4, "cpu", bm.info.num_classes, experience=j)
+        alone = evaluate(model, x, y, 4, "cpu", bm.info.num_classes, experience=j,
+                         selection=strategy.selected_experiences)
         assert row["eval_exp"] == j and row["seen"] == (j <= 1)
         assert "task_selection_accuracy" in alone
         for key, value in alone.items():

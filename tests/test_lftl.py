@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from clplatform.app.active import MASKED_LABEL, BudgetExceeded, Oracle, masked_experience
+from clplatform.active import MASKED_LABEL, BudgetExceeded, Oracle, masked_experience
 from clplatform.data import dataset_tensors
-from clplatform.registry import create_backbone, create_strategy, create_stream
+from clplatform import create_backbone, create_strategy, create_stream
 from clplatform.seeding import seed_everything
 from clplatform.strategies.base import StrategyContext, TrainSettings
 from clplatform.strategies.lftl import sampling

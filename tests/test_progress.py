@@ -14,7 +14,7 @@ import torch
 
 import clplatform
 from clplatform.progress import ProgressPlugin, StepProgress
-from clplatform.registry import create_backbone, create_strategy, create_stream
+from clplatform import create_backbone, create_strategy, create_stream
 from clplatform.strategies.base import StrategyContext, TrainSettings
 
 from conftest import TINY_GLYPHS
@@ -111,7 +111,7 @@ def test_step_progress_estimates_the_time_left_from_the_steps_measured():
 
 
 def test_pretraining_without_a_terminal_logs_its_epochs(tmp_path, capsys):
-    from clplatform.pretrain import PretrainRecipe, pretrain_glyph_vit
+    from clplatform.models.pretrain import PretrainRecipe, pretrain_glyph_vit
     recipe = PretrainRecipe(epochs=2, samples_per_class=2, test_samples_per_class=1)
     path, accuracy = pretrain_glyph_vit(recipe, out=tmp_path / "w.pt", progress=True)
     assert path.is_file() and 0 <= accuracy <= 1
@@ -126,7 +126,7 @@ def test_pretraining_without_a_terminal_logs_its_epochs(tmp_path, capsys):
 def _fake_backbone_file(path: Path, recipe_changes: dict | None = None) -> Path:
     """A file in the format pre-training writes, with random weights (fast to make)."""
     from clplatform.backbones import build_glyph_vit
-    from clplatform.pretrain import PretrainRecipe
+    from clplatform.models.pretrain import PretrainRecipe
     recipe = dataclasses.replace(PretrainRecipe(), **(recipe_changes or {}))
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": build_glyph_vit().state_dict(),
@@ -138,7 +138,7 @@ def _fake_backbone_file(path: Path, recipe_changes: dict | None = None) -> Path:
 @pytest.fixture
 def other_caches(tmp_path, monkeypatch):
     """(a user's cache folder, this process's cache) with the default recipe's file name."""
-    from clplatform.pretrain import PretrainRecipe, cached_weights_path
+    from clplatform.models.pretrain import PretrainRecipe, cached_weights_path
     monkeypatch.setenv("CLPLATFORM_CACHE", str(tmp_path / "private"))
     target = cached_weights_path(PretrainRecipe())
     user = tmp_path / "user"
@@ -146,7 +146,7 @@ def other_caches(tmp_path, monkeypatch):
 
 
 def test_a_complete_backbone_of_the_recipe_is_adopted(other_caches):
-    from clplatform.pretrain import adopt_cached_weights
+    from clplatform.models.pretrain import adopt_cached_weights
     user, source, target = other_caches
     _fake_backbone_file(source)
     assert adopt_cached_weights(user) == target
@@ -155,7 +155,7 @@ def test_a_complete_backbone_of_the_recipe_is_adopted(other_caches):
 
 @pytest.mark.parametrize("defect", ["missing", "truncated", "other recipe", "other model"])
 def test_an_incomplete_or_foreign_backbone_is_not_adopted(other_caches, defect):
-    from clplatform.pretrain import adopt_cached_weights
+    from clplatform.models.pretrain import adopt_cached_weights
     user, source, target = other_caches
     if defect != "missing":
         _fake_backbone_file(source, {"epochs": 3} if defect == "other recipe" else None)
@@ -187,7 +187,7 @@ def test_a_fresh_test_session_uses_the_users_cached_backbone(tmp_path):
     env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"),
                PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]))
     name = subprocess.run(
-        [sys.executable, "-c", "from clplatform.pretrain import PretrainRecipe, "
+        [sys.executable, "-c", "from clplatform.models.pretrain import PretrainRecipe, "
          "cached_weights_path; print(cached_weights_path(PretrainRecipe()).name)"],
         env={**env, "CLPLATFORM_CACHE": str(tmp_path / "scratch")}, cwd=ROOT,
         capture_output=True, text=True, check=True).stdout.strip()
@@ -203,7 +203,7 @@ def test_a_fresh_test_session_uses_the_users_cached_backbone(tmp_path):
 def test_a_corrupt_cached_backbone_is_built_again(other_caches, monkeypatch, capsys, defect):
     """The weights file is a cache: one that cannot be read is rebuilt with a warning, not
     a one-line error on every run."""
-    from clplatform import pretrain
+    from clplatform.models import pretrain
     _user, _source, target = other_caches
     _fake_backbone_file(target)
     target.write_bytes(target.read_bytes()[:100_000] if defect == "truncated" else b"")

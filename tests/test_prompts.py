@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clplatform.registry import create_backbone, create_strategy, create_stream
+from clplatform import create_backbone, create_strategy, create_stream
 from clplatform.strategies.base import StrategyContext, TrainSettings
 from clplatform.strategies.prompts import PrefixAttention, TensorQuantizer, kmeans_1d, stored_bits
 from clplatform.strategies.prompts.quantizer import assign, kl_divergence, uniform_levels
@@ -167,9 +167,11 @@ def test_task_selection_is_recorded(pretrained_backbone):
     strategy.train(bm.train_stream[0], eval_streams=[])
     from clplatform.data import dataset_tensors
     x, y = dataset_tensors(bm.test_stream[0].dataset)
-    row = evaluate(strategy.model, x, y, 64, "cpu", 62, experience=0)
+    row = evaluate(strategy.model, x, y, 64, "cpu", 62, experience=0,
+                   selection=strategy.selected_experiences)
     assert row["task_selection_accuracy"] == 1.0  # one key: always experience 0
-    row = evaluate(strategy.model, x, y, 64, "cpu", 62, experience=1)
+    row = evaluate(strategy.model, x, y, 64, "cpu", 62, experience=1,
+                   selection=strategy.selected_experiences)
     assert row["task_selection_accuracy"] == 0.0
 
 

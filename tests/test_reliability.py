@@ -235,7 +235,7 @@ def test_killed_run_resumes_to_the_same_records(strategy, kill_after, tmp_path,
 def test_every_strategy_can_be_resumed():
     from clplatform.registry import STRATEGIES
     builtin = {n for n in STRATEGIES.names() if n not in ("joint", "partial-finetune")}
-    resumable = {n for n in builtin if STRATEGIES.get(n).extra.get("resumable")}
+    resumable = {n for n in builtin if STRATEGIES.get(n).traits.resumable}
     assert resumable == builtin == set(RESUME_ARGS)
 
 
@@ -277,8 +277,8 @@ def interrupted_run(tmp_path_factory, pretrained_backbone) -> Path:
     out = tmp_path_factory.mktemp("interrupted")
     save = checkpoint.save
 
-    def save_then_stop(run_dir, prepared, experience):
-        save(run_dir, prepared, experience)
+    def save_then_stop(run_dir, strategy, evaluator, experience):
+        save(run_dir, strategy, evaluator, experience)
         if experience == 1:
             raise RunInterrupted(signal.SIGTERM)
     old_umask = os.umask(0o022)

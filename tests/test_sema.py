@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clplatform.registry import create_backbone, create_strategy, create_stream
+from clplatform import create_backbone, create_strategy, create_stream
 from clplatform.strategies.base import StrategyContext, TrainSettings
 from clplatform.strategies.sema import SEMAModel, SEMAOptions, SoftRouter
 from clplatform.strategies.sema.layer import Adapter, LossStatistics

@@ -33,7 +33,7 @@ def test_python_api_run_and_load_run_agree(runs_dir, pretrained_backbone):
 
 
 def test_failed_run_is_marked_failed(runs_dir, pretrained_backbone, monkeypatch):
-    from clplatform import runner
+    from clplatform.app import runner
 
     def boom(self, **_kwargs):
         raise RuntimeError("disk on fire")

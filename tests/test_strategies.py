@@ -79,7 +79,7 @@ def test_hyper_parameters_reach_the_avalanche_strategy(runs_dir, pretrained_back
     assert run.config["strategy"] == {"name": "replay", "mem_size": 31}
     from clplatform.strategies.base import StrategyContext
     # build the same strategy directly and inspect the Avalanche object
-    from clplatform.registry import create_backbone, create_strategy, create_stream
+    from clplatform import create_backbone, create_strategy, create_stream
     from clplatform.strategies.base import TrainSettings
     bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
     ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings(epochs=1, lr=0.01))
@@ -114,7 +114,7 @@ def test_pretraining_transfers_simplecil_beats_random_backbone(runs_dir, pretrai
 
 
 def test_training_changes_only_what_the_strategy_trains(pretrained_backbone):
-    from clplatform.registry import create_backbone, create_strategy, create_stream
+    from clplatform import create_backbone, create_strategy, create_stream
     from clplatform.strategies.base import StrategyContext, TrainSettings
     bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
     ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings(epochs=1, lr=0.01))
@@ -133,7 +133,7 @@ def test_si_importances_are_not_zero_on_cpu(pretrained_backbone):
     """Avalanche 0.6's SI keeps snapshots that alias the parameters on a CPU (all importances
     0, no penalty); clplatform's SI copies them: after one experience the importances are
     positive and the penalty pulls towards the parameters of the experience's end."""
-    from clplatform.registry import create_backbone, create_strategy, create_stream
+    from clplatform import create_backbone, create_strategy, create_stream
     from clplatform.strategies.base import StrategyContext, TrainSettings
     bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
     ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info,

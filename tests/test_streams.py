@@ -6,7 +6,7 @@ import torch
 
 from clplatform.errors import UserError
 from clplatform.data import dataset_tensors
-from clplatform.registry import create_stream
+from clplatform import create_stream
 from clplatform.streams.common import classes_per_experience
 from clplatform.streams.render import LATIN
 
@@ -181,7 +181,7 @@ def test_a_corrupt_stream_cache_file_is_rebuilt(content, tmp_path, monkeypatch):
 
 
 def test_what_is_not_the_cache_is_refused_up_front(tmp_path, monkeypatch):
-    from clplatform.pretrain import PretrainRecipe, cached_weights_path
+    from clplatform.models.pretrain import PretrainRecipe, cached_weights_path
     blocker = tmp_path / "a-file"
     blocker.write_text("mine")
     monkeypatch.setenv("CLPLATFORM_CACHE", str(blocker))

@@ -85,7 +85,7 @@ def _internal_error(exc: Exception, debug: bool) -> int:
     run had started); with --debug, the traceback itself. Exit status 1."""
     import traceback
 
-    from ..errors import save_traceback
+    from ..cache import save_traceback
     if debug:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     path = save_traceback(exc)
@@ -157,7 +157,8 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
     """
     from ..options import parse_assignments
     from .runner import dry_run as check_only
-    from .runner import execute, make_spec
+    from .runner import execute
+    from .spec import make_spec
     from ..store import json_safe
 
     if resume:
@@ -166,9 +167,8 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
         if any(v is not None and v != () for v in given) or dry_run:
             raise UserError("--resume continues a run with its own configuration; give no "
                             "other run options")
-        from ..checkpoint import resume_spec
-        _finish(execute(resume_spec(resume), progress=not quiet, exiting_after=True,
-                        resume=resume), as_json)
+        from .runner import resume as resume_run
+        _finish(resume_run(resume, progress=not quiet, exiting_after=True), as_json)
         return
     backbone_options = parse_assignments(backbone_opts, "--backbone-opt")
     if backbone_weights:
@@ -339,7 +339,7 @@ def sweep_command(strategies, streams, seeds, grid, executor, workers, threads, 
       clplat sweep --strategies sema,simplecil --executor ray --address auto
     """
     from ..options import parse_assignments
-    from .runner import make_spec
+    from .spec import make_spec
     from .sweep import SweepOptions, _split, parse_grid, plan, run_sweep
     seed_values = []
     for value in _split(seeds, "--seeds"):
@@ -419,7 +419,7 @@ def pretrain_command(force, out, quiet):
     """
     import shutil
 
-    from ..pretrain import PretrainRecipe, cached_weights_path, pretrain_glyph_vit
+    from ..models.pretrain import PretrainRecipe, cached_weights_path, pretrain_glyph_vit
     path = cached_weights_path(PretrainRecipe())
     if force or not path.is_file():
         path, accuracy = pretrain_glyph_vit(progress=not quiet)

@@ -14,172 +14,37 @@ import platform
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from .active import check_budget, masked_experience
+from ..active import check_budget, masked_experience
 from ..errors import UserError
 from ..interrupt import RunInterrupted, StopRequest, safe_points
-from ..options import build_options, build_within_memory, opt, options_dict
-
-DEFAULT_STRATEGY = "naive"
-DEFAULT_OUT = "runs"
-CONFIG_TABLES = ("strategy", "stream", "backbone", "train")
-
-
-@dataclass
-class TrainOptions:
-    """``[train]`` options; unset values come from the strategy's defaults, then these."""
-    epochs: int | None = opt(None, "training epochs per experience (default: the strategy's, "
-                                   "else 3)", min=1, max=10000)
-    batch_size: int | None = opt(None, "training mini-batch size (default: the strategy's, "
-                                       "else 32)", min=1, max=65536)
-    lr: float | None = opt(None, "learning rate (default: the strategy's, else 0.003)",
-                           min=0, max=100)
-    seed: int = opt(0, "seed of Python, NumPy, torch and of the stream", min=0, max=2**31 - 1)
-    device: str = opt("auto", "where to train", choices=("auto", "cpu", "cuda"))
-    out: str = opt(DEFAULT_OUT, "folder that receives the run directory")
-    flops: str = opt("sampled", "training FLOP counting: each distinct iteration once "
-                     "(sampled), every operation (full), or none (off)",
-                     choices=("sampled", "full", "off"))
-
-    def validate(self) -> None:
-        from ..store import check_output_folder
-        check_output_folder(self.out)
-
-
-GLOBAL_TRAIN_DEFAULTS = {"epochs": 3, "batch_size": 32, "lr": 0.003}
-
-
-@dataclass
-class RunSpec:
-    """What to run: names and raw (unvalidated) options, as given by the user."""
-    strategy: str = DEFAULT_STRATEGY
-    stream: str = "glyphs"
-    backbone: str = "vit-glyphs"
-    strategy_options: dict[str, Any] = field(default_factory=dict)
-    stream_options: dict[str, Any] = field(default_factory=dict)
-    backbone_options: dict[str, Any] = field(default_factory=dict)
-    train: dict[str, Any] = field(default_factory=dict)
-
-
-def read_config_file(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """A TOML file with ``[strategy]``, ``[stream]``, ``[backbone]``, ``[train]`` tables."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read config file {path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"invalid TOML in {path}: {exc}") from None
-    unknown = sorted(set(data) - set(CONFIG_TABLES))
-    if unknown:
-        raise UserError(f"unknown table or key {unknown[0]!r} in {path}; "
-                        f"valid tables: {', '.join(CONFIG_TABLES)}")
-    for name, table in data.items():
-        if not isinstance(table, dict):
-            raise UserError(f"{name!r} in {path} must be a table ([{name}])")
-        for key, value in table.items():
-            if isinstance(value, dict):
-                raise UserError(f"nested table {name}.{key} in {path} is not allowed")
-    return data
-
-
-def make_spec(config: str | os.PathLike | None = None, *, strategy: str | None = None,
-              stream: str | None = None, backbone: str | None = None,
-              strategy_options: Mapping[str, Any] | None = None,
-              stream_options: Mapping[str, Any] | None = None,
-              backbone_options: Mapping[str, Any] | None = None,
-              **train: Any) -> RunSpec:
-    """Merge a config file with explicit values (explicit values win)."""
-    data = read_config_file(config) if config else {}
-    tables = {k: dict(data.get(k, {})) for k in CONFIG_TABLES}
-    names = {k: tables[k].pop("name", None) for k in ("strategy", "stream", "backbone")}
-    for key, value in names.items():
-        if value is not None and not isinstance(value, str):
-            raise UserError(f"[{key}] name must be a string, got {value!r}")
-    spec = RunSpec()
-    spec.strategy = strategy or names["strategy"] or spec.strategy
-    spec.stream = stream or names["stream"] or spec.stream
-    spec.backbone = backbone or names["backbone"] or spec.backbone
-    # options in the file belong to the component named there; a different name on the
-    # command line starts from that component's defaults
-    keep = {k: (names[k] is None or names[k] == getattr(spec, k)) for k in names}
-    spec.strategy_options = {**(tables["strategy"] if keep["strategy"] else {}),
-                             **(strategy_options or {})}
-    spec.stream_options = {**(tables["stream"] if keep["stream"] else {}),
-                           **(stream_options or {})}
-    spec.backbone_options = {**(tables["backbone"] if keep["backbone"] else {}),
-                             **(backbone_options or {})}
-    spec.train = {**tables["train"], **{k: v for k, v in train.items() if v is not None}}
-    return spec
-
-
-def train_options(spec: RunSpec, strategy_entry) -> tuple[TrainOptions, list[str]]:
-    """The validated ``[train]`` settings of ``spec`` — what a run checks first and a sweep
-    checks for every cell before any starts — and the settings given that the strategy does
-    not use (registered ``unused_train``): those are left out, unchecked (``--epochs 0`` means
-    nothing to a strategy that takes no epochs)."""
-    unused = [k for k in strategy_entry.traits.unused_train
-              if spec.train.get(k) is not None]
-    used = {k: v for k, v in spec.train.items() if k not in unused}
-    return build_options(TrainOptions, used, "[train]"), unused
-
-
-def resolve_device(device: str) -> str:
-    import torch
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available on this machine")
-    return device
+from ..options import options_dict
+from .spec import RunSpec, make_spec, resolve, resume_spec
 
 
 class Prepared:
     """A validated, built run that has not started yet (no directory exists)."""
 
     def __init__(self, spec: RunSpec, progress: bool):
-        from clplatform.strategies.base import StrategyContext, TrainSettings
-
-        from .. import checkpoint
-        from ..backbones import resolve_backbone_name
+        from ..checkpoint import tag_samples
+        from ..contract import StrategyContext
         from ..divergence import divergence_check
         from ..evaluator import Evaluator
         from ..progress import ProgressPlugin
-        from clplatform.streams import StreamSource
-        from clplatform.streams.common import validate_benchmark
-
-        from ..registry import BACKBONES, STRATEGIES
         from ..seeding import seed_everything
+        from clplatform.streams.common import validate_benchmark
+        from .factories import build_strategy
 
-        # names and options first: cheap checks before anything is built
-        strategy_entry = STRATEGIES.get(spec.strategy)
-        stream_source = StreamSource(spec.stream, spec.stream_options)
-        backbone_key, backbone_opts = resolve_backbone_name(spec.backbone,
-                                                            spec.backbone_options)
-        backbone_entry = BACKBONES.get(backbone_key)
-        train, unused = train_options(spec, strategy_entry)
-        hparams = strategy_entry.make_options(spec.strategy_options, f"strategy {spec.strategy!r}")
-        backbone_options = backbone_entry.make_options(backbone_opts,
-                                                       f"backbone {spec.backbone!r}")
-        defaults = dataclasses.asdict(strategy_entry.traits.train_defaults)
-        settings = TrainSettings(
-            epochs=train.epochs if train.epochs is not None else defaults["epochs"],
-            batch_size=train.batch_size or defaults["batch_size"],
-            lr=train.lr if train.lr is not None else defaults["lr"],
-            seed=train.seed, device=resolve_device(train.device))
+        resolved = resolve(spec)  # names and options first: cheap checks before building
+        strategy_entry, hparams, train = resolved.strategy, resolved.hparams, resolved.train
+        settings = resolved.settings()
 
         seed_everything(settings.seed)
-        self.benchmark = stream_source.build(train.seed)
-        checkpoint.tag_samples(self.benchmark.train_stream)  # buffers are saved as sample ids
-        self.backbone = backbone_entry.builder(backbone_options)
+        self.benchmark = resolved.stream.build(settings.seed)
+        tag_samples(self.benchmark.train_stream)  # buffers are saved as sample ids
+        self.backbone = resolved.backbone.builder(resolved.backbone_options)
         validate_benchmark(self.benchmark, self.backbone.in_chans)
         self.info = self.benchmark.info
         self.joint = strategy_entry.traits.joint
@@ -197,50 +62,35 @@ class Prepared:
         self.stop = StopRequest()
         context = StrategyContext(self.backbone, self.info, settings,
                                   plugins=[self.progress, self.evaluator,
-                                           safe_points(self.stop), divergence_check()])
+                                           safe_points(self.stop), divergence_check()],
+                                  report_round=self.evaluator.record_round)
         seed_everything(settings.seed)  # same model initialisation whatever was built before
-        self.strategy = build_within_memory(strategy_entry.builder, context, hparams,
-                                            f"strategy {spec.strategy!r}")
+        self.strategy = build_strategy(strategy_entry, context, hparams)
         self.settings = settings
         self.out = train.out
+        stream_source = resolved.stream
         self.config = {
             "strategy": {"name": spec.strategy, **options_dict(hparams)},
             "stream": {"name": stream_source.name, **stream_source.config(),
                        "scenario": self.info.scenario, "classes": self.info.classes,
                        "domains": self.info.domains,
                        "experiences_in_stream": len(self.benchmark.train_stream)},
-            "backbone": {"name": spec.backbone, **options_dict(backbone_options)},
+            "backbone": {"name": spec.backbone, **options_dict(resolved.backbone_options)},
             "train": {**dataclasses.asdict(settings), "out": train.out,
                       "device_requested": train.device, "flops": train.flops},
         }
-        self.label = f"{spec.strategy}-{stream_source.label}-s{settings.seed}"
-        if unused:  # a warning, not an error: sweeps set them for every strategy at
-            # once; only once everything is built, so that an error stays the one line
+        self.label = resolved.label
+        if resolved.unused:  # a warning, not an error: sweeps set them for every strategy
+            # at once; only once everything is built, so that an error stays the one line
             print(f"clplat: warning: strategy {spec.strategy!r} does not use "
-                  f"{', '.join(unused)}; its own hyper-parameters are set with --set "
+                  f"{', '.join(resolved.unused)}; its own hyper-parameters are set with --set "
                   f"(clplat list strategies -v)", file=sys.stderr)
 
-    def restore(self, state: dict) -> None:
-        """Continue after the checkpoint's experience: the model regrows what it had grown
-        (dynamic heads, the strategy's own modules), then weights, plugin and optimizer
-        states, records and RNG states come back."""
-        from avalanche.models.dynamic_modules import avalanche_model_adaptation
-
+    def restore(self, run_dir: Path) -> None:
+        """Continue after the checkpoint of ``run_dir``'s last finished experience."""
         from .. import checkpoint
-        done = int(state["experience"])
-        experiences = list(self.benchmark.train_stream)[:done + 1]
-        samples = checkpoint.Samples(self.benchmark.train_stream)
-        model = self.strategy.model
-        for experience in experiences:
-            avalanche_model_adaptation(model, experience)
-        checkpoint.restore_strategy(self.strategy, state["strategy"], samples, experiences)
-        checkpoint.load_model_state(model, state["model"])
-        checkpoint.restore_plugins(self.strategy, state["strategy"], samples)
-        if "optimizer" in state:
-            checkpoint.restore_optimizer(self.strategy, state["optimizer"])
-        self.evaluator.restore(state["evaluator"])
-        checkpoint.set_rng_state(state["rng"])
-        self.start = done + 1
+        self.start = checkpoint.restore(run_dir, self.strategy, self.benchmark.train_stream,
+                                        self.evaluator)
 
     def fit(self, after_experience=lambda i: None) -> None:
         """Train experience by experience (joint: once on the whole stream), calling
@@ -258,11 +108,12 @@ class Prepared:
                 if i < self.start:
                     continue
                 self.evaluator.expect(i, len(experience.dataset))
+                extra = {}
                 if self.active and i > 0:  # labels only through the oracle
-                    experience, self.strategy.oracle = masked_experience(
+                    experience, extra["oracle"] = masked_experience(
                         experience, self.hparams.budget_per_round, self.hparams.rounds)
                 self.progress.start_experience(i, len(stream))
-                self.strategy.train(experience, eval_streams=[])
+                self.strategy.train(experience, eval_streams=[], **extra)
                 after_experience(i)
                 self.stop.check()
         finally:
@@ -287,7 +138,7 @@ def _execute(spec, progress, exiting_after, resume, run_dir, held: contextlib.Ex
 
     from .. import metrics
     from ..cache import temp_files
-    from ..errors import save_traceback
+    from ..cache import save_traceback
     from ..evaluator import INITIAL
     from ..store import (ACCURACY_FILE, CONFIG_FILE, EXPERIENCES_FILE, ROUNDS_FILE, RUN_FILE,
                         SUMMARY_FILE,
@@ -312,7 +163,7 @@ def _execute(spec, progress, exiting_after, resume, run_dir, held: contextlib.Ex
         if not prepared.resumable:
             raise UserError(f"strategy {spec.strategy!r} cannot be resumed (it is not "
                             "registered resumable=True)")
-        checkpoint.restore(prepared, run_dir)
+        prepared.restore(run_dir)
         for stale in temp_files(run_dir):  # writes a killed process left unfinished
             stale.unlink(missing_ok=True)
         reserve_space(run_dir)
@@ -356,7 +207,7 @@ def _execute(spec, progress, exiting_after, resume, run_dir, held: contextlib.Ex
         if rounds:
             write_table(run_dir / ROUNDS_FILE, rounds)
         if prepared.resumable:
-            checkpoint.save(run_dir, prepared, experience)
+            checkpoint.save(run_dir, prepared.strategy, prepared.evaluator, experience)
     failure = None
     try:
         with prepared.stop:
@@ -420,3 +271,12 @@ def run(strategy: str | None = None, stream: str | None = None, *,
     """
     return execute(make_spec(config, strategy=strategy, stream=stream, **options),
                    progress=progress)
+
+
+def resume(run_dir: str | os.PathLike, progress: bool = False, exiting_after: bool = False):
+    """Continue the interrupted run in ``run_dir`` after its last finished experience, with
+    its own configuration (strategies registered ``resumable=True``); returns the stored
+    run. The one resume of the command line (``clplat run --resume``), sweeps and Python."""
+    run_dir = Path(run_dir)
+    return execute(resume_spec(run_dir), progress=progress, exiting_after=exiting_after,
+                   resume=run_dir)

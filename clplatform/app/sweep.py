@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import UserError
-from .runner import RunSpec
+from .spec import RunSpec
 
 TRAIN_KEYS = ("epochs", "batch_size", "lr")
 SWEEP_FILE = "sweep.json"
@@ -96,10 +96,8 @@ def plan(strategies: list[str], streams: list[str], seeds: list[int],
     (others run once per remaining combination)."""
     import itertools
 
-    from ..registry import BACKBONES, STRATEGIES
-    from ..backbones import resolve_backbone_name
-    from .runner import train_options
-    from clplatform.streams import StreamSource
+    from ..registry import STRATEGIES
+    from .spec import resolve
     entries = {name: STRATEGIES.get(name) for name in strategies}
     strategy_keys = [k for k in grid if k not in TRAIN_KEYS and "." not in k]
     for key in strategy_keys:
@@ -131,12 +129,9 @@ def plan(strategies: list[str], streams: list[str], seeds: list[int],
                                      if k.startswith("backbone.")}},
                 train={**base.train, "seed": seed,
                        **{k: v for k, v in chosen.items() if k in TRAIN_KEYS}})
-            train_options(spec, entries[strategy])  # the checks a run makes first
-            entries[strategy].make_options(spec.strategy_options, f"strategy {strategy!r}")
-            key, opts = resolve_backbone_name(spec.backbone, spec.backbone_options)
-            BACKBONES.get(key).make_options(opts, f"backbone {spec.backbone!r}")
-            source = StreamSource(stream, spec.stream_options)
-            cells.append(Cell(_cell_id(strategy, source.label, seed, chosen), spec, chosen))
+            resolved = resolve(spec)  # the checks a run makes first
+            cells.append(Cell(_cell_id(strategy, resolved.stream.label, seed, chosen), spec,
+                              chosen))
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         raise UserError("two cells of the sweep would share a run directory (streams with "
@@ -161,10 +156,10 @@ def run_cell(spec: dict[str, Any], run_dir: str, threads: int,
     ``ship``: send the run directory's files back. Returns status, reason, seconds."""
     import torch
 
-    from ..checkpoint import CHECKPOINT_FILE, resume_spec
+    from ..checkpoint import CHECKPOINT_FILE
     from ..interrupt import RunInterrupted
-    from .runner import execute
     from ..store import RUN_FILE, load_run, run_lock
+    from .runner import execute, resume
     torch.set_num_threads(threads)
     path = Path(run_dir)
     if files is not None:
@@ -177,7 +172,7 @@ def run_cell(spec: dict[str, Any], run_dir: str, threads: int,
         if run is not None and run.status == "complete":
             result["status"] = "skipped"
         elif run is not None and (path / CHECKPOINT_FILE).is_file():
-            execute(resume_spec(path), progress=False, resume=path)
+            resume(path)
         else:
             if run is not None:  # nothing finished: start again (unless it is still going)
                 with run_lock(path):

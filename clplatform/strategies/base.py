@@ -19,7 +19,6 @@ own epoch loop, so every Avalanche plugin hook fires.
 from __future__ import annotations
 
 import math
-import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -30,10 +29,6 @@ from torch import nn
 from clplatform.contract import StrategyContext, StrategyHooks, TrainSettings  # noqa: F401
 from clplatform.errors import UserError
 
-# Avalanche warns about constructors with positional parameters (it wants keyword-only ones);
-# a registered strategy class is called as Class(context, options), by the platform
-warnings.filterwarnings("ignore", message="Avalanche is transitioning to strategy constructors",
-                        category=UserWarning)
 
 #: Avalanche plugins that run a model on the training mini-batch's inputs (``mb_x``): in
 #: :meth:`Strategy.fit_tensors` those are cached tensors (tokens, indices), not images

@@ -20,7 +20,11 @@ DEFAULT_STREAM = "glyphs"
 
 class StreamSource:
     """Where a run's stream comes from, resolved and validated before anything is built:
-    a registered name, ``avalanche:<Benchmark>``, a Python callable, or a benchmark object."""
+    a registered name, ``name:<value>`` of a stream with a ``suffix_option``
+    (``avalanche:<Benchmark>``), a Python callable, or a benchmark object.
+
+    :meth:`build` is the one place that decides a stream's seed: a ``seed`` option left
+    unset takes the run's seed (the builders read ``opts.seed`` as it is)."""
 
     def __init__(self, stream: Any, options: dict[str, Any]):
         from clplatform.errors import UserError
@@ -37,24 +41,25 @@ class StreamSource:
                 raise UserError("stream options do not apply to a benchmark object")
             self.benchmark = custom.complete_benchmark(stream, "in-memory")
             self.name = self.benchmark.info.name
-        elif stream.startswith("avalanche:"):
-            self.name = stream
-            self.entry = STREAMS.get("avalanche")
-            self.parsed = self.entry.make_options(
-                {**self.options, "benchmark": stream.split(":", 1)[1]}, f"stream {stream!r}")
-        elif stream not in STREAMS.names() and is_callable_reference(stream):
-            self.name = stream
-        else:
-            self.name = stream
-            try:
-                self.entry = STREAMS.get(stream)
-            except UserError as exc:
-                raise UserError(f"{exc}, or a Python callable file.py:function / "
-                                "package.module:function") from None
-            self.parsed = self.entry.make_options(self.options, f"stream {stream!r}")
+            self._options_dict = options_dict
+            return
+        self.name = stream
+        head = stream.partition(":")[0]
+        if head not in STREAMS.names() and is_callable_reference(stream):
+            self._options_dict = options_dict
+            return
+        try:
+            self.entry, values = STREAMS.resolve(stream, self.options)
+        except UserError as exc:
+            if stream in STREAMS.names() or head in STREAMS.names():
+                raise
+            raise UserError(f"{exc}, or a Python callable file.py:function / "
+                            "package.module:function") from None
+        self.parsed = self.entry.make_options(values, f"stream {stream!r}")
         self._options_dict = options_dict
 
     def build(self, seed: int):
+        """The benchmark; ``seed``: the run's seed, for a stream whose own is unset."""
         if self.benchmark is not None:
             return self.benchmark
         if self.entry is None:

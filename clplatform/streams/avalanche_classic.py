@@ -84,7 +84,7 @@ def avalanche_classic(opts: AvalancheOptions):
         _check_files(opts)
     generator = getattr(classic, CLASSIC[opts.benchmark][1])
     to_tensor = None if CLASSIC[opts.benchmark][0] in TENSOR_DATASETS else ToTensor()
-    kwargs = dict(seed=opts.seed or 0, train_transform=to_tensor, eval_transform=to_tensor,
+    kwargs = dict(seed=opts.seed, train_transform=to_tensor, eval_transform=to_tensor,
                   dataset_root=opts.root)
     if opts.benchmark in CLASS_INCREMENTAL:
         kwargs["class_ids_from_zero_from_first_exp"] = True

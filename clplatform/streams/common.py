@@ -15,9 +15,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
 
 from clplatform.cache import atomic_path, cache_file, read_cached, stable_hash
+from clplatform.data import classification_dataset  # noqa: F401  (part of the streams' API)
 from clplatform.errors import UserError
 from clplatform.options import opt
 
@@ -25,7 +25,9 @@ SEED_MAX = 2**32 - 1  # NumPy's and scikit-learn's seeds are unsigned 32-bit int
 
 
 def seed_option(help: str = "seed of the data and the class order (default: run seed)"):
-    """The ``seed`` field of every stream's options: none (the run seed) or 0..2^32-1."""
+    """The ``seed`` field of every stream's options: none (the run seed) or 0..2^32-1. A
+    builder reads it as set: :meth:`clplatform.streams.StreamSource.build` gives an unset
+    one the run's seed before calling the builder (the one place that decides it)."""
     return opt(None, help, min=0, max=SEED_MAX)
 
 
@@ -59,22 +61,6 @@ def to_float_images(images: np.ndarray, scale: float = 255.0) -> torch.Tensor:
     """uint8 [N, H, W] or [N, H, W, C] -> float [N, C, H, W] in [0, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(scale)
     return x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()
-
-
-def classification_dataset(x: torch.Tensor, y: torch.Tensor):
-    """An Avalanche classification dataset over tensors, with targets and task labels 0.
-
-    Task-aware (``task_set``), as Avalanche's regularisation strategies (LwF, ...) expect.
-    """
-    from avalanche.benchmarks.utils import DataAttribute
-    from avalanche.benchmarks.utils.classification_dataset import (
-        TaskAwareSupervisedClassificationDataset)
-    y = y.long()
-    return TaskAwareSupervisedClassificationDataset(
-        [TensorDataset(x, y)],
-        data_attributes=[DataAttribute(y.tolist(), "targets"),
-                         DataAttribute([0] * len(y), "targets_task_labels",
-                                       use_in_getitem=True)])
 
 
 def class_incremental(train: tuple[torch.Tensor, torch.Tensor],

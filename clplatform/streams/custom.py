@@ -24,7 +24,7 @@ import torch
 
 from clplatform.errors import UserError
 from clplatform.options import build_options, opt
-from clplatform.registry import register_stream
+from clplatform.registry import old_import_name, old_names_refused, register_stream
 
 from .common import (SEED_MAX, StreamInfo, cached_arrays, class_incremental,
                      domain_incremental, seed_option, seeded_permutation)
@@ -242,12 +242,11 @@ def _load_folder(root: Path, opts: FolderOptions, part: str) -> dict[str, np.nda
                  help="your images: DIR/<class>/<image> or DIR/<domain>/<class>/<image>")
 def folder(opts: FolderOptions):
     root = Path(opts.root)
-    seed = opts.seed or 0
     split = (root / "train").is_dir() and (root / "test").is_dir()
     train = _load_folder(root / "train" if split else root, opts, "train")
     test = _load_folder(root / "test", opts, "test") if split else None
     domain = opts.layout == "domain"
-    kwargs = dict(experiences=opts.experiences, test_fraction=opts.test_fraction, seed=seed,
+    kwargs = dict(experiences=opts.experiences, test_fraction=opts.test_fraction, seed=opts.seed,
                   name=f"folder:{root.name}", domain_order=list(opts.domains) or None)
     if test is not None:
         kwargs.update(test=(test["x"], test["y"]), test_domains=test["d"] if domain else None)
@@ -273,18 +272,21 @@ def _load_callable(reference: str):
         sys.modules[spec.name] = module  # dataclasses and pickling look modules up here
         sys.path.insert(0, str(path.parent.resolve()))
         try:
-            spec.loader.exec_module(module)
+            with old_names_refused():
+                spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001  (the user's code: report, do not crash)
             sys.modules.pop(spec.name, None)
-            raise UserError(f"cannot import {target}: {type(exc).__name__}: {exc}") from None
+            raise UserError(old_import_name(exc, target) or f"cannot import {target}: "
+                            f"{type(exc).__name__}: {exc}") from None
         finally:
             sys.path.remove(str(path.parent.resolve()))
     else:
         try:
-            module = importlib.import_module(target)
+            with old_names_refused():
+                module = importlib.import_module(target)
         except Exception as exc:  # noqa: BLE001
-            raise UserError(f"cannot import module {target!r}: {type(exc).__name__}: "
-                            f"{exc}") from None
+            raise UserError(old_import_name(exc, target) or f"cannot import module {target!r}: "
+                            f"{type(exc).__name__}: {exc}") from None
     fn = getattr(module, function, None)
     if not callable(fn):
         raise UserError(f"{target} has no function {function!r}")

@@ -26,12 +26,11 @@ class DigitsOptions:
 def digits(opts: DigitsOptions):
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
-    seed = opts.seed or 0
     data = load_digits()
     x = torch.from_numpy(data.images).float().div_(16.0).unsqueeze(1)  # ink in [0, 1]
     y = torch.from_numpy(data.target).long()
     idx_train, idx_test = train_test_split(range(len(y)), test_size=opts.test_fraction,
-                                           stratify=y.numpy(), random_state=seed)
+                                           stratify=y.numpy(), random_state=opts.seed)
     info = StreamInfo("digits", "class-incremental", [str(d) for d in range(10)], (1, 8, 8))
     return class_incremental((x[idx_train], y[idx_train]), (x[idx_test], y[idx_test]),
-                             seeded_permutation(10, seed), opts.experiences, info)
+                             seeded_permutation(10, opts.seed), opts.experiences, info)

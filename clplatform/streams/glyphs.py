@@ -67,12 +67,11 @@ class GlyphsOptions:
 @register_stream("glyphs", options=GlyphsOptions,
                  help="class-incremental, 62 Latin letters/digits rendered in 21 fonts, 32x32")
 def glyphs(opts: GlyphsOptions):
-    seed = opts.seed or 0
     train, test = _rendered(LATIN, tuple(FONT_FAMILIES), opts.samples_per_class,
-                            opts.test_samples_per_class, opts.image_size, opts.jitter, seed)
+                            opts.test_samples_per_class, opts.image_size, opts.jitter, opts.seed)
     info = StreamInfo("glyphs", "class-incremental", list(LATIN),
                       (1, opts.image_size, opts.image_size))
-    return class_incremental(train, test, seeded_permutation(len(LATIN), seed),
+    return class_incremental(train, test, seeded_permutation(len(LATIN), opts.seed),
                              opts.experiences, info)
 
 
@@ -96,12 +95,11 @@ class GlyphsDomainsOptions:
 @register_stream("glyphs-domains", options=GlyphsDomainsOptions,
                  help="domain-incremental, 62 Latin classes, one experience per font family")
 def glyphs_domains(opts: GlyphsDomainsOptions):
-    seed = opts.seed or 0
     train, test = [], []
     for i, family in enumerate(opts.domains):
         tr, te = _rendered(LATIN, (family,), opts.samples_per_class,
                            opts.test_samples_per_class, opts.image_size, opts.jitter,
-                           seed * 1000 + list(FONT_FAMILIES).index(family))
+                           opts.seed * 1000 + list(FONT_FAMILIES).index(family))
         train.append(tr)
         test.append(te)
     info = StreamInfo("glyphs-domains", "domain-incremental", list(LATIN),
@@ -119,12 +117,11 @@ class GlyphsPretrainOptions(GlyphsOptions):
 @register_stream("glyphs-pretrain", options=GlyphsPretrainOptions,
                  help="Greek and Cyrillic characters (no Latin look-alikes), for pre-training")
 def glyphs_pretrain(opts: GlyphsPretrainOptions):
-    seed = opts.seed or 0
     chars = _greek_cyrillic()
     families = tuple(f for f in FONT_FAMILIES if f != "cm")  # Computer Modern: Latin only
     train, test = _rendered(chars, families, opts.samples_per_class,
-                            opts.test_samples_per_class, opts.image_size, opts.jitter, seed)
+                            opts.test_samples_per_class, opts.image_size, opts.jitter, opts.seed)
     info = StreamInfo("glyphs-pretrain", "class-incremental", list(chars),
                       (1, opts.image_size, opts.image_size))
-    order = seeded_permutation(len(chars), seed) if opts.experiences > 1 else range(len(chars))
+    order = seeded_permutation(len(chars), opts.seed) if opts.experiences > 1 else range(len(chars))
     return class_incremental(train, test, order, opts.experiences, info)

@@ -2,7 +2,7 @@
 ``shared/specs/lftl.md``: ``config.py`` (hyper-parameters), ``sampling.py`` (query scores),
 ``model.py`` (backbone + bottleneck + weight-normalised classifier), ``strategy.py`` (source
 training, query-and-adapt rounds). The oracle and label masking are the platform's
-(``clplatform/app/active.py``)."""
+(``clplatform/active.py``)."""
 from clplatform.registry import lazy_exports, register_strategy
 
 from .config import LFTLOptions

@@ -11,11 +11,11 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from clplatform.active import Oracle
 from clplatform.data import dataset_tensors
 
 from ..base import Strategy, StrategyContext
@@ -23,9 +23,6 @@ from ..vit import map_batches
 from . import sampling
 from .config import LFTLOptions
 from .model import LFTLModel
-
-if TYPE_CHECKING:
-    from clplatform.app.active import Oracle
 
 
 def information_maximisation(logits: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 For a strategy registered with ``active=True`` (its options have ``budget_per_round`` and
 ``rounds``), the runner hands every experience after the first over through
 ``masked_experience``: the same samples with every target set to -1, and an ``Oracle`` —
-the only holder of that experience's labels — set as ``strategy.oracle``.
+the only holder of that experience's labels — handed in as
+``strategy.train(experience, oracle=oracle)``.
 
 A strategy gets the target samples with every label masked and this oracle. ``query`` reveals
 the labels of pool indices and charges the budget: at most ``per_round`` new labels in a round,
@@ -74,7 +75,7 @@ class Oracle:
 def check_budget(experiences, fraction: float, rounds: int) -> None:
     """Before a run: every target experience (all but the first) has the samples that
     ``rounds`` rounds of ``Oracle.with_fraction`` query, else a UserError naming the numbers."""
-    from ..errors import UserError
+    from .errors import UserError
     for i, experience in enumerate(experiences):
         size = len(experience.dataset)
         per_round = max(1, int(fraction * size))
@@ -90,9 +91,7 @@ def masked_experience(experience, fraction: float, rounds: int):
     """(experience with every label masked, oracle holding the labels)."""
     from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
 
-    from clplatform.streams.common import classification_dataset
-
-    from ..data import dataset_tensors
+    from .data import classification_dataset, dataset_tensors
     x, y = dataset_tensors(experience.dataset)
     masked = DatasetExperience(dataset=classification_dataset(x, torch.full_like(y, MASKED_LABEL)),
                                current_experience=experience.current_experience)

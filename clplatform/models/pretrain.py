@@ -1,4 +1,4 @@
-"""Pre-training of the default backbone ``vit-glyphs`` on ``glyphs-pretrain``.
+"""Pre-training of the default backbone ``vit-glyphs`` on the stream ``glyphs-pretrain``.
 
 Greek and Cyrillic characters (none a Latin look-alike) rendered in the bundled fonts; a
 supervised classifier is trained and its head dropped. The weights are cached under a hash
@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .cache import atomic_path, cache_file, stable_hash
-from .data import dataset_tensors
-from .errors import UserError
+from clplatform.cache import atomic_path, cache_file, stable_hash
+from clplatform.data import dataset_tensors
+from clplatform.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class PretrainRecipe:
 def cached_weights_path(recipe: PretrainRecipe) -> Path:
     """Where the weights of ``recipe`` are cached (a hash of architecture and recipe)."""
     from clplatform.streams.render import RENDER_VERSION
-    from .backbones import GlyphViTArch
+    from clplatform.backbones import GlyphViTArch
     key = {"arch": dataclasses.asdict(GlyphViTArch()), "recipe": dataclasses.asdict(recipe),
            "render": RENDER_VERSION}
     return cache_file("backbones", f"vit-glyphs-{stable_hash(key)}.pt")  # refuses a folder
@@ -65,7 +65,7 @@ def adopt_cached_weights(source_root: str | os.PathLike,
 def _built_by(path: Path, recipe: PretrainRecipe) -> bool:
     """Complete (it loads into the architecture, every key and shape), built by ``recipe``
     and holding its pre-training accuracy."""
-    from .backbones import build_glyph_vit, load_weights
+    from clplatform.backbones import build_glyph_vit, load_weights
     saved = _saved_by(path, recipe)
     if saved is None or "pretrain_test_accuracy" not in saved:
         return False
@@ -96,14 +96,15 @@ def pretrain_glyph_vit(recipe: PretrainRecipe = PretrainRecipe(), out: Path | No
 
     ``progress``: a bar on a terminal, else lines on stderr with the time left (measured on
     the first steps, then after every epoch)."""
-    from .backbones import build_glyph_vit
-    from .progress import StepProgress
-    from .registry import create_stream
-    from .seeding import seed_everything
+    from clplatform.backbones import build_glyph_vit
+    from clplatform.progress import StepProgress
+    from clplatform.seeding import seed_everything
+    from clplatform.streams import StreamSource
 
     seed_everything(recipe.seed)
-    bm = create_stream("glyphs-pretrain", samples_per_class=recipe.samples_per_class,
-                       test_samples_per_class=recipe.test_samples_per_class, seed=recipe.seed)
+    bm = StreamSource("glyphs-pretrain", {"samples_per_class": recipe.samples_per_class,
+                                          "test_samples_per_class":
+                                          recipe.test_samples_per_class}).build(recipe.seed)
     x_train, y_train = dataset_tensors(bm.train_stream[0].dataset)
     x_test, y_test = dataset_tensors(bm.test_stream[0].dataset)
     x_train, x_test = (x_train - 0.5) / 0.5, (x_test - 0.5) / 0.5  # the backbone's mean/std
