@@ -12,7 +12,7 @@ from clplatform.registry import STRATEGIES
 from conftest import TINY_GLYPHS
 
 BASELINES = ["naive", "ewc", "lwf", "si", "replay", "agem", "cumulative", "joint",
-             "linear-probe", "simplecil", "sema", "prompt", "qprompt"]
+             "linear-probe", "simplecil", "sema", "prompt", "qprompt", "inflora"]
 
 
 def test_every_registered_strategy_is_tested_here():
