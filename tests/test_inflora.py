@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from clplatform.registry import create_backbone, create_strategy, create_stream
+from clplatform import create_backbone, create_strategy, create_stream
 from clplatform.strategies.base import StrategyContext, TrainSettings
 from clplatform.strategies.inflora import InfLoRAModel, InfLoRAOptions, cosine_factor
 from clplatform.strategies.inflora import memory as gpm
