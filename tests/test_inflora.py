@@ -236,3 +236,13 @@ def test_end_to_end_records(runs_dir, pretrained_backbone):
     assert run.summary["final_accuracy"] > 0.2
     acc = run.accuracy
     assert (acc[(acc["train_exp"] >= 0) & ~acc["seen"]]["accuracy"] == 0).all()
+
+
+def test_repeated_classes_are_refused(pretrained_backbone):
+    from clplatform.errors import UserError
+    bm = create_stream("glyphs-domains", domains=("sans", "mono"), samples_per_class=1,
+                       test_samples_per_class=1, seed=0)
+    strategy = _strategy(bm, epochs=1)
+    strategy.train(bm.train_stream[0], eval_streams=[])
+    with pytest.raises(UserError, match="repeats class"):
+        strategy.train(bm.train_stream[1], eval_streams=[])

@@ -113,6 +113,11 @@ class InfLoRA(Strategy):
                             "schedule needs the number of experiences)")
         x, y = dataset_tensors(experience.dataset)
         classes = sorted(set(y.tolist()))
+        repeated = sorted(set(classes) & {c for cls in model.head_classes for c in cls})
+        if repeated:
+            raise UserError(f"inflora learns new classes in every experience (a head per "
+                            f"experience); this experience repeats class {repeated[0]} "
+                            "(a domain-incremental stream?)")
         local = torch.full((model.num_classes,), -1, dtype=torch.long)
         local[classes] = torch.arange(len(classes))
         labels = local[y].to(self.device)
