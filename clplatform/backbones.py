@@ -41,8 +41,9 @@ class Backbone(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Match channels and size of the model's input, then normalise."""
+    def prepare(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Match channels and size of the model's input, then normalise (``normalize=False``:
+        keep the stream's [0, 1] pixels, as the official prompt-method codes feed them)."""
         if x.shape[1] != self.in_chans:
             if x.shape[1] == 1:
                 x = x.expand(-1, self.in_chans, -1, -1)
@@ -54,7 +55,8 @@ class Backbone(nn.Module):
         if x.shape[-2:] != (self.img_size, self.img_size):
             x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear",
                               align_corners=False, antialias=x.shape[-1] > self.img_size)
-        x = (x - self.mean) / self.std
+        if normalize:
+            x = (x - self.mean) / self.std
         if self.channels_last and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -41,7 +41,7 @@ def test_accuracy_and_forgetting_agree_with_avalanche(pretrained_backbone):
 
 @pytest.mark.parametrize("strategy", ["naive", "ewc", "lwf", "si", "replay", "agem",
                                       "cumulative", "joint", "linear-probe", "simplecil",
-                                      "sema", "prompt", "qprompt"])
+                                      "sema", "prompt", "qprompt", "inflora"])
 def test_sampled_flops_within_3_percent_of_a_full_count(strategy, runs_dir,
                                                         pretrained_backbone):
     runs = {mode: clplatform.run(strategy, "glyphs", stream_options=TINY_GLYPHS, epochs=2,

@@ -183,7 +183,10 @@ RESUME_ARGS = {
     "agem": ["--epochs", "2", "--set", "patterns_per_exp=8", "--set", "sample_size=8"],
     "cumulative": ["--epochs", "2"],
     "sema": ["--set", "functional_epochs=1", "--set", "rd_epochs=2", "--set", "threshold=0"],
+    "inflora": ["--epochs", "2", "--lr", "0.005"],
     "prompt": ["--epochs", "2"],
+    "dualprompt": ["--epochs", "2"],
+    "l2p": ["--epochs", "2"],
     "qprompt": ["--epochs", "2", "--set", "min_interval=2", "--set", "kl_threshold=0"],
     "coda-prompt": ["--epochs", "2", "--batch-size", "16"],
     "lftl": ["--set", "rounds=2", "--set", "budget_per_round=0.03",
@@ -230,7 +233,8 @@ def _kill_and_resume(strategy: str, kill_after: int, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("strategy, kill_after", [
     ("naive", 2), ("ewc", 1), ("replay", 2), ("sema", 1), ("qprompt", 2), ("lftl", 1),
-    ("coda-prompt", 2), ("aper", 1), ("ranpac", 1), ("ease", 1)] +
+    ("coda-prompt", 2), ("dualprompt", 1), ("l2p", 1), ("inflora", 2), ("aper", 1),
+    ("ranpac", 1), ("ease", 1)] +
     [pytest.param(s, 1, marks=pytest.mark.slow) for s in ["naive", *sorted(SLOW_RESUME)]])
 def test_killed_run_resumes_to_the_same_records(strategy, kill_after, tmp_path,
                                                 pretrained_backbone):

@@ -307,3 +307,98 @@ def test_plugins_that_rerun_the_model_on_inputs_are_refused(pretrained_backbone)
     bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
     with pytest.raises(UserError, match="LwFPlugin cannot be used with SEMA"):
         _sema_with_plugins(bm, [LwFPlugin()], experiences=1)
+
+
+# ---- the released code's recipe (issue 18) and the flags that restore the earlier one -----
+EARLIER = {"scan_order": "sequential", "lr_schedule": "iteration", "head_bias": "uniform"}
+# low threshold, small scan batches: the tiny stream expands after experience 0
+EXPANDING = {**FAST, "threshold": 1.0, "scan_batch_size": 8}
+
+
+def _records(runs_dir, **opts):
+    import clplatform
+    run = clplatform.run("sema", "glyphs", stream_options=TINY_GLYPHS, seed=0, out=runs_dir,
+                         strategy_options={**EXPANDING, **opts})
+    exps = run.experiences
+    return {"modules_added": list(exps["modules_added"]),
+            "layers_expanded": [str(v) for v in exps["sema.layers_expanded"]],
+            "z_scores": [str(v) for v in exps["sema.z_scores"]],
+            "accuracy": [round(v, 6) for v in run.accuracy["accuracy"]]}
+
+
+def test_earlier_behaviour_flags_reproduce_the_earlier_records(runs_dir, pretrained_backbone):
+    """scan_order=sequential, lr_schedule=iteration, head_bias=uniform: the records of the
+    code before issue 18 (measured with it on this tiny stream, seed 0); the released-code
+    defaults give other records (more expansions with unshuffled, class-sorted scans)."""
+    earlier = _records(runs_dir, **EARLIER)
+    assert earlier == {
+        "modules_added": [6, 9, 10],
+        "layers_expanded": ["0;1;2;3;4;5", "3;4;5", "5"],
+        "z_scores": ["nan", "1.1155;2.7931;2.5454", "1.1777"],
+        "accuracy": [round(v, 6) for v in (
+            0.0476190485060215, 0.0, 0.0, 0.0793650820851326, 0.0, 0.0, 0.0476190485060215,
+            0.1587301641702652, 0.0, 0.01587301678955555, 0.1111111119389534,
+            0.0833333358168602)]}
+    released = _records(runs_dir)
+    assert released["layers_expanded"] != earlier["layers_expanded"]
+    assert released["accuracy"] != earlier["accuracy"]
+
+
+@pytest.mark.parametrize("order", ["shuffled", "sequential"])
+def test_expansion_scan_order(order, pretrained_backbone):
+    """The scan sees every sample once per pass: in a fresh random order (released code's
+    shuffled DataLoader), or in stream order (earlier behaviour)."""
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    strategy = _strategy(bm, scan_order=order, scan_batch_size=8)
+    from clplatform.data import dataset_tensors
+    x, _ = dataset_tensors(bm.train_stream[0].dataset)
+    seen = []
+    embed = strategy.model.embed
+    strategy.model.embed = lambda b: seen.append(b.clone()) or embed(b)
+    passes = []
+    for _ in range(2):
+        strategy._scan(x, set())
+        passes.append(torch.cat(seen))
+        seen.clear()
+    for scanned in passes:
+        assert len(scanned) == len(x)
+        assert torch.equal(scanned.flatten(1).sum(1).sort().values,
+                           x.flatten(1).sum(1).sort().values)
+    if order == "sequential":
+        assert all(torch.equal(p, x) for p in passes)
+    else:
+        assert not torch.equal(passes[0], x) and not torch.equal(passes[0], passes[1])
+
+
+def test_cosine_steps_once_per_epoch_and_head_bias_starts_at_zero(pretrained_backbone):
+    """Released code: CosineAnnealingLR(T_max = epochs, eta_min = 0) stepped after each
+    epoch, in both phases; the head's bias is zero, its weight PyTorch's default."""
+    import math
+
+    from avalanche.core import SupervisedPlugin
+
+    class LR(SupervisedPlugin):
+        def __init__(self):
+            super().__init__()
+            self.lrs = []
+
+        def before_training_iteration(self, strategy, **kwargs):
+            self.lrs.append(strategy.optimizer.param_groups[0]["lr"])
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    probe = LR()
+    from clplatform.seeding import seed_everything
+    seed_everything(0)
+    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings(),
+                          plugins=[probe])
+    strategy = create_strategy("sema", ctx, **FAST)
+    assert torch.equal(strategy.model.head.bias, torch.zeros(62))
+    strategy.train(bm.train_stream[0], eval_streams=[])
+    steps = math.ceil(len(bm.train_stream[0].dataset) / strategy.opts.batch_size)
+    expected = []
+    for epochs, lr in ((FAST["functional_epochs"], 0.005), (FAST["rd_epochs"], 0.01)):
+        expected += [lr * (1 + math.cos(math.pi * e / epochs)) / 2
+                     for e in range(epochs) for _ in range(steps)]
+    assert probe.lrs == pytest.approx(expected, rel=1e-9)
+    assert not torch.equal(
+        create_strategy("sema", ctx, **FAST, head_bias="uniform").model.head.bias,
+        torch.zeros(62))

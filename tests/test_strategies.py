@@ -12,7 +12,8 @@ from clplatform.registry import STRATEGIES
 from conftest import TINY_GLYPHS
 
 BASELINES = ["naive", "ewc", "lwf", "si", "replay", "agem", "cumulative", "joint",
-             "linear-probe", "simplecil", "sema", "prompt", "qprompt", "coda-prompt"]
+             "linear-probe", "simplecil", "sema", "prompt", "qprompt", "coda-prompt",
+             "dualprompt", "l2p", "inflora"]
 
 
 def test_every_registered_strategy_is_tested_here():

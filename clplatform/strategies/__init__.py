@@ -5,8 +5,8 @@ A new strategy is one class deriving from :class:`Strategy` (``clplatform.Strate
 """
 from clplatform.registry import lazy_exports
 
-from . import baselines, lftl, prompts, sema, simplecil  # noqa: F401  (registration)
-from . import coda  # noqa: F401  (registration)
+from . import (baselines, coda, inflora, l2p, lftl, prompts, sema,  # noqa: F401
+               simplecil)  # (registration)
 from . import ptm  # noqa: F401  (registration)
 
 # the context needs neither torch nor Avalanche; Strategy (Avalanche's template) loads them

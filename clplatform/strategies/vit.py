@@ -49,6 +49,9 @@ class ViTPieces(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.frozen_blocks: int | None = None
+        #: False: :meth:`embed` feeds the stream's [0, 1] pixels without the backbone's
+        #: mean/std normalisation (the official L2P/DualPrompt codes' input)
+        self.normalize_input = True
 
     @property
     def vit(self) -> nn.Module:
@@ -70,7 +73,7 @@ class ViTPieces(nn.Module):
         """Images -> the tokens entering the first block (timm's ``forward_features`` up to
         the blocks)."""
         vit = self.vit
-        tokens = vit.patch_embed(self.backbone.prepare(x))
+        tokens = vit.patch_embed(self.backbone.prepare(x, self.normalize_input))
         return vit.norm_pre(vit.patch_drop(vit._pos_embed(tokens)))
 
     def run_blocks(self, tokens: torch.Tensor, start: int = 0,

@@ -1,11 +1,13 @@
-"""Prompt-based continual learning (``shared/specs/qprompt.md``): ``prompt`` (DualPrompt-style
-prefix tuning, full precision) and ``qprompt`` (quantization-aware prompt training).
+"""Prompt-based continual learning (``shared/specs/qprompt.md``,
+``shared/specs/prompt-comparators.md``): ``dualprompt`` (DualPrompt as its official code),
+``prompt`` (the same implementation with simpler defaults: fresh E-prompts, no clipping, fp16
+storage, torch head init) and ``qprompt`` (quantization-aware prompt training).
 ``config.py`` (hyper-parameters), ``quantizer.py`` (the quantizer), ``layer.py`` (prefix
 attention, prompt tensors), ``model.py`` (injection into a timm ViT), ``strategy.py``
 (training as an Avalanche template)."""
 from clplatform.registry import lazy_exports, register_strategy
 
-from .config import PromptOptions, QPromptOptions
+from .config import DualPromptOptions, PromptOptions, QPromptOptions
 
 __getattr__ = lazy_exports(__name__, {
     "PrefixAttention": ".layer", "PromptTensor": ".layer", "PromptModel": ".model",
@@ -14,6 +16,10 @@ __getattr__ = lazy_exports(__name__, {
 
 # Adam at 0.03 x batch / 256 (the spec's rule) with the default batch of 32; 5 epochs
 PROMPT_TRAIN_DEFAULTS = {"epochs": 5, "batch_size": 32, "lr": 0.03 * 32 / 256}
+# the DualPrompt port's CIFAR-100 recipe (configs/cifar100_dualprompt.py): batch 24, 5 epochs,
+# Adam (0.9, 0.999), constant lr 0.03 scaled by batch / 256 (ImageNet-R: 0.005 x 24 / 256,
+# 50 epochs, e_length 20: set them with --lr, --epochs, --set e_length=20)
+DUALPROMPT_TRAIN_DEFAULTS = {"epochs": 5, "batch_size": 24, "lr": 0.03 * 24 / 256}
 
 
 def _build(ctx, opts):
@@ -29,6 +35,15 @@ def prompt(ctx, opts: PromptOptions):
     return _build(ctx, opts)
 
 
+@register_strategy("dualprompt", options=DualPromptOptions,
+                   train_defaults=DUALPROMPT_TRAIN_DEFAULTS, resumable=True,
+                   help="DualPrompt (Wang et al. 2022) as its official code: G-prompt in blocks "
+                        "0-1, per-experience E-prompts (copied from the previous one) in 2-4 "
+                        "chosen by key, gradient clipping, [0, 1] inputs")
+def dualprompt(ctx, opts: DualPromptOptions):
+    return _build(ctx, opts)
+
+
 @register_strategy("qprompt", options=QPromptOptions, train_defaults=PROMPT_TRAIN_DEFAULTS,
                    resumable=True,
                    help="prompt with quantization-aware prompt training: k-means codebooks, "
@@ -38,5 +53,5 @@ def qprompt(ctx, opts: QPromptOptions):
     return _build(ctx, opts)
 
 
-__all__ = ["PromptOptions", "QPromptOptions", "PromptModel", "PromptStrategy", "PrefixAttention",
-           "PromptTensor", "TensorQuantizer", "kmeans_1d", "stored_bits"]
+__all__ = ["DualPromptOptions", "PromptOptions", "QPromptOptions", "PromptModel", "PromptStrategy",
+           "PrefixAttention", "PromptTensor", "TensorQuantizer", "kmeans_1d", "stored_bits"]

@@ -15,6 +15,17 @@ QUANTIZER_HELP = ("prompt quantizer: none (full precision, stored as fp16), kmea
                   "-> 1-D k-means -> straight-through) or uniform (min-max levels, "
                   "straight-through)")
 
+E_INIT_HELP = ("a new E-prompt: fresh (uniform(-1, 1)) or copy (a copy of the previous "
+               "experience's, DualPrompt's shared_prompt_pool; the key is never copied)")
+GRAD_CLIP_HELP = ("clip the global gradient norm at this value (0: no clipping; the "
+                  "DualPrompt/L2P ports: 1.0)")
+INPUT_NORM_HELP = ("backbone: the backbone's mean/std normalisation; unit: the stream's [0, 1] "
+                   "pixels as they are (the official codes' input)")
+HEAD_INIT_HELP = ("linear head init: torch (nn.Linear's default), trunc_normal (std 0.02, bias "
+                  "0: timm's ViT init, the ports) or zeros (JAX)")
+PRECISION_HELP = ("finished prompts, keys and head rows not quantized are stored, and used at "
+                  "inference, in fp16 or fp32")
+
 
 @dataclass
 class PromptOptions:
@@ -40,12 +51,40 @@ class PromptOptions:
                             "ablation: noise instead of quantization error)", min=0)
     quantize_keys: bool = opt(False, "quantize the task keys too")
     quantize_head: bool = opt(False, "quantize the head rows of each experience's classes too")
+    # where `prompt` departs from DualPrompt's official code; `dualprompt` sets each one to
+    # the official value (shared/specs/prompt-comparators.md, "Where the existing prompt
+    # strategy deviates")
+    e_init: str = opt("fresh", E_INIT_HELP, choices=("fresh", "copy"))
+    grad_clip: float = opt(0.0, GRAD_CLIP_HELP, min=0)
+    input_norm: str = opt("backbone", INPUT_NORM_HELP, choices=("backbone", "unit"))
+    batchwise_prompt: bool = opt(False, "at test, every sample of a batch uses the E-prompt "
+                                        "most samples of the batch chose (ties: lower id); "
+                                        "leaks the batch's composition")
+    head_init: str = opt("torch", HEAD_INIT_HELP, choices=("torch", "trunc_normal", "zeros"))
+    precision: str = opt("fp16", PRECISION_HELP, choices=("fp16", "fp32"))
 
     def parameters_added(self, width: int, depth: int, classes: int) -> int:
         """Parameters created by the first experience (G-prompts, its E-prompt and key, the
         head): the runner checks them against the memory available (``build_within_memory``)."""
         return (2 * width * (self.g_layers * self.g_length + self.e_layers * self.e_length)
                 + width + (width + 1) * classes)
+
+
+@dataclass
+class DualPromptOptions(PromptOptions):
+    """DualPrompt as the official PyTorch port (JH-LEE-KR/dualprompt-pytorch,
+    configs/cifar100_dualprompt.py, engine.py) runs it; the training defaults (batch 24, 5
+    epochs, Adam 0.03 x 24 / 256) are the strategy's ``train_defaults``.
+
+    One departure: the inputs keep the backbone's normalisation (``input_norm=backbone``).
+    The official codes feed [0, 1] pixels to ViT-B weights trained on [-1, 1] ones, which
+    ViT-B tolerates; vit-glyphs (a BatchNorm conv stem) does not: with ``input_norm=unit``
+    DualPrompt ends at chance on the default glyphs stream (2.5 %, seed 0)."""
+    e_init: str = opt("copy", E_INIT_HELP, choices=("fresh", "copy"))
+    grad_clip: float = opt(1.0, GRAD_CLIP_HELP, min=0)
+    head_init: str = opt("trunc_normal", HEAD_INIT_HELP,
+                         choices=("torch", "trunc_normal", "zeros"))
+    precision: str = opt("fp32", PRECISION_HELP, choices=("fp16", "fp32"))
 
 
 @dataclass

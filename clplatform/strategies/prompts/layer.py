@@ -60,11 +60,12 @@ class PromptTensor(nn.Module):
     """
 
     def __init__(self, shape: tuple[int, ...], quantizer: TensorQuantizer | None,
-                 qat: bool = True, noise: float = 0.0):
+                 qat: bool = True, noise: float = 0.0, full: bool = False):
         super().__init__()
         self.latent = nn.Parameter(torch.empty(shape).uniform_(-1, 1))
         self.quantizer = quantizer
         self.qat, self.noise = qat, noise
+        self.full = full  # not quantized: stored in fp32 (default fp16)
         self.stored: StoredTensor | None = None
 
     @property
@@ -85,7 +86,7 @@ class PromptTensor(nn.Module):
     def store(self) -> None:
         """Keep the stored form of the current latent (b-bit or fp16)."""
         if self.quantizer is None:
-            self.stored = StoredTensor(self.latent)
+            self.stored = StoredTensor(self.latent, full=self.full)
         else:
             self.stored = self.quantizer.freeze(self.latent)
 

@@ -41,6 +41,13 @@ class PromptModel(ViTPieces):
         self.e_prompts = nn.ModuleList()  # one ModuleList of e_layers tensors per experience
         self.keys = nn.ModuleList()
         self.head = nn.Linear(dim, num_classes)
+        if opts.head_init == "trunc_normal":
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+        elif opts.head_init == "zeros":
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        self.normalize_input = opts.input_norm == "backbone"
         self.head_rows = nn.ModuleList()  # quantize_head: one HeadRows per experience
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
         self.selected_experience: torch.Tensor | None = None
@@ -52,17 +59,24 @@ class PromptModel(ViTPieces):
 
     def _tensor(self, shape, method: str) -> PromptTensor:
         return PromptTensor(shape, self._quantizer(method), qat=self.opts.schedule == "qat",
-                            noise=self.opts.noise).to(self._device())
+                            noise=self.opts.noise, full=self.opts.precision == "fp32"
+                            ).to(self._device())
 
     def _device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
     # ------------------------------------------------------------------ growth
     def add_experience(self) -> list[nn.Parameter]:
-        """A new E-prompt and key; returns the parameters to train in this experience."""
+        """A new E-prompt and key; returns the parameters to train in this experience.
+        ``e_init="copy"``: the E-prompt starts as a copy of the previous one (its latent,
+        full precision), the key does not."""
         o = self.opts
         self.e_prompts.append(nn.ModuleList(
             self._tensor((2, o.e_length, self.dim), o.quantizer) for _ in range(o.e_layers)))
+        if o.e_init == "copy" and len(self.e_prompts) > 1:
+            with torch.no_grad():
+                for new, old in zip(self.e_prompts[-1], self.e_prompts[-2]):
+                    new.latent.copy_(old.latent)
         self.keys.append(self._tensor((self.dim,), o.quantizer if o.quantize_keys else "none"))
         params = [t.latent for t in self.e_prompts[-1]] + [self.keys[-1].latent]
         return params + [t.latent for t in self.g_prompts] + list(self.head.parameters())
@@ -119,9 +133,13 @@ class PromptModel(ViTPieces):
         return torch.stack([k() for k in self.keys])
 
     def select(self, queries: torch.Tensor) -> torch.Tensor:
-        """Index of the experience whose key is most cosine-similar to each query."""
+        """Index of the experience whose key is most cosine-similar to each query;
+        ``batchwise_prompt`` at test: the index most samples of the batch chose."""
         sims = F.normalize(queries, dim=1) @ F.normalize(self.key_matrix(), dim=1).T
-        return sims.argmax(dim=1)
+        chosen = sims.argmax(dim=1)
+        if self.opts.batchwise_prompt and not self.training:
+            chosen = majority_ids(chosen[:, None], 1, len(self.keys)).expand(len(chosen))
+        return chosen
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return F.linear(features, self.head_weight(), self.head.bias)
@@ -138,3 +156,11 @@ class PromptModel(ViTPieces):
                          for layer in range(self.opts.e_layers)]
             features = self.prompted(tokens, per_layer)
         return self.logits(features).masked_fill(~self.seen, MASK_VALUE)
+
+
+def majority_ids(ids: torch.Tensor, n: int, pool: int) -> torch.Tensor:
+    """The ``n`` ids occurring most often in ``ids`` (any shape, values in ``[0, pool)``),
+    most frequent first, ties to the lower id: the ports' ``batchwise_prompt`` vote."""
+    counts = torch.bincount(ids.flatten(), minlength=pool)
+    # stable sort on -count keeps ascending ids among equal counts
+    return torch.sort(-counts, stable=True).indices[:n]

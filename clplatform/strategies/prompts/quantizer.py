@@ -58,14 +58,17 @@ def kl_divergence(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-8) -> float:
 
 
 class StoredTensor(nn.Module):
-    """What is kept of a finished tensor: b-bit indices + an fp16 codebook, or fp16 values."""
+    """What is kept of a finished tensor: b-bit indices + an fp16 codebook, or fp16 values
+    (fp32 with ``full=True``)."""
 
     def __init__(self, tensor: torch.Tensor, codebook: torch.Tensor | None = None,
-                 bits: int | None = None):
+                 bits: int | None = None, full: bool = False):
         super().__init__()
         self.bits = bits
+        self.full = full and codebook is None
         if codebook is None:
-            self.register_buffer("values", tensor.detach().half())
+            self.register_buffer("values", tensor.detach().clone() if self.full
+                                 else tensor.detach().half())
             self.register_buffer("indices", None)
         else:
             self.register_buffer("values", codebook.detach().half())
@@ -82,7 +85,7 @@ class StoredTensor(nn.Module):
 
     @property
     def stored_bits(self) -> int:
-        return stored_bits(self.numel, self.bits)
+        return 32 * self.numel if self.full else stored_bits(self.numel, self.bits)
 
 
 class TensorQuantizer(nn.Module):

@@ -73,6 +73,15 @@ class PromptStrategy(Strategy):
         model.finish_experience()
         model.eval()
 
+    def optimizer_step(self) -> None:
+        """``grad_clip``: the global gradient norm of the trained parameters is clipped
+        before the step (as the ports' ``clip_grad_norm_(model.parameters(), 1.0)``)."""
+        if self.opts.grad_clip > 0 and self._tensor_fit is not None:
+            torch.nn.utils.clip_grad_norm_(
+                [p for group in self.optimizer.param_groups for p in group["params"]],
+                self.opts.grad_clip)
+        super().optimizer_step()
+
     def selected_experiences(self) -> torch.Tensor | None:
         """The experience whose E-prompt each sample of the last forward chose."""
         return self.prompts.selected_experience
@@ -111,8 +120,9 @@ class PromptStrategy(Strategy):
         key_bits = sum(k.stored_bits for k in model.keys)
         seen = int(model.seen.sum())
         quantized_rows = sum(len(r.classes) for r in model.head_rows)
+        value_bits = 32 if self.opts.precision == "fp32" else 16
         head_bits = sum(r.stored_bits for r in model.head_rows) + \
-            16 * (seen - quantized_rows) * model.dim + 16 * seen  # fp16 rows and biases
+            value_bits * ((seen - quantized_rows) * model.dim + seen)  # rows and biases
         prompt_values = sum(t.latent.numel() for t in model.g_prompts) + \
             sum(t.latent.numel() for e in model.e_prompts for t in e)
         fits, refits = self._kmeans_counts()

@@ -37,6 +37,19 @@ class SEMAOptions:
                       choices=("batch-abs", "signed"))
     router: str = opt("image", "router input: image (token mean, one weight vector per image, "
                       "code) or token (per-token weights, paper)", choices=("image", "token"))
+    scan_order: str = opt("shuffled", "batch order of the expansion scan: shuffled (a fresh "
+                          "permutation per scan pass, as the released code's detection "
+                          "DataLoader) or sequential (stream order: on class-sorted data, "
+                          "batches of 2-3 classes; the behaviour before issue 18)",
+                          choices=("shuffled", "sequential"))
+    lr_schedule: str = opt("epoch", "cosine learning-rate schedule of every phase: epoch "
+                           "(T_max = epochs, stepped once per epoch, to 0 after the last "
+                           "one, as the released code) or iteration (stepped every "
+                           "mini-batch, to 0 at the end; the behaviour before issue 18)",
+                           choices=("epoch", "iteration"))
+    head_bias: str = opt("zero", "initial bias of the linear head: zero (released code) or "
+                         "uniform (PyTorch's Linear default; the behaviour before issue 18)",
+                         choices=("zero", "uniform"))
     statistics: str = opt("window", "descriptor loss statistics: window (mu and sigma of the "
                           "last buffer_size training losses, code) or running (over all "
                           "training losses, paper)", choices=("window", "running"))

@@ -40,7 +40,9 @@ class SEMAModel(ViTPieces):
                       opts.buffer_size, running_stats=opts.statistics == "running",
                       token_router=opts.router == "token")
             for i, block in enumerate(vit.blocks)])
-        self.head = nn.Linear(dim, num_classes)
+        self.head = nn.Linear(dim, num_classes)  # weight: Kaiming-uniform (a = sqrt 5)
+        if opts.head_bias == "zero":  # released code; drawn first, so the RNG stream is as before
+            nn.init.zeros_(self.head.bias)
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
         # variant: predict with class prototypes of the final features (SimpleCIL's head)
         self.prototypes = PrototypeHead(dim, num_classes) if opts.head == "prototype" else None

@@ -21,6 +21,20 @@ from .config import SEMAOptions
 from .model import SEMAModel
 
 
+class EveryNSteps:
+    """A scheduler stepped once every ``n`` calls of :meth:`step`: with ``n`` = mini-batches
+    per epoch, :meth:`Strategy.fit_tensors` (which steps after every iteration) steps it
+    once per epoch, after the epoch's last iteration."""
+
+    def __init__(self, scheduler, n: int):
+        self.scheduler, self.n, self.calls = scheduler, n, 0
+
+    def step(self) -> None:
+        self.calls += 1
+        if self.calls % self.n == 0:
+            self.scheduler.step()
+
+
 class SEMA(Strategy):
     """SEMA on a :class:`SEMAModel` built from the context's backbone."""
 
@@ -46,14 +60,19 @@ class SEMA(Strategy):
     def _fit(self, params: list[nn.Parameter], inputs: torch.Tensor,
              labels: torch.Tensor | None, loss_fn: Callable, epochs: int, lr: float):
         """SGD + cosine schedule to 0 over (inputs, labels), optimizer rebuilt for
-        exactly ``params``."""
+        exactly ``params``; the schedule steps once per epoch (``lr_schedule=epoch``, the
+        released code: T_max = epochs) or once per mini-batch (``iteration``)."""
         if epochs == 0 or not params:
             return
         optimizer = torch.optim.SGD(params, lr=lr, momentum=self.opts.momentum,
                                     weight_decay=self.opts.weight_decay)
         steps = len(TensorBatches(inputs, labels, self.opts.batch_size))
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer,
-                                                              T_max=epochs * steps)
+        if self.opts.lr_schedule == "epoch":
+            schedule = EveryNSteps(torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=epochs), steps)
+        else:
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer,
+                                                                  T_max=epochs * steps)
         self.fit_tensors(optimizer, inputs, labels, loss_fn, epochs, self.opts.batch_size,
                          schedule)
 
@@ -124,13 +143,17 @@ class SEMA(Strategy):
 
     @torch.no_grad()
     def _scan(self, x: torch.Tensor, expanded: set[int]) -> tuple[int, float] | None:
-        """One forward-only pass; the first (shallowest) block whose every descriptor
+        """One forward-only pass (batches in a fresh random order unless ``scan_order`` is
+        sequential); the first (shallowest) block whose every descriptor
         finds a batch novel, with the deciding score; None if no block does."""
         model = self.sema
         model.eval()
         size = self.opts.scan_batch_size
+        # released code: a shuffled DataLoader, drawn anew for every scan pass
+        order = torch.randperm(len(x)) if self.opts.scan_order == "shuffled" else None
         for start in range(0, len(x), size):
-            tokens = model.embed(x[start:start + size].to(self.device))
+            batch = x[start:start + size] if order is None else x[order[start:start + size]]
+            tokens = model.embed(batch.to(self.device))
             for i, block in enumerate(model.blocks):
                 tokens = block(tokens)
                 if not block.expandable or i in expanded or not block.descriptors:

@@ -1,0 +1,48 @@
+"""InfLoRA's hyper-parameters (``shared/specs/ptm-comparators.md``), defaults from the official
+code (liangyanshuo/InfLoRA: ``configs/cifar100_inflora.json``, ``methods/inflora.py``,
+``models/vit_inflora.py``, ``utils/schedulers.py``). Training settings (Adam 5e-4, batch 128,
+20 epochs; ImageNet-R: 50) are the strategy's training defaults (``--lr``,
+``--batch-size``, ``--epochs``)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from clplatform.options import opt
+
+
+@dataclass
+class InfLoRAOptions:
+    rank: Optional[int] = opt(None, "rank r of each experience's branch (default: 10 x d / "
+                                    "768, at least 2: the code's r = 10 on ViT-B)", min=1)
+    eps_base: float = opt(0.95, "DualGPM energy threshold of the first experience, lambda_b "
+                                "(code: 0.95 CIFAR-100, 0.98 ImageNet-R)", min=0, max=1)
+    eps_end: float = opt(1.0, "threshold the linear schedule eps_t = lambda_b + (end - "
+                              "lambda_b) t / T heads for (code: 1; set it to eps_base for "
+                              "the paper's constant eps)", min=0, max=1)
+    down_scale: float = opt(1 / math.sqrt(3), "factor of the designed down-projection (code: "
+                                              "1/sqrt 3; paper: 1)", min=0)
+    design: str = opt("projected", "down-projection of a new branch: projected (top singular "
+                      "vectors of the input covariance with the old subspace projected away, "
+                      "InfLoRA), unprojected (no projection) or random (Kaiming-uniform, as "
+                      "sequential LoRA)", choices=("projected", "unprojected", "random"))
+    blocks: int = opt(0, "the first N blocks get branches (0: all; 5: InfLoRA-b5)", min=0)
+    merge: bool = opt(True, "fold finished branches into W_k, W_v (zero inference cost); "
+                            "false: keep every branch and run it at inference")
+    lr_schedule: str = opt("code", "per-epoch lr factor cos(99 pi e' / (200 (E - 1))): code "
+                           "(e' = max(e - 1, 0): the code's CosineSchedule is one epoch late, "
+                           "epochs 0 and 1 at lr, the last at 0.098 lr for E = 20), formula "
+                           "(e' = e, the last at 0.016 lr), constant",
+                           choices=("code", "formula", "constant"))
+    weight_decay: float = opt(0.0, "Adam weight decay (code: 0)", min=0)
+
+    def resolved_rank(self, width: int) -> int:
+        return self.rank or max(2, round(10 * width / 768))
+
+    def parameters_added(self, width: int, depth: int, classes: int) -> int:
+        """Parameters created in the first experience (a k/v branch per adapted block, a
+        head): the runner checks them against the memory available."""
+        blocks = min(self.blocks or depth, depth)
+        r = self.resolved_rank(width)
+        return blocks * (r * width + 2 * width * r) + (width + 1) * classes

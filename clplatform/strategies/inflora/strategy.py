@@ -1,0 +1,200 @@
+"""InfLoRA as an Avalanche template (liangyanshuo/InfLoRA ``methods/inflora.py``).
+
+Per experience t: a k/v branch U_t D_t in every adapted block's ``qkv`` and a linear head over
+the experience's classes. Before training, D_t is designed from the input covariance of each
+block's attention (token average of x x^T over the experience's training data, current model)
+with the old input subspace projected away (DualGPM memory), times 1/sqrt 3, and frozen; U_t
+starts at zero. Adam trains the U_t and the head on cross-entropy over the current head
+(local labels), with the code's per-epoch cosine factor; the network stays in eval mode.
+After training the covariance is taken again (trained branch in place) and the memory
+updated with eps_t; the branches are folded into W_k, W_v (``merge``).
+
+The frozen patch/position embedding of every training sample is computed once per
+experience (exact: frozen, no augmentation on these streams); the covariance passes run
+without gradients. Training iterations go through Avalanche's plugin hooks (the evaluator
+times them and counts their FLOPs).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clplatform.data import dataset_tensors
+from clplatform.errors import UserError
+
+from ..base import Strategy, StrategyContext, TensorBatches
+from ..vit import map_batches
+from . import memory as gpm
+from .config import InfLoRAOptions
+from .model import InfLoRAModel
+
+
+def cosine_factor(epoch: int, epochs: int, schedule: str = "code") -> float:
+    """The learning-rate factor of epoch ``epoch`` (0-based) of ``epochs``:
+    cos(99 pi e' / (200 (E - 1))). ``code``: e' = max(e - 1, 0) (InfLoRA's ``CosineSchedule``
+    leaves ``last_epoch`` at -1 after its constructor sets the first lr, and the first
+    ``step()`` after epoch 0 sets factor cos(0) again); ``formula``: e' = e; ``constant``: 1.
+    One epoch: 1 (the code divides by zero)."""
+    if schedule == "constant" or epochs <= 1:
+        return 1.0
+    e = max(epoch - 1, 0) if schedule == "code" else epoch
+    return math.cos(99 * math.pi * e / (200 * (epochs - 1)))
+
+
+class InfLoRA(Strategy):
+    """``inflora`` on an :class:`InfLoRAModel`; trained with the context's training settings
+    (epochs, batch size, lr: the code's 20, 128, 5e-4 by default)."""
+
+    builds_own_optimizers = True
+    opts: InfLoRAOptions
+
+    def __init__(self, context: StrategyContext, opts: InfLoRAOptions):
+        model = InfLoRAModel(context.backbone, context.info.num_classes, opts)
+        super().__init__(context, opts, model=model,
+                         optimizer=torch.optim.Adam([nn.Parameter(torch.zeros(0))]))
+        self.settings = context.train
+        self.experiences_seen = 0
+        self.memory: list[gpm.LayerMemory | None] = [None] * model.adapted
+        self.trained_params = 0
+        self.designed_params = 0
+        self._record: dict = {}
+
+    @property
+    def inflora(self) -> InfLoRAModel:
+        return self.model
+
+    # ----------------------------------------------------------------- pieces
+    @torch.no_grad()
+    def covariances(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """Per adapted block: mean of x x^T over all tokens of all samples, x = the input of
+        its ``qkv`` (the LN1 output), float64, the model as it is."""
+        model = self.inflora
+        sums = [torch.zeros(model.dim, model.dim, dtype=torch.float64, device=self.device)
+                for _ in model.wrappers]
+        count = [0]
+
+        def hook(i):
+            def accumulate(_module, args):
+                flat = args[0].reshape(-1, model.dim).double()
+                sums[i].add_(flat.T @ flat)
+                if i == 0:
+                    count[0] += len(flat)
+            return accumulate
+        handles = [w.register_forward_pre_hook(hook(i)) for i, w in enumerate(model.wrappers)]
+        try:
+            model.eval()
+            map_batches(lambda t: model.run_blocks(t, 0, model.adapted)[:, :1], tokens,
+                        self.device)
+        finally:
+            for h in handles:
+                h.remove()
+        return [s.cpu() / count[0] for s in sums]
+
+    def _design(self, branches, tokens: torch.Tensor) -> None:
+        o = self.opts
+        if o.design == "random":
+            return  # the branch's Kaiming-uniform down-projection stays
+        covs = self.covariances(tokens)
+        for i, (branch, cov) in enumerate(zip(branches, covs)):
+            mem = self.memory[i] if o.design == "projected" else None
+            down = gpm.design_down(cov, mem, branch.rank, o.down_scale)
+            with torch.no_grad():
+                branch.down.copy_(down.to(branch.down))
+
+    # ----------------------------------------------------------------- Avalanche
+    def _train_exp(self, experience, eval_streams=None, **kwargs):
+        model, o, settings = self.inflora, self.opts, self.settings
+        stream = getattr(experience, "origin_stream", None)
+        if stream is None:
+            raise UserError("inflora: the experience does not know its stream (the eps_t "
+                            "schedule needs the number of experiences)")
+        x, y = dataset_tensors(experience.dataset)
+        classes = sorted(set(y.tolist()))
+        repeated = sorted(set(classes) & {c for cls in model.head_classes for c in cls})
+        if repeated:
+            raise UserError(f"inflora learns new classes in every experience (a head per "
+                            f"experience); this experience repeats class {repeated[0]} "
+                            "(a domain-incremental stream?)")
+        local = torch.full((model.num_classes,), -1, dtype=torch.long)
+        local[classes] = torch.arange(len(classes))
+        labels = local[y].to(self.device)
+        branches = model.add_experience(classes)
+        model.eval()
+        tokens = map_batches(model.embed, x, self.device)
+        self._design(branches, tokens)
+
+        params = [b.up for b in branches] + list(model.heads[-1].parameters())
+
+        def loss(t, target):
+            return F.cross_entropy(model.current_logits(model.pool(model.run_blocks(t))),
+                                   target)
+        optimizer = torch.optim.Adam(params, lr=settings.lr, betas=(0.9, 0.999),
+                                     weight_decay=o.weight_decay)
+        steps = len(TensorBatches(tokens, labels, settings.batch_size))
+        epochs = settings.epochs
+        scheduler = torch.optim.lr_scheduler.LambdaLR(  # per iteration, constant per epoch
+            optimizer, lambda it: cosine_factor(it // max(steps, 1), epochs, o.lr_schedule))
+        model.train()  # the backbone stays in eval mode (frozen_blocks)
+        self.fit_tensors(optimizer, tokens, labels, loss, epochs, settings.batch_size,
+                         scheduler)
+        eps = gpm.threshold(self.experiences_seen, len(stream), o.eps_base, o.eps_end)
+        if o.design == "projected":
+            covs = self.covariances(tokens)
+            self.memory = [gpm.update(c, m, eps) for c, m in zip(covs, self.memory)]
+        self.trained_params += sum(b.up.numel() for b in branches)
+        self.designed_params += sum(b.down.numel() for b in branches)
+        model.finish_experience(o.merge)
+        model.eval()
+        self.experiences_seen += 1
+        self._record = {"eps": round(eps, 6)}
+
+    # ----------------------------------------------------------------- records
+    def experience_extras(self) -> dict:
+        model = self.inflora
+        heads = sum(p.numel() for p in model.heads.parameters())
+        live = sum(p.numel() for w in model.wrappers for p in w.branches.parameters())
+        memory = sum(m.basis.numel() for m in self.memory if m is not None)
+        branches = self.trained_params + self.designed_params
+        return {
+            "params_added": branches + heads,
+            # branches (merged or not: they rebuild the merged weights), heads, and the
+            # DualGPM bases the next experience needs
+            "stored_bytes": 4 * (branches + heads + memory),
+            "rank": model.rank,
+            "trained_params": self.trained_params, "designed_params": self.designed_params,
+            "head_params": heads, "live_branch_params": live, "memory_floats": memory,
+            "subspace_dims": ";".join("" if m is None else str(m.dim) for m in self.memory),
+            "memory_stored": ";".join("" if m is None else m.kind for m in self.memory),
+            **self._record,
+        }
+
+    # ----------------------------------------------------------------- checkpoints
+    def checkpoint_state(self) -> dict:
+        return {"experiences_seen": self.experiences_seen,
+                "head_classes": [list(c) for c in self.inflora.head_classes],
+                "live_branches": [len(w.branches) for w in self.inflora.wrappers],
+                "memory": [None if m is None else {"basis": m.basis, "kind": m.kind}
+                           for m in self.memory],
+                "trained_params": self.trained_params,
+                "designed_params": self.designed_params}
+
+    def restore_checkpoint_state(self, state: dict, experiences: list) -> None:
+        """Heads and live (unmerged) branches of the finished experiences, frozen; their
+        weights and the merged W_k, W_v come with the model's state."""
+        model = self.inflora
+        for classes in state["head_classes"]:
+            device = next(model.backbone.parameters()).device
+            model.heads.append(nn.Linear(model.dim, len(classes)).to(device))
+            model.head_classes.append(list(classes))
+        for w, count in zip(model.wrappers, state["live_branches"]):
+            for _ in range(count):
+                w.add_branch(model.dim, 3 * model.dim, model.rank)
+        model.finish_experience(merge=False)
+        self.memory = [None if m is None else gpm.LayerMemory(m["basis"], m["kind"])
+                       for m in state["memory"]]
+        self.experiences_seen = state["experiences_seen"]
+        self.trained_params = state["trained_params"]
+        self.designed_params = state["designed_params"]
