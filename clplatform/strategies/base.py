@@ -149,6 +149,18 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def experience_classes(labels: torch.Tensor, seen: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sorted classes of an experience's ``labels`` and the mask of them over all
+    classes (``current``, for :func:`masked_cross_entropy`); marks them in ``seen`` (the
+    model's mask of the classes seen so far, updated in place)."""
+    classes = torch.tensor(sorted(set(labels.tolist())), dtype=torch.long)
+    current = torch.zeros_like(seen)
+    current[classes] = True
+    seen[classes] = True
+    return classes, current
+
+
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
                          current: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the current experience's classes only (the others at -inf), as

@@ -19,9 +19,9 @@ import torch
 from clplatform.data import dataset_tensors
 from clplatform.errors import UserError
 
-from ..base import Strategy, StrategyContext, TensorBatches, masked_cross_entropy
-from ..prompts.strategy import TOKEN_CACHE_BYTES
-from ..vit import map_batches
+from ..base import (Strategy, StrategyContext, TensorBatches, experience_classes,
+                    masked_cross_entropy)
+from ..prompts.strategy import embedded_inputs
 from .config import CODAOptions
 from .model import CODAModel
 
@@ -57,9 +57,6 @@ class CODAPrompt(Strategy):
     def coda(self) -> CODAModel:
         return self.model
 
-    def _map(self, fn, x: torch.Tensor) -> torch.Tensor:
-        return map_batches(fn, x, self.device)
-
     def components_per_experience(self, experience) -> int:
         if self.opts.components_per_experience:
             return self.opts.components_per_experience
@@ -76,20 +73,14 @@ class CODAPrompt(Strategy):
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         model, o, settings = self.coda, self.opts, self.settings
         x, y = dataset_tensors(experience.dataset)
-        classes = torch.tensor(sorted(set(y.tolist())))
-        current = torch.zeros_like(model.seen)
-        current[classes] = True
-        model.seen[classes] = True
+        _, current = experience_classes(y, model.seen)
         params = model.add_experience(self.components_per_experience(experience))
         model.train()
-        token_bytes = len(x) * 4 * model.dim * (model.embed(x[:1].to(self.device)).shape[1])
-        tokens = self._map(model.embed, x) if token_bytes <= TOKEN_CACHE_BYTES else None
-        queries = self._map(lambda b: model.query(model.embed(b)), x)
+        tokens_of, queries = embedded_inputs(model, x, self.device)
         y = y.to(self.device)
 
         def loss(idx, labels):
-            t = tokens[idx] if tokens is not None else model.embed(x[idx.cpu()].to(
-                self.device))
+            t = tokens_of(idx)
             logits = model.logits(model.prompted(t, model.compose(queries[idx])))
             total = masked_cross_entropy(logits, labels, current)
             if o.ortho_weight > 0:

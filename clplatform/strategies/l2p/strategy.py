@@ -13,7 +13,7 @@ import torch
 
 from clplatform.data import dataset_tensors
 
-from ..base import Strategy, StrategyContext, masked_cross_entropy
+from ..base import Strategy, StrategyContext, experience_classes, masked_cross_entropy
 from ..vit import map_batches
 from .config import L2POptions
 from ..prompts.model import majority_ids
@@ -41,10 +41,7 @@ class L2P(Strategy):
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         model = self.l2p
         x, y = dataset_tensors(experience.dataset)
-        classes = torch.tensor(sorted(set(y.tolist())))
-        current = torch.zeros_like(model.seen)
-        current[classes] = True
-        model.seen[classes] = True
+        _, current = experience_classes(y, model.seen)
         model.train()
         tokens = map_batches(model.frozen_tokens, x, self.device)
         queries = map_batches(lambda t: model.query(t), tokens, self.device)

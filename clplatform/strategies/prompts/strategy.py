@@ -8,17 +8,33 @@ iterations run through Avalanche's plugin hooks (the evaluator times them, count
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
 from clplatform.data import dataset_tensors
 
-from ..base import Strategy, StrategyContext, masked_cross_entropy
+from ..base import Strategy, StrategyContext, experience_classes, masked_cross_entropy
 from ..vit import map_batches
 from .config import PromptOptions
 from .model import PromptModel
 
 TOKEN_CACHE_BYTES = 2 ** 30  # cache embedded tokens of an experience up to this size
+
+
+def embedded_inputs(model, x: torch.Tensor, device) -> tuple[Callable, torch.Tensor]:
+    """For training a prompt model on the images ``x`` of an experience: a function giving
+    the frozen embedding of the samples ``idx`` (cached for the experience when it fits in
+    :data:`TOKEN_CACHE_BYTES`, else recomputed per batch), and the un-prompted query of every
+    sample (exact to cache: no augmentation)."""
+    token_bytes = len(x) * 4 * model.dim * (model.embed(x[:1].to(device)).shape[1])
+    tokens = map_batches(model.embed, x, device) if token_bytes <= TOKEN_CACHE_BYTES else None
+    queries = map_batches(lambda b: model.query(model.embed(b)), x, device)
+
+    def tokens_of(idx: torch.Tensor) -> torch.Tensor:
+        return tokens[idx] if tokens is not None else model.embed(x[idx.cpu()].to(device))
+    return tokens_of, queries
 
 
 class PromptStrategy(Strategy):
@@ -40,28 +56,19 @@ class PromptStrategy(Strategy):
     def prompts(self) -> PromptModel:
         return self.model
 
-    def _map(self, fn, x: torch.Tensor) -> torch.Tensor:
-        return map_batches(fn, x, self.device)
-
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         model = self.prompts
         x, y = dataset_tensors(experience.dataset)
-        classes = torch.tensor(sorted(set(y.tolist())))
-        current = torch.zeros_like(model.seen)
-        current[classes] = True
-        model.seen[classes] = True
+        classes, current = experience_classes(y, model.seen)
         params = model.add_experience()
         model.start_head_rows(classes)
         self._fits_before, self._refits_before = self._kmeans_counts()
         model.train()
-        token_bytes = len(x) * 4 * model.dim * (model.embed(x[:1].to(self.device)).shape[1])
-        tokens = self._map(model.embed, x) if token_bytes <= TOKEN_CACHE_BYTES else None
-        queries = self._map(lambda b: model.query(model.embed(b)), x)
+        tokens_of, queries = embedded_inputs(model, x, self.device)
         y = y.to(self.device)
 
         def loss(idx, labels):
-            t = tokens[idx] if tokens is not None else model.embed(x[idx.cpu()].to(
-                self.device))
+            t = tokens_of(idx)
             logits = model.logits(model.prompted(t, model.current_e_prompts()))
             key = model.keys[-1]()
             match = 1 - F.cosine_similarity(queries[idx], key[None], dim=1)

@@ -15,7 +15,8 @@ from torch import nn
 
 from clplatform.data import dataset_tensors
 
-from ..base import Strategy, StrategyContext, TensorBatches, masked_cross_entropy
+from ..base import (Strategy, StrategyContext, TensorBatches, experience_classes,
+                    masked_cross_entropy)
 from ..vit import map_batches
 from .config import SEMAOptions
 from .model import SEMAModel
@@ -172,10 +173,7 @@ class SEMA(Strategy):
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         model = self.sema
         x, y = dataset_tensors(experience.dataset)
-        classes = sorted(set(y.tolist()))
-        current = torch.zeros_like(model.seen)
-        current[classes] = True
-        model.seen[classes] = True
+        _, current = experience_classes(y, model.seen)
         expanded, scores = [], []
         if self.experiences_seen == 0:
             self._expand(model.blocks, x, y, current)
