@@ -210,8 +210,8 @@ def test_a_strategy_class_from_the_readme_runs_resumes_and_is_listed(
 
     save = checkpoint.save
 
-    def save_then_stop(run_dir, prepared, experience):
-        save(run_dir, prepared, experience)
+    def save_then_stop(run_dir, strategy, evaluator, experience):
+        save(run_dir, strategy, evaluator, experience)
         if experience == 0:
             raise RunInterrupted(signal.SIGTERM)
     with pytest.MonkeyPatch.context() as patch:
@@ -236,7 +236,7 @@ def test_vit_pieces_compute_what_timm_computes():
     part of the backbone stays in eval mode in training, the blocks from frozen_blocks on
     follow the model; a backbone that is not a ViT is a one-line error naming the strategy."""
     from clplatform.errors import UserError
-    from clplatform.registry import create_backbone
+    from clplatform import create_backbone
     from clplatform.strategies.vit import ViTPieces, map_batches, require_vit
     torch.manual_seed(0)
     backbone = create_backbone("vit-glyphs", pretrained=False)
