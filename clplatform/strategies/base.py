@@ -161,6 +161,20 @@ def experience_classes(labels: torch.Tensor, seen: torch.Tensor
     return classes, current
 
 
+def cosine_factor(epoch: int, epochs: int, schedule: str = "code") -> float:
+    """The learning-rate factor of an epoch (0-based) of the ``CosineSchedule`` that
+    CODA-Prompt and InfLoRA share: cos(99 pi e' / (200 (E - 1))), ending at ~1.6 % of lr.
+
+    ``code``: e' = max(e - 1, 0) — the official schedule leaves ``last_epoch`` at -1 after
+    its constructor sets the first lr, and the first ``step()`` after epoch 0 sets factor
+    cos(0) again, so epochs 0 and 1 both run at lr. ``formula``: e' = e. ``constant``: 1.
+    One epoch: 1 (the code divides by zero)."""
+    if schedule == "constant" or epochs <= 1:
+        return 1.0
+    step = max(epoch - 1, 0) if schedule == "code" else epoch
+    return math.cos(99 * math.pi * step / (200 * (epochs - 1)))
+
+
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
                          current: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the current experience's classes only (the others at -inf), as

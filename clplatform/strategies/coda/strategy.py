@@ -12,31 +12,19 @@ hooks (the evaluator times them, counts FLOPs).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
 from clplatform.data import dataset_tensors
 from clplatform.errors import UserError
 
-from ..base import (Strategy, StrategyContext, TensorBatches, experience_classes,
-                    masked_cross_entropy)
+from ..base import (Strategy, StrategyContext, TensorBatches, cosine_factor,
+                    experience_classes, masked_cross_entropy)
 from ..prompts.strategy import embedded_inputs
 from .config import CODAOptions
 from .model import CODAModel
 
 
-def cosine_factor(epoch: int, epochs: int, schedule: str = "code") -> float:
-    """The learning-rate factor of an epoch (0-based): cos(99 pi e' / (200 (E - 1))).
-
-    ``code``: e' = max(e - 1, 0) — the code's ``CosineSchedule`` leaves ``last_epoch`` at -1
-    after its constructor sets the first lr, and ``learn_batch`` steps it before every epoch
-    but the first, so epochs 0 and 1 both run at lr. ``formula``: e' = e. ``constant``: 1.
-    One epoch: 1 (the code divides by zero)."""
-    if schedule == "constant" or epochs <= 1:
-        return 1.0
-    step = max(epoch - 1, 0) if schedule == "code" else epoch
-    return math.cos(99 * math.pi * step / (200 * (epochs - 1)))
 
 
 class CODAPrompt(Strategy):

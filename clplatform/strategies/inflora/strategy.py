@@ -16,7 +16,6 @@ times them and counts their FLOPs).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -25,23 +24,13 @@ from torch import nn
 from clplatform.data import dataset_tensors
 from clplatform.errors import UserError
 
-from ..base import Strategy, StrategyContext, TensorBatches
+from ..base import Strategy, StrategyContext, TensorBatches, cosine_factor
 from ..vit import map_batches
 from . import memory as gpm
 from .config import InfLoRAOptions
 from .model import InfLoRAModel
 
 
-def cosine_factor(epoch: int, epochs: int, schedule: str = "code") -> float:
-    """The learning-rate factor of epoch ``epoch`` (0-based) of ``epochs``:
-    cos(99 pi e' / (200 (E - 1))). ``code``: e' = max(e - 1, 0) (InfLoRA's ``CosineSchedule``
-    leaves ``last_epoch`` at -1 after its constructor sets the first lr, and the first
-    ``step()`` after epoch 0 sets factor cos(0) again); ``formula``: e' = e; ``constant``: 1.
-    One epoch: 1 (the code divides by zero)."""
-    if schedule == "constant" or epochs <= 1:
-        return 1.0
-    e = max(epoch - 1, 0) if schedule == "code" else epoch
-    return math.cos(99 * math.pi * e / (200 * (epochs - 1)))
 
 
 class InfLoRA(Strategy):

@@ -16,7 +16,7 @@ from clplatform.backbones import Backbone
 from clplatform.errors import UserError
 from clplatform.evaluator import MASK_VALUE
 
-from ..prompts.model import majority_ids
+from ..prompts.model import init_head, majority_ids
 from ..vit import ViTPieces, require_vit
 from .config import L2POptions
 
@@ -45,12 +45,7 @@ class L2PModel(ViTPieces):
                                                 device=device).uniform_(-1, 1))
         self.keys = nn.Parameter(torch.empty(opts.pool_size, dim, device=device).uniform_(-1, 1))
         self.head = nn.Linear(dim, num_classes, device=device)
-        if opts.head_init == "trunc_normal":
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
-        elif opts.head_init == "zeros":
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        init_head(self.head, opts.head_init)
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool, device=device))
         self.last_selection: torch.Tensor | None = None
 

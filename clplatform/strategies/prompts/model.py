@@ -15,6 +15,17 @@ from .layer import HeadRows, PrefixAttention, PromptTensor
 from .quantizer import TensorQuantizer
 
 
+def init_head(head: nn.Linear, how: str) -> None:
+    """A linear head's initialisation: ``torch`` (PyTorch's default, left as built),
+    ``trunc_normal`` (std 0.02, zero bias: the L2P/DualPrompt ports) or ``zeros`` (JAX)."""
+    if how == "trunc_normal":
+        nn.init.trunc_normal_(head.weight, std=0.02)
+        nn.init.zeros_(head.bias)
+    elif how == "zeros":
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+
+
 class PromptModel(ViTPieces):
     """``forward(x)``: query from an un-prompted pass, the E-prompt whose key is closest to
     the query (cosine) among the experiences seen, then the prompted pass; logits of classes
@@ -41,12 +52,7 @@ class PromptModel(ViTPieces):
         self.e_prompts = nn.ModuleList()  # one ModuleList of e_layers tensors per experience
         self.keys = nn.ModuleList()
         self.head = nn.Linear(dim, num_classes)
-        if opts.head_init == "trunc_normal":
-            nn.init.trunc_normal_(self.head.weight, std=0.02)
-            nn.init.zeros_(self.head.bias)
-        elif opts.head_init == "zeros":
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        init_head(self.head, opts.head_init)
         self.normalize_input = opts.input_norm == "backbone"
         self.head_rows = nn.ModuleList()  # quantize_head: one HeadRows per experience
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
