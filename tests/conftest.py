@@ -1,6 +1,7 @@
 """Shared fixtures: a private cache for generated data and the pre-trained backbone."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -46,3 +47,24 @@ def pretrained_backbone(private_cache, user_cache) -> tuple[Path, float]:
 @pytest.fixture
 def runs_dir(tmp_path) -> Path:
     return tmp_path / "runs"
+
+
+@contextlib.contextmanager
+def stopped_after(experience: int):
+    """Runs started inside stop with a SIGTERM right after the checkpoint of ``experience``
+    is written (as a signal between experiences would); the block must raise
+    RunInterrupted."""
+    import signal
+
+    from clplatform import checkpoint
+    from clplatform.interrupt import RunInterrupted
+    save = checkpoint.save
+
+    def save_then_stop(run_dir, strategy, evaluator, done):
+        save(run_dir, strategy, evaluator, done)
+        if done == experience:
+            raise RunInterrupted(signal.SIGTERM)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoint, "save", save_then_stop)
+        with pytest.raises(RunInterrupted):
+            yield

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -24,7 +23,7 @@ from clplatform.contract import StrategyContext, TrainDefaults, TrainSettings
 from clplatform.data import dataset_tensors
 from clplatform.errors import UserError
 
-from conftest import TINY_GLYPHS
+from conftest import TINY_GLYPHS, stopped_after
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,19 +193,9 @@ def test_dry_run_and_sweep_resolve_a_timm_backbone_like_a_run(tmp_path):
 
 # ----------------------------------------------------------------------------- resume
 def test_python_resume_finishes_an_interrupted_run(tmp_path, pretrained_backbone):
-    from clplatform import checkpoint
-    from clplatform.interrupt import RunInterrupted
-    save = checkpoint.save
-
-    def save_then_stop(run_dir, strategy, evaluator, experience):
-        save(run_dir, strategy, evaluator, experience)
-        if experience == 0:
-            raise RunInterrupted(signal.SIGTERM)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(checkpoint, "save", save_then_stop)
-        with pytest.raises(RunInterrupted):
-            clplatform.run("naive", "glyphs", stream_options=TINY_GLYPHS, epochs=1,
-                           out=tmp_path / "a")
+    with stopped_after(0):
+        clplatform.run("naive", "glyphs", stream_options=TINY_GLYPHS, epochs=1,
+                       out=tmp_path / "a")
     (run_dir,) = (tmp_path / "a").iterdir()
     assert clplatform.load_run(run_dir).status == "interrupted"
     run = clplatform.resume(run_dir)

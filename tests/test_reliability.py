@@ -14,7 +14,7 @@ import pytest
 import clplatform
 from clplatform.store import list_runs
 
-from conftest import TINY_GLYPHS
+from conftest import TINY_GLYPHS, stopped_after
 
 TINY = [arg for k, v in TINY_GLYPHS.items() for arg in ("--stream-opt", f"{k}={v}")]
 
@@ -283,22 +283,11 @@ def interrupted_run(tmp_path_factory, pretrained_backbone) -> Path:
     1 on disk), made with umask 022; tests take copies of it (``resumable_copy``)."""
     import shutil as _shutil  # noqa: F401
 
-    from clplatform import checkpoint
-    from clplatform.interrupt import RunInterrupted
     out = tmp_path_factory.mktemp("interrupted")
-    save = checkpoint.save
-
-    def save_then_stop(run_dir, strategy, evaluator, experience):
-        save(run_dir, strategy, evaluator, experience)
-        if experience == 1:
-            raise RunInterrupted(signal.SIGTERM)
     old_umask = os.umask(0o022)
     try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(checkpoint, "save", save_then_stop)
-            with pytest.raises(RunInterrupted):
-                clplatform.run("naive", "glyphs", stream_options=TINY_GLYPHS, epochs=1,
-                               out=out)
+        with stopped_after(1):
+            clplatform.run("naive", "glyphs", stream_options=TINY_GLYPHS, epochs=1, out=out)
     finally:
         os.umask(old_umask)
     run_dir = next(out.iterdir())

@@ -9,7 +9,7 @@ import torch
 import clplatform
 from clplatform.registry import STRATEGIES
 
-from conftest import TINY_GLYPHS
+from conftest import TINY_GLYPHS, stopped_after
 
 BASELINES = ["naive", "ewc", "lwf", "si", "replay", "agem", "cumulative", "joint",
              "linear-probe", "simplecil", "sema", "prompt", "qprompt", "coda-prompt",
@@ -184,13 +184,10 @@ def test_a_strategy_class_from_the_readme_runs_resumes_and_is_listed(
     get its extra columns, its training FLOPs are counted, and a run stopped after the
     first experience resumes to the same records (its checkpoint state included)."""
     import json
-    import signal
 
     from click.testing import CliRunner
 
-    from clplatform import checkpoint
     from clplatform.app.cli import cli
-    from clplatform.interrupt import RunInterrupted
     assert issubclass(example_strategy.PartialFinetune, clplatform.Strategy)
     entry = STRATEGIES.get("partial-finetune")
     assert entry.traits.resumable and entry.builder is example_strategy.PartialFinetune
@@ -208,16 +205,8 @@ def test_a_strategy_class_from_the_readme_runs_resumes_and_is_listed(
     assert (exps["train_flops"] > 0).all()
     assert exps["params_trainable"].iloc[0] > 100_000  # one block trains, not only the head
 
-    save = checkpoint.save
-
-    def save_then_stop(run_dir, strategy, evaluator, experience):
-        save(run_dir, strategy, evaluator, experience)
-        if experience == 0:
-            raise RunInterrupted(signal.SIGTERM)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(checkpoint, "save", save_then_stop)
-        with pytest.raises(RunInterrupted):
-            run(tmp_path / "stopped")
+    with stopped_after(0):
+        run(tmp_path / "stopped")
     run_dir = next((tmp_path / "stopped").iterdir())
     assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
     done = CliRunner().invoke(cli, ["run", "--resume", str(run_dir), "--quiet"],
