@@ -113,6 +113,42 @@ class ComponentTraits:
 
 
 @dataclass(frozen=True)
+class StrategyRecords:
+    """What a strategy's report section is drawn from: the records of the runs of the
+    strategies sharing the section, on one stream (pandas tables as
+    :class:`clplatform.reports.RunSet` holds them, filtered)."""
+    stream: str
+    strategies: tuple[str, ...]
+    runs: Any               # one row per run: identity, group label, settings, summary
+    accuracy: Any           # accuracy records
+    experiences: Any        # experience records, with the strategies' own columns
+    rounds: Any             # round records of active strategies (empty when none)
+    configs: Mapping[str, dict]  # run name -> resolved configuration (hyper-parameters)
+    group_by: str           # the column of ``runs``/``experiences`` runs are grouped by
+    colors: Mapping[str, tuple]  # group -> matplotlib colour, as in the rest of the report
+
+
+@dataclass(frozen=True)
+class ReportItem:
+    """One item of a strategy's report section: a matplotlib figure (embedded, then closed)
+    or a table, with its caption."""
+    caption: str
+    figure: Any = None
+    table: Any = None       # a pandas DataFrame
+
+
+@dataclass(frozen=True, eq=False)
+class ReportSection:
+    """A section a strategy contributes to ``report.html`` and the comparison report (the
+    ``report`` trait): ``build(records)`` turns a :class:`StrategyRecords` into
+    :class:`ReportItem` s, an empty list when the records hold nothing to show (old records
+    without the columns). Strategies registered with the same section share one section on
+    the same axes (the prompt methods' selection accuracy)."""
+    title: str
+    build: Callable[[StrategyRecords], list[ReportItem]]
+
+
+@dataclass(frozen=True)
 class StrategyTraits(ComponentTraits):
     """Traits of a strategy."""
     #: trained once on the whole stream (``strategy.train(list_of_experiences)``)
@@ -128,6 +164,8 @@ class StrategyTraits(ComponentTraits):
     train_defaults: TrainDefaults = field(default_factory=TrainDefaults)
     #: iterations with the same batch shape can cost different FLOPs: count every iteration
     varying_iteration_cost: bool = False
+    #: the section the strategy adds to reports, drawn from its records
+    report: ReportSection | None = None
 
 
 def make_traits(cls: type, kind: str, name: str, values: Mapping[str, Any]):

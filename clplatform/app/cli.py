@@ -229,6 +229,24 @@ def _report(runs, out, group_by, export, export_format, include_incomplete, defa
         for written in export_tables(loaded, export, export_format):
             click.echo(f"exported {written}")
     click.echo(f"report: {path}")
+    return path
+
+
+_open_option = click.option("--open", "open_", is_flag=True,
+                            help="open the written report in the default web browser")
+
+
+def _open_in_browser(path) -> None:
+    """Open the report with :mod:`webbrowser` (a graphical browser, or a console one where
+    there is no display); a note on stderr when none can be started."""
+    import webbrowser
+    from pathlib import Path
+    try:
+        opened = webbrowser.open(Path(path).resolve().as_uri())
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        click.echo(f"clplat: no web browser could be started; the report is {path}", err=True)
 
 
 @cli.command("runs")
@@ -267,7 +285,8 @@ def runs_command(folders, as_json):
 
 @cli.command("report")
 @_report_options
-def report_command(runs, out, group_by, export, export_format, include_incomplete):
+@_open_option
+def report_command(runs, out, group_by, export, export_format, include_incomplete, open_):
     """Report on one or more runs: summary table and a self-contained HTML file.
 
     RUNS are run directories or folders holding them. With one run directory, the HTML
@@ -279,21 +298,26 @@ def report_command(runs, out, group_by, export, export_format, include_incomplet
         single = Path(paths[0])
         return single / "report.html" if len(paths) == 1 and (single / "run.json").is_file() \
             else Path("report.html")
-    _report(runs, out, group_by, export, export_format, include_incomplete, default_out,
-            None, detail_single_run=True)
+    path = _report(runs, out, group_by, export, export_format, include_incomplete,
+                   default_out, None, detail_single_run=True)
+    if open_:
+        _open_in_browser(path)
 
 
 @cli.command("compare")
 @_report_options
-def compare_command(runs, out, group_by, export, export_format, include_incomplete):
+@_open_option
+def compare_command(runs, out, group_by, export, export_format, include_incomplete, open_):
     """Compare strategies over runs and seeds: table (mean ± std) and HTML report.
 
     RUNS are run directories or folders holding them (e.g. `clplat compare runs/`). Runs of
     different streams are compared separately, one section per stream. Writes
     comparison.html unless --out says otherwise.
     """
-    _report(runs, out, group_by, export, export_format, include_incomplete,
-            lambda paths: "comparison.html", None)
+    path = _report(runs, out, group_by, export, export_format, include_incomplete,
+                   lambda paths: "comparison.html", None)
+    if open_:
+        _open_in_browser(path)
 
 
 @cli.command("sweep")

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from clplatform.cache import write_text
+from clplatform.errors import UserError
 
 from . import plots
 from .collect import RunSet
@@ -99,16 +100,62 @@ def _stream_section(stream: str, runs: RunSet, group_by: str) -> str:
                           + ("; the dashed line (Pareto front) joins the groups no other "
                              "group beats at lower cost." if len(colors) > 1 else "."))]
     rounds = (runs.rounds[runs.rounds["stream"] == stream]
-              if runs.rounds is not None and not runs.rounds.empty else None)
-    if rounds is not None and not rounds.empty:
-        parts.append(_figure(plots.accuracy_with_budget(rounds, group_by, colors),
-                             "Active strategies: accuracy on each target experience's test "
-                             "set after every query-and-adapt round, against the labels "
-                             "used (0: the model before adaptation)."))
+              if runs.rounds is not None and not runs.rounds.empty else pd.DataFrame())
+    parts += _strategy_sections(stream, runs, table, accuracy, experiences, rounds, group_by,
+                                colors)
     listing = table[["run", "strategy", "seed", "final_accuracy"]].assign(
         final_accuracy=lambda f: (100 * f["final_accuracy"]).map("{:.1f}".format))
     parts += ["<h3>Runs</h3>", _table(listing.rename(columns={"final_accuracy": "A_T (%)"}))]
     return "\n".join(parts)
+
+
+def _strategy_sections(stream: str, runs: RunSet, table: pd.DataFrame, accuracy: pd.DataFrame,
+                       experiences: pd.DataFrame, rounds: pd.DataFrame, group_by: str,
+                       colors: dict) -> list[str]:
+    """The sections the strategies of the stream's runs contribute through their ``report``
+    trait (:class:`clplatform.contract.ReportSection`), each drawn from the records of the
+    runs of the strategies sharing it; a strategy this installation does not know adds
+    none."""
+    from clplatform.contract import StrategyRecords
+    from clplatform.registry import STRATEGIES
+    shared: dict = {}
+    for name in sorted(table["strategy"].unique()):
+        try:
+            section = STRATEGIES.get(name).traits.report
+        except UserError:
+            continue
+        if section is not None:
+            shared.setdefault(section, []).append(name)
+    parts = []
+    for section, names in shared.items():
+        def only(frame: pd.DataFrame) -> pd.DataFrame:
+            return frame[frame["strategy"].isin(names)] if not frame.empty else frame
+        mine = only(table)
+        records = StrategyRecords(
+            stream=stream, strategies=tuple(names), runs=mine, accuracy=only(accuracy),
+            experiences=only(experiences), rounds=only(rounds),
+            configs={r.path.name: r.config for r in runs.runs
+                     if r.path.name in set(mine["run"])},
+            group_by=group_by, colors={g: colors[g] for g in mine[group_by]})
+        try:
+            items = section.build(records)
+        except Exception as exc:  # a report on odd records still shows the rest
+            items, failed = [], f"{type(exc).__name__}: {exc}"
+        else:
+            failed = None
+        if not items and failed is None:
+            continue
+        parts.append(f"<h3>{html.escape(section.title)}</h3>")
+        if failed:
+            parts.append(f'<p class="note">This section could not be drawn from the records '
+                         f"({html.escape(failed)}).</p>")
+        for item in items:
+            if item.figure is not None:
+                parts.append(_figure(item.figure, item.caption))
+            if item.table is not None:
+                parts += [f'<p class="note">{html.escape(item.caption)}</p>',
+                          _table(item.table)]
+    return parts
 
 
 def _run_section(run) -> str:

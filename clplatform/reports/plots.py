@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -124,9 +125,10 @@ def forgetting_per_experience_plot(accuracy: pd.DataFrame, group_by: str, colors
     return _finish(fig, ax, "Forgetting per experience")
 
 
-def _per_experience_panels(experiences: pd.DataFrame, group_by: str, colors, title: str,
+def per_experience_panels(experiences: pd.DataFrame, group_by: str, colors, title: str,
                            xlabel: str, panels: list[tuple[str, str, float]]):
-    """One panel per (column, axis label, scale) of the experience records, vs experience."""
+    """One panel per (column, axis label, scale) of the experience records, vs experience
+    (mean over a group's runs, band of ± one standard deviation)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
     for ax, (column, label, scale) in zip(axes, panels):
         if column not in experiences or experiences[column].isna().all():
@@ -138,13 +140,14 @@ def _per_experience_panels(experiences: pd.DataFrame, group_by: str, colors, tit
             _band(ax, series, colors[group], str(group), scale=scale)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _legend(axes)
     return _finish(fig, axes, title)
 
 
 def parameter_growth(experiences: pd.DataFrame, group_by: str, colors):
     """Total parameters and parameters added since the start, after each experience."""
-    return _per_experience_panels(
+    return per_experience_panels(
         experiences, group_by, colors, "Parameter growth", "after training experience i",
         [("params_total", "total parameters (millions)", 1e-6),
          ("params_added", "parameters added (thousands)", 1e-3)])
@@ -152,7 +155,7 @@ def parameter_growth(experiences: pd.DataFrame, group_by: str, colors):
 
 def compute_per_experience(experiences: pd.DataFrame, group_by: str, colors):
     """Training FLOPs and training seconds spent on each experience."""
-    return _per_experience_panels(
+    return per_experience_panels(
         experiences, group_by, colors, "Compute per experience", "training experience i",
         [("train_flops", "training FLOPs (GFLOPs)", 1e-9),
          ("train_seconds", "training time (s)", 1.0)])

@@ -4,6 +4,8 @@ keys, attention vectors on the prompt model's prefix blocks), ``strategy.py`` (t
 Avalanche template)."""
 from clplatform.registry import lazy_exports, register_strategy
 
+from clplatform.strategies.prompts.report import SECTION as PROMPT_SECTION
+
 from .config import CODAOptions
 
 __getattr__ = lazy_exports(__name__, {
@@ -16,7 +18,7 @@ CODA_TRAIN_DEFAULTS = {"epochs": 20, "batch_size": 128, "lr": 1e-3}
 
 
 @register_strategy("coda-prompt", options=CODAOptions, train_defaults=CODA_TRAIN_DEFAULTS,
-                   resumable=True,
+                   resumable=True, report=PROMPT_SECTION,
                    help="CODA-Prompt: attention-weighted prompt components in blocks 0-4, "
                         "new orthogonal components per experience, old ones frozen "
                         "(Smith et al. 2023)")

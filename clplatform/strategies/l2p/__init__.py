@@ -4,6 +4,8 @@
 template)."""
 from clplatform.registry import lazy_exports, register_strategy
 
+from clplatform.strategies.prompts.report import SECTION as PROMPT_SECTION
+
 from .config import L2POptions
 
 __getattr__ = lazy_exports(__name__, {"L2P": ".strategy", "L2PModel": ".model"})
@@ -14,7 +16,7 @@ L2P_TRAIN_DEFAULTS = {"epochs": 5, "batch_size": 16, "lr": 0.03 * 16 / 256}
 
 
 @register_strategy("l2p", options=L2POptions, train_defaults=L2P_TRAIN_DEFAULTS,
-                   resumable=True,
+                   resumable=True, report=PROMPT_SECTION,
                    help="L2P: a shared pool of input prompts, top-N chosen per sample by key "
                         "(Wang et al. 2022)")
 def l2p(ctx, opts: L2POptions):

@@ -6,11 +6,12 @@ training, query-and-adapt rounds). The oracle and label masking are the platform
 from clplatform.registry import lazy_exports, register_strategy
 
 from .config import LFTLOptions
+from .report import SECTION
 
 __getattr__ = lazy_exports(__name__, {"LFTL": ".strategy", "LFTLModel": ".model"})
 
 
-@register_strategy("lftl", resumable=True, options=LFTLOptions, active=True,
+@register_strategy("lftl", resumable=True, options=LFTLOptions, active=True, report=SECTION,
                    unused_train=("epochs", "batch_size", "lr"),
                    help="source-free active domain adaptation: contrastive active sampling "
                         "and visual persistence (Lyu et al. 2024); experience 0 is the "

@@ -8,6 +8,7 @@ attention, prompt tensors), ``model.py`` (injection into a timm ViT), ``strategy
 from clplatform.registry import lazy_exports, register_strategy
 
 from .config import DualPromptOptions, PromptOptions, QPromptOptions
+from .report import SECTION
 
 __getattr__ = lazy_exports(__name__, {
     "PrefixAttention": ".layer", "PromptTensor": ".layer", "PromptModel": ".model",
@@ -28,7 +29,7 @@ def _build(ctx, opts):
 
 
 @register_strategy("prompt", options=PromptOptions, train_defaults=PROMPT_TRAIN_DEFAULTS,
-                   resumable=True,
+                   resumable=True, report=SECTION,
                    help="DualPrompt-style prefix tuning: shared G-prompt, per-experience "
                         "E-prompts chosen by key matching (full precision)")
 def prompt(ctx, opts: PromptOptions):
@@ -36,7 +37,7 @@ def prompt(ctx, opts: PromptOptions):
 
 
 @register_strategy("dualprompt", options=DualPromptOptions,
-                   train_defaults=DUALPROMPT_TRAIN_DEFAULTS, resumable=True,
+                   train_defaults=DUALPROMPT_TRAIN_DEFAULTS, resumable=True, report=SECTION,
                    help="DualPrompt (Wang et al. 2022) as its official code: G-prompt in blocks "
                         "0-1, per-experience E-prompts (copied from the previous one) in 2-4 "
                         "chosen by key, gradient clipping, [0, 1] inputs")
@@ -45,7 +46,7 @@ def dualprompt(ctx, opts: DualPromptOptions):
 
 
 @register_strategy("qprompt", options=QPromptOptions, train_defaults=PROMPT_TRAIN_DEFAULTS,
-                   resumable=True,
+                   resumable=True, report=SECTION,
                    help="prompt with quantization-aware prompt training: k-means codebooks, "
                         "straight-through gradient, constrained adaptive re-clustering "
                         "(QPrompt, Hao et al. 2024)")

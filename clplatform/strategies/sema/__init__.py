@@ -5,6 +5,7 @@ descriptors, router, block), ``model.py`` (injection into a timm ViT), ``strateg
 from clplatform.registry import lazy_exports, register_strategy
 
 from .config import SEMAOptions
+from .report import SECTION
 
 __getattr__ = lazy_exports(__name__, {
     "SEMA": ".strategy", "SEMAModel": ".model", **dict.fromkeys(
@@ -13,7 +14,7 @@ __getattr__ = lazy_exports(__name__, {
 
 
 @register_strategy("sema", options=SEMAOptions, unused_train=("epochs", "batch_size", "lr"),
-                   resumable=True,
+                   resumable=True, report=SECTION,
                    help="self-expanding mixture of adapters with representation descriptors "
                         "(Wang et al. 2025)")
 def sema(ctx, opts: SEMAOptions):

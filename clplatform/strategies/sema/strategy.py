@@ -49,6 +49,7 @@ class SEMA(Strategy):
         self.experiences_seen = 0
         self.adapters_added = 0
         self._record: dict = {}
+        self._peak_scores: dict[int, float] = {}
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -160,6 +161,7 @@ class SEMA(Strategy):
                 if not block.expandable or i in expanded or not block.descriptors:
                     continue
                 score = min(self._novelty(d, block.last_mean) for d in block.descriptors)
+                self._peak_scores[i] = max(self._peak_scores.get(i, score), score)
                 if score > self.opts.threshold:
                     return i, score
         return None
@@ -175,6 +177,7 @@ class SEMA(Strategy):
         x, y = dataset_tensors(experience.dataset)
         _, current = experience_classes(y, model.seen)
         expanded, scores = [], []
+        self._peak_scores: dict[int, float] = {}  # block -> highest batch score of its scans
         if self.experiences_seen == 0:
             self._expand(model.blocks, x, y, current)
             expanded = list(range(len(model.blocks)))
@@ -195,8 +198,15 @@ class SEMA(Strategy):
             model.prototypes.add(self._map(model.features, x), y.to(self.device))
         model.train()
         self.experiences_seen += 1
+        indices = [model.blocks.index(b) for b in model.expandable]
         self._record = {"layers_expanded": ";".join(map(str, sorted(expanded))),
-                        "z_scores": ";".join(map(str, scores))}
+                        "z_scores": ";".join(map(str, scores)),
+                        "expandable_blocks": ";".join(map(str, indices)),
+                        # per expandable layer: the highest score its scans saw, the one the
+                        # threshold decided on ("nan": not scanned, e.g. experience 0)
+                        "peak_z_scores": ";".join(
+                            str(round(self._peak_scores.get(i, float("nan")), 4))
+                            for i in indices)}
 
     # ----------------------------------------------------------------- checkpoints
     def checkpoint_state(self) -> dict:
