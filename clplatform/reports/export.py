@@ -5,9 +5,10 @@
   stream (:func:`~clplatform.reports.tables.comparison_table`, cells ``mean ± std``) with a
   ``stream`` column first.
 - ``latex``: ``comparison-<stream>.tex`` per stream, a booktabs ``table`` ready for
-  ``\\input``: one row per group, the metric columns (cells ``mean $\\pm$ std`` with the
-  comparison's decimals, best per column in bold), the published final accuracy where a run
-  has one (sources in the caption).
+  ``\\input``: one row per group, the settings in which groups differ, the main metrics
+  (:data:`LATEX_METRICS`; cells ``mean $\\pm$ std`` with the comparison's decimals, best per
+  column in bold), the published final accuracy where a run has one (sources in the
+  caption).
 - ``markdown``: ``comparison-<stream>.md`` per stream, the comparison table cell for cell as
   a GitHub-flavoured Markdown table.
 """
@@ -27,6 +28,11 @@ EXPORT_FORMATS = ("csv", "parquet", "latex", "markdown")
 SUFFIXES = {"csv": "csv", "parquet": "parquet", "latex": "tex", "markdown": "md"}
 # comparison column header -> summary key
 METRIC_KEYS = {header: key for key, (header, _, _) in COMPARISON_COLUMNS.items()}
+# the comparison columns of the LaTeX table (where the comparison has them): the main
+# accuracy metrics and the compute columns; Markdown, CSV and Parquet hold them all
+LATEX_METRICS = ("final_accuracy", "average_incremental_accuracy", "forgetting",
+                 "final_params_total", "params_growth_ratio", "total_train_flops",
+                 "inference_flops_per_sample", "train_seconds")
 
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
                   "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
@@ -77,27 +83,24 @@ def best_rows(frame: pd.DataFrame, header: str) -> set[int]:
 
 def comparison_latex(frame: pd.DataFrame, stream: str, group_by: str = "label") -> str:
     """One stream's comparison table as a booktabs LaTeX ``table``."""
-    metrics = [c for c in frame.columns if c in METRIC_KEYS]
+    shown = {COMPARISON_COLUMNS[key][0] for key in LATEX_METRICS} | {PUBLISHED_HEADER}
     text_columns = [c for c in frame.columns if c not in METRIC_KEYS
                     and c not in ("runs", "seeds", PUBLISHED_HEADER, SOURCE_HEADER)]
-    published = PUBLISHED_HEADER in frame.columns
-    columns = text_columns + metrics + ([PUBLISHED_HEADER] if published else [])
-    bold = {header: best_rows(frame, header) for header in metrics}
+    numbers = [c for c in frame.columns if c in shown]  # published beside A_T
+    columns = text_columns + numbers
+    bold = {header: best_rows(frame, header) for header in numbers if header in METRIC_KEYS}
     rows = []
     for i, (_, row) in enumerate(frame.iterrows()):
         cells = [latex_escape(row[c]) for c in text_columns]
-        for header in metrics:
-            parsed = parse_mean_std(row[header])
-            if parsed is None:
+        for header in numbers:
+            if row[header] == "n/a":
                 cells.append("--")
                 continue
             mean, _, std = row[header].partition(" ± ")
             cell = _latex_number(mean) + (f" $\\pm$ {std}" if std else "")
-            cells.append(f"\\textbf{{{cell}}}" if i in bold[header] else cell)
-        if published:
-            value = row[PUBLISHED_HEADER]
-            cells.append("--" if value == "n/a" else _latex_number(value))
+            cells.append(f"\\textbf{{{cell}}}" if i in bold.get(header, ()) else cell)
         rows.append(" & ".join(cells) + r" \\")
+    published = PUBLISHED_HEADER in frame.columns
     runs = sorted(set(frame["runs"]))
     seeds = (count(runs[0], "seed") if len(runs) == 1
              else f"{runs[0]} to {runs[-1]} seeds per row")
@@ -109,7 +112,8 @@ def comparison_latex(frame: pd.DataFrame, stream: str, group_by: str = "label") 
             caption += f" Published values: {latex_escape('; '.join(sources))}."
     label = "tab:comparison-" + file_stem(stream)
     return "\n".join([
-        f"% clplat compare: stream {stream}, {count(int(frame['runs'].sum()), 'run')}",
+        f"% clplat compare: stream {stream}, {count(int(frame['runs'].sum()), 'run')}; "
+        r"needs \usepackage{booktabs}",
         r"\begin{table}[t]", r"\centering",
         f"\\caption{{{caption}}}", f"\\label{{{label}}}",
         r"\begin{tabular}{" + "l" * len(text_columns)
