@@ -189,3 +189,26 @@ def test_a_bad_export_format_writes_nothing(runs_folder, tmp_path):
     assert result.stderr == ("clplat: error: invalid --export-format 'docx': choose from csv, "
                              "parquet, latex, markdown\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_file_per_stream_and_one_comparison_table_for_all(tmp_path):
+    from clplatform.reports import RunSet, export_tables
+    table = pd.DataFrame({"label": ["a", "b", "a"], "seed": [0, 0, 0],
+                          "stream": ["avalanche:SplitMNIST", "avalanche:SplitMNIST", "digits"],
+                          "final_accuracy": [0.5, 0.6, 0.9],
+                          "forgetting": [0.2, 0.1, float("nan")]})
+    runs = RunSet(runs=[], skipped=[], table=table, accuracy=pd.DataFrame({"x": [1]}),
+                  experiences=pd.DataFrame({"x": [1]}))
+    for fmt, suffix in (("latex", "tex"), ("markdown", "md")):
+        written = export_tables(runs, tmp_path / fmt, fmt)
+        assert [p.name for p in written] == [f"comparison-avalanche-SplitMNIST.{suffix}",
+                                             f"comparison-digits.{suffix}"]
+    assert r"\caption{avalanche:SplitMNIST: mean $\pm$ std over 1 seed;" in (
+        tmp_path / "latex" / "comparison-avalanche-SplitMNIST.tex").read_text()
+    export_tables(runs, tmp_path / "pq", "parquet")
+    comparison = pd.read_parquet(tmp_path / "pq" / "comparison.parquet")
+    assert list(comparison.columns) == ["stream", "label", "runs", "seeds", "A_T (%)",
+                                        "forgetting (%)"]
+    assert list(comparison["A_T (%)"]) == ["50.0", "60.0", "90.0"]
+    # digits has no forgetting column of its own: missing, not "n/a"
+    assert list(comparison["forgetting (%)"].fillna("-")) == ["20.0", "10.0", "-"]

@@ -102,11 +102,12 @@ def comparison_latex(frame: pd.DataFrame, stream: str, group_by: str = "label") 
         rows.append(" & ".join(cells) + r" \\")
     published = PUBLISHED_HEADER in frame.columns
     runs = sorted(set(frame["runs"]))
-    seeds = (count(runs[0], "seed") if len(runs) == 1
-             else f"{runs[0]} to {runs[-1]} seeds per row")
+    noun = "seed" if group_by == "label" else "run"  # a label's runs differ in the seed only
+    seeds = (count(runs[0], noun) if len(runs) == 1
+             else f"{runs[0]} to {runs[-1]} {noun}s per row")
     caption = (f"{latex_escape(stream)}: mean $\\pm$ std over {seeds}; "
                f"best per column in bold.")
-    if published:
+    if published and SOURCE_HEADER in frame.columns:
         sources = sorted(set(frame[SOURCE_HEADER].astype(str)) - {"n/a", "nan"})
         if sources:
             caption += f" Published values: {latex_escape('; '.join(sources))}."
