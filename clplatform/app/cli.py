@@ -202,9 +202,11 @@ _report_options = _options(
                  help="rows of the comparison: label = strategy plus the "
                       "hyper-parameters that differ from its defaults"),
     click.option("--export", metavar="DIR",
-                 help="also write the merged tables (runs, accuracy, experiences) to DIR"),
+                 help="also write the tables to DIR: csv/parquet the merged tables (runs, "
+                      "accuracy, experiences) and the comparison table; latex/markdown "
+                      "the comparison table, one file per stream"),
     click.option("--export-format", default="csv", show_default=True,
-                 metavar="csv|parquet", help="format of --export"),
+                 metavar="csv|parquet|latex|markdown", help="format of --export"),
     click.option("--include-incomplete", is_flag=True,
                  help="also report runs that failed or were interrupted"))
 
@@ -226,7 +228,7 @@ def _report(runs, out, group_by, export, export_format, include_incomplete, defa
     for skipped, status in loaded.skipped:
         click.echo(f"skipped {skipped} ({status}; see --include-incomplete)", err=True)
     if export:
-        for written in export_tables(loaded, export, export_format):
+        for written in export_tables(loaded, export, export_format, group_by):
             click.echo(f"exported {written}")
     click.echo(f"report: {path}")
     return path

@@ -1,5 +1,6 @@
 """Reports built only from the records of runs: terminal tables, a self-contained HTML file
-with figures, and CSV/Parquet exports of the merged tables.
+with figures, and exports (:mod:`.export`: the merged and comparison tables as CSV/Parquet,
+the comparison table as LaTeX or Markdown).
 
 ``build_report(paths, out)`` is what ``clplat report``/``clplat compare`` and ``clplat run``
 call.
@@ -12,49 +13,10 @@ from pathlib import Path
 from clplatform.errors import UserError
 
 from .collect import RunSet, check_groups, find_run_dirs, load_runs
+from .export import EXPORT_FORMATS, check_export_format, export_tables
 from .tables import comparison_table, comparison_text, run_summary_text
 
 GROUP_BY = ("label", "strategy", "backbone", "seed")
-EXPORT_FORMATS = ("csv", "parquet")
-
-
-def check_export_format(fmt: str) -> None:
-    """Refuse an export format that cannot be written, before anything is written."""
-    if fmt not in EXPORT_FORMATS:
-        raise UserError(f"invalid --export-format {fmt!r}: choose from "
-                        f"{', '.join(EXPORT_FORMATS)}")
-    if fmt == "parquet":
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise UserError("--export-format parquet needs pyarrow (pip install pyarrow)") \
-                from None
-
-
-def export_tables(runs: RunSet, folder: str | Path, fmt: str = "csv") -> list[Path]:
-    """Write the merged tables (runs, accuracy, experiences, and rounds when active runs
-    have them) into ``folder``."""
-    from clplatform.cache import atomic_path
-    check_export_format(fmt)
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create export folder {folder}: {exc.strerror}") from None
-    written = []
-    tables = [("runs", runs.table), ("accuracy", runs.accuracy),
-              ("experiences", runs.experiences)]
-    if runs.rounds is not None and not runs.rounds.empty:
-        tables.append(("rounds", runs.rounds))
-    for name, frame in tables:
-        path = folder / f"{name}.{fmt}"
-        with atomic_path(path) as tmp:
-            if fmt == "csv":
-                frame.to_csv(tmp, index=False)
-            else:
-                frame.to_parquet(tmp, index=False)
-        written.append(path)
-    return written
 
 
 def check_export_folder(folder: str | Path) -> None:

@@ -83,6 +83,12 @@ COMPARISON_COLUMNS = {
     "inference_flops_per_sample": ("inf MFLOPs/sample", 1e-6, "{:.1f}"),
     "train_seconds": ("train s", 1, "{:.1f}"),
 }
+# which value of each comparison column is the best one (bold in the LaTeX export)
+BEST = {"final_accuracy": "max", "final_task_accuracy": "max",
+        "final_task_selection_accuracy": "max", "average_incremental_accuracy": "max",
+        "forgetting": "min", "bwt": "max", "plasticity": "max", "final_params_total": "min",
+        "params_growth_ratio": "min", "total_train_flops": "min",
+        "inference_flops_per_sample": "min", "train_seconds": "min"}
 
 
 def _mean_std(values: pd.Series, scale: float, fmt: str) -> str:
