@@ -170,9 +170,13 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 @pytest.mark.skipif(_chromium() is None, reason="no Chromium installed")
-def test_real_browser_renders_the_report(runs_folder, tmp_path):
+@pytest.mark.parametrize("kind", ["compare", "report"])
+def test_real_browser_renders_the_report(kind, runs_folder, tmp_path):
+    """Both kinds of report, the comparison and a single run's, decode every figure."""
     html_path = tmp_path / "report.html"
-    assert invoke("compare", runs_folder / "glyphs", "--out", html_path).exit_code == 0
+    target = runs_folder / "glyphs" if kind == "compare" else \
+        next((runs_folder / "digits").iterdir())
+    assert invoke(kind, target, "--out", html_path).exit_code == 0
     # a copy with a checking script: the report itself carries none
     browser = _chromium()
     common = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
@@ -188,13 +192,16 @@ def test_real_browser_renders_the_report(runs_folder, tmp_path):
 
     text = html_path.read_text()
     result = check(text)
-    assert result["images"] == 6 and result["decoded"] == 6
-    assert result["rows"] == ["linear-probe", "simplecil"]
+    figures = text.count('<img alt="')
+    assert figures == 6
+    assert result["images"] == figures and result["decoded"] == figures
+    assert result["rows"] == (["linear-probe", "simplecil"] if kind == "compare"
+                              else ["simplecil"])
     # the check notices a figure that does not decode
     broken = text.replace('src="data:image/png;base64,iVBOR', 'src="data:image/png;base64,AAAA', 1)
-    assert check(broken)["decoded"] == 5
+    assert check(broken)["decoded"] == figures - 1
     ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "report.png"
+    shot = ARTIFACTS / f"{kind}.png"
     subprocess.run([browser, *common, "--window-size=1280,4000", f"--screenshot={shot}",
                     html_path.as_uri()], capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 50_000
