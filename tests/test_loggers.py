@@ -182,23 +182,43 @@ def test_a_missing_logger_package_is_one_line_before_the_run(logger, module, tmp
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def _check_sweep_run(run, strategy):
+    assert run.config["strategy"]["name"] == strategy
+    assert run.config["loggers"] == ["tensorboard"]
+    scalars = tensorboard_scalars(run.path / "tensorboard" / "experiences")
+    last = run.accuracy[run.accuracy["train_exp"] == run.accuracy["train_exp"].max()]
+    assert scalars["accuracy/experience_0"][-1][1] == pytest.approx(
+        float(last[last["eval_exp"] == 0]["accuracy"].iloc[0]), abs=1e-6)
+
+
 def test_a_sweep_checks_and_passes_its_loggers(tmp_path, pretrained_backbone):
+    """Checked before anything runs; every cell's spec carries them to run_cell, the function
+    both executors call in their worker (here in this process)."""
+    from clplatform.app.spec import make_spec
+    from clplatform.app.sweep import _spec_dict, plan, run_cell
     result = invoke("sweep", "--strategies", "naive", "--log", "bar", *TINY,
                     "--out", tmp_path / "bad")
     assert result.exit_code == 2 and "--log bar: unknown logger" in result.stderr
     assert not (tmp_path / "bad").exists()
+    base = make_spec(stream_options=TINY_GLYPHS, epochs=1, loggers=("tensorboard",))
+    cells = plan(["naive", "simplecil"], ["glyphs"], [0], {}, base)
+    assert [c.spec.loggers for c in cells] == [["tensorboard"]] * 2
+    result = run_cell(_spec_dict(cells[1].spec), str(tmp_path / cells[1].id), threads=1)
+    assert result["status"] == "complete", result
+    _check_sweep_run(clplatform.load_run(tmp_path / cells[1].id), "simplecil")
+
+
+@pytest.mark.slow
+def test_a_two_run_sweep_logs_every_run(tmp_path, pretrained_backbone):
+    """The command line, local executor (a process per run): 40 s on 2 busy cores."""
     result = invoke("sweep", "--strategies", "naive,simplecil", "--epochs", "1",
                     "--log", "tensorboard", *TINY, "--workers", "2",
                     "--threads-per-run", "1", "--out", tmp_path / "sweep")
     assert result.exit_code == 0, result.output
-    runs = [clplatform.load_run(p) for p in (tmp_path / "sweep").iterdir() if p.is_dir()]
-    assert sorted(r.config["strategy"]["name"] for r in runs) == ["naive", "simplecil"]
-    for run in runs:
-        assert run.config["loggers"] == ["tensorboard"]
-        scalars = tensorboard_scalars(run.path / "tensorboard" / "experiences")
-        last = run.accuracy[run.accuracy["train_exp"] == run.accuracy["train_exp"].max()]
-        assert scalars["accuracy/experience_0"][-1][1] == pytest.approx(
-            float(last[last["eval_exp"] == 0]["accuracy"].iloc[0]), abs=1e-6)
+    runs = sorted((clplatform.load_run(p) for p in (tmp_path / "sweep").iterdir()
+                   if p.is_dir()), key=lambda r: r.config["strategy"]["name"])
+    for run, strategy in zip(runs, ["naive", "simplecil"], strict=True):
+        _check_sweep_run(run, strategy)
 
 
 # ----------------------------------------------------------------------------- resume
