@@ -298,7 +298,8 @@ def run(strategy: str | None = None, stream: str | None = None, *,
 
     ``options``: ``backbone``, ``strategy_options``/``stream_options``/``backbone_options``
     (dicts), and the ``[train]`` settings ``epochs``, ``batch_size``, ``lr``, ``seed``,
-    ``device``, ``out``. ``config`` names a TOML file; explicit arguments win over it.
+    ``device``, ``out``; ``loggers`` (``["tensorboard", "wandb"]``, as ``--log``).
+    ``config`` names a TOML file; explicit arguments win over it.
     """
     return execute(make_spec(config, strategy=strategy, stream=stream, **options),
                    progress=progress)
