@@ -118,7 +118,8 @@ def logged_run(tmp_path_factory, pretrained_backbone):
          "--epochs", str(EPOCHS), "--out", str(out), "--log", "tensorboard",
          "--log", "wandb", "--json"],
         capture_output=True, text=True, timeout=600,
-        env={k: v for k, v in os.environ.items() if k != "WANDB_MODE"})  # offline
+        env={k: v for k, v in os.environ.items()  # offline, no error reporting
+             if k not in ("WANDB_MODE", "WANDB_ERROR_REPORTING")})
     assert result.returncode == 0, result.stderr
     return result
 
@@ -152,6 +153,8 @@ def test_wandb_offline_run_holds_the_records(logged_run):
                   if r.WhichOneof("record_type") == "run")
     keys = {item.key: json.loads(item.value_json) for item in config.update}
     assert keys["strategy"]["name"] == "naive" and keys["train"]["epochs"] == EPOCHS
+    start = json.loads((path.parent / "logs" / "debug-core.log").read_text().splitlines()[0])
+    assert start["msg"] == "main: starting server" and start["disable-analytics"] is True
 
 
 # ----------------------------------------------------------------------------- bad input

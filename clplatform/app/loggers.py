@@ -16,8 +16,8 @@ loggers=[...])``) sends, as the run goes:
 TensorBoard: event files in ``RUN_DIR/tensorboard/experiences`` and
 ``RUN_DIR/tensorboard/training`` (one axis each), written with
 ``torch.utils.tensorboard.SummaryWriter``. Weights & Biases: a run in ``RUN_DIR/wandb``,
-offline unless the user set ``WANDB_MODE`` (``wandb sync RUN_DIR/wandb/offline-run-*``
-uploads it), silent (nothing on stdout/stderr).
+offline unless the user set ``WANDB_MODE`` (W&B's error reporting off too; ``wandb sync
+RUN_DIR/wandb/offline-run-*`` uploads it), silent (nothing on stdout/stderr).
 
 A resumed run continues in the same folders: TensorBoard writers start with
 ``purge_step`` at the resume point, so what the interrupted experience had logged is hidden
@@ -140,6 +140,9 @@ class WandbLogger(RunLogger):
         previous = self._previous_id(folder) if resume is not None else None
         # the user's WANDB_MODE (a server they configured) wins; otherwise never online
         mode = None if os.environ.get("WANDB_MODE") else "offline"
+        if mode == "offline":  # nor does W&B's error reporting (read when its service
+            # process starts: wandb-core --no-observability)
+            os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
         settings = wandb.Settings(silent=True, console="off", x_disable_stats=True,
                                   save_code=False, disable_git=True)
         try:
