@@ -185,6 +185,24 @@ def test_a_missing_logger_package_is_one_line_before_the_run(logger, module, tmp
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_a_logger_that_cannot_start_is_one_line_and_leaves_no_run(tmp_path, monkeypatch,
+                                                                  pretrained_backbone):
+    """W&B online without a key (the user's WANDB_MODE): the TensorBoard writer already
+    open is closed and the run directory removed."""
+    import wandb
+
+    def refuse(**kwargs):
+        raise wandb.errors.UsageError("api_key not configured (no-tty). call wandb.login()")
+    monkeypatch.setattr(wandb, "init", refuse)
+    result = invoke("run", "--strategy", "naive", *TINY, "--out", tmp_path / "out",
+                    "--log", "tensorboard,wandb")
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "clplat: error: --log wandb: cannot start a W&B run: UsageError: api_key not "
+        "configured (no-tty). call wandb.login()"]
+    assert not any((tmp_path / "out").iterdir())
+
+
 def _check_sweep_run(run, strategy):
     assert run.config["strategy"]["name"] == strategy
     assert run.config["loggers"] == ["tensorboard"]
