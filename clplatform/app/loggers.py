@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -68,17 +69,22 @@ class RunLogger:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
 class ResumePoint:
     """Where a resumed run starts again: experiences finished, training iterations done."""
+    experiences: int
+    iterations: int
 
-    def __init__(self, experiences: int, iterations: int):
-        self.experiences, self.iterations = experiences, iterations
+
+def _named(exc: BaseException) -> str:
+    """``Type: first line of the message`` (one line)."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return type(exc).__name__ + (f": {first}" if first else "")
 
 
 def _import_error(name: str, package: str, exc: BaseException) -> UserError:
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return UserError(f"--log {name}: cannot import {package} ({type(exc).__name__}"
-                     + (f": {first}" if first else "") + f"); pip install {package}")
+    return UserError(f"--log {name}: cannot import {package} ({_named(exc)}); "
+                     f"pip install {package}")
 
 
 class TensorBoardLogger(RunLogger):
@@ -153,9 +159,7 @@ class WandbLogger(RunLogger):
                 resume="allow" if previous else None, config=config, settings=settings,
                 reinit="create_new")
         except Exception as exc:  # noqa: BLE001  (a user's server or settings: one line)
-            first = (str(exc).strip().splitlines() or [""])[0]
-            raise UserError(f"--log wandb: cannot start a W&B run: {type(exc).__name__}"
-                            + (f": {first}" if first else "")) from None
+            raise UserError(f"--log wandb: cannot start a W&B run: {_named(exc)}") from None
         self.run.define_metric(EXPERIENCE_AXIS)
         self.run.define_metric(ITERATION_AXIS)
         for prefix in ("accuracy/*", "metrics/*"):
