@@ -120,7 +120,12 @@ class StepProgress:
 
 
 class ProgressPlugin(SupervisedPlugin):
-    """Run progress: bars on a terminal, :class:`ProgressLog` lines otherwise."""
+    """Run progress: bars on a terminal, :class:`ProgressLog` lines otherwise.
+
+    ``epoch_listeners``: callables ``(strategy, loss)`` called after every training epoch
+    with the mean training loss of that epoch (None when the strategy has no loss); the
+    loss is tracked whenever there is a log or a listener (the run's loggers,
+    :mod:`clplatform.app.loggers`)."""
 
     def __init__(self, enabled: bool = True, file: IO | None = None,
                  interval: float = LOG_INTERVAL_SECONDS):
@@ -138,6 +143,7 @@ class ProgressPlugin(SupervisedPlugin):
         self._loss_sum = None
         self._loss_count = 0
         self._last_epoch_loss: float | None = None
+        self.epoch_listeners: list[Callable[[object, float | None], None]] = []
 
     # ---- terminal: tqdm bars
     def _bar(self, **kwargs):
@@ -180,7 +186,7 @@ class ProgressPlugin(SupervisedPlugin):
         self._loss_sum, self._loss_count = None, 0
 
     def after_training_iteration(self, strategy, **kwargs):
-        if self._log is None:
+        if self._log is None and not self.epoch_listeners:
             return
         self._iteration += 1
         loss = getattr(strategy, "loss", None)
@@ -188,7 +194,7 @@ class ProgressPlugin(SupervisedPlugin):
             value = loss.detach()  # summed as a tensor: no device sync per iteration
             self._loss_sum = value if self._loss_sum is None else self._loss_sum + value
             self._loss_count += 1
-        if self._log.due():
+        if self._log is not None and self._log.due():
             try:
                 per_epoch = f"/{len(strategy.dataloader)}"
             except TypeError:
@@ -202,6 +208,8 @@ class ProgressPlugin(SupervisedPlugin):
     def after_training_epoch(self, strategy, **kwargs):
         self._epoch += 1
         self._last_epoch_loss = self._mean_loss()
+        for listener in self.epoch_listeners:
+            listener(strategy, self._last_epoch_loss)
         if self._epochs is not None:
             self._epochs.update(1)
         if self._log is not None and self._log.due():

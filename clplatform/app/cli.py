@@ -33,6 +33,14 @@ _training_options = _options(
     click.option("--device", metavar="auto|cpu|cuda", help="where to train (default: auto)"))
 
 
+# --log (run and sweep)
+_log_option = click.option(
+    "--log", "loggers", metavar="tensorboard|wandb", multiple=True,
+    help="also log per-experience records and per-epoch training loss to TensorBoard "
+         "(RUN_DIR/tensorboard) or Weights & Biases (RUN_DIR/wandb, offline unless "
+         "WANDB_MODE is set); repeatable or a comma list")
+
+
 def _component_options(set_help: str, stream_help: str):
     """--set, --stream-opt, --backbone-opt (run and sweep)."""
     return _options(
@@ -131,6 +139,7 @@ def cli(debug):
 @click.option("--config", metavar="FILE.toml",
               help="TOML file with [strategy], [stream], [backbone], [train] tables; "
                    "the command line wins")
+@_log_option
 @click.option("--json", "as_json", is_flag=True,
               help='print exactly one JSON object: {"run_dir": ..., "summary": {...}}')
 @click.option("-q", "--quiet", is_flag=True, help="no progress output (bars on a terminal, log lines otherwise)")
@@ -141,8 +150,8 @@ def cli(debug):
               help="validate and build everything, train nothing, write nothing; print the "
                    "resolved configuration as JSON")
 def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size, lr, seed,
-                device, out, sets, stream_opts, backbone_opts, config, as_json, quiet,
-                resume, dry_run):
+                device, out, sets, stream_opts, backbone_opts, config, loggers, as_json,
+                quiet, resume, dry_run):
     """Train a strategy on a stream, experience by experience, and record the results.
 
     After each experience the model is evaluated on every test experience. The run is
@@ -163,7 +172,7 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
 
     if resume:
         given = [strategy, stream, backbone, backbone_weights, epochs, batch_size, lr, seed,
-                 device, out, config, *sets, *stream_opts, *backbone_opts]
+                 device, out, config, *sets, *stream_opts, *backbone_opts, *loggers]
         if any(v is not None and v != () for v in given) or dry_run:
             raise UserError("--resume continues a run with its own configuration; give no "
                             "other run options")
@@ -177,7 +186,7 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
                      strategy_options=parse_assignments(sets, "--set"),
                      stream_options=parse_assignments(stream_opts, "--stream-opt"),
                      backbone_options=backbone_options, epochs=epochs, batch_size=batch_size,
-                     lr=lr, seed=seed, device=device, out=out)
+                     lr=lr, seed=seed, device=device, out=out, loggers=loggers)
     if dry_run:
         click.echo(json.dumps(json_safe(check_only(spec))))
         return
@@ -353,9 +362,10 @@ def compare_command(runs, out, group_by, export, export_format, include_incomple
 @_training_options
 @_component_options("hyper-parameter for the strategies that have it",
                     "option of every stream")
+@_log_option
 def sweep_command(strategies, preset, streams, seeds, grid, executor, workers, threads, gpus,
                   address, retries, out, backbone, epochs, batch_size, lr, device, sets,
-                  stream_opts, backbone_opts):
+                  stream_opts, backbone_opts, loggers):
     """Run strategy x stream x seed x grid, each cell an ordinary run, then compare them.
 
     Every cell gets its run directory OUT/<strategy>-<stream>-s<seed>[-key=value...];
@@ -383,7 +393,8 @@ def sweep_command(strategies, preset, streams, seeds, grid, executor, workers, t
                      strategy_options=parse_assignments(sets, "--set"),
                      stream_options=parse_assignments(stream_opts, "--stream-opt"),
                      backbone_options=parse_assignments(backbone_opts, "--backbone-opt"),
-                     epochs=epochs, batch_size=batch_size, lr=lr, device=device, out=out)
+                     epochs=epochs, batch_size=batch_size, lr=lr, device=device, out=out,
+                     loggers=loggers)
     if (strategies is None) == (preset is None):
         raise UserError("give either --strategies or --preset")
     names = preset_strategies(preset) if preset else _split(strategies, "--strategies")

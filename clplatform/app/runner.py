@@ -78,6 +78,7 @@ class Prepared:
             "backbone": {"name": spec.backbone, **options_dict(resolved.backbone_options)},
             "train": {**dataclasses.asdict(settings), "out": train.out,
                       "device_requested": train.device, "flops": train.flops},
+            "loggers": resolved.loggers,
         }
         self.label = resolved.label
         if resolved.unused:  # a warning, not an error: sweeps set them for every strategy
@@ -91,6 +92,21 @@ class Prepared:
         from .. import checkpoint
         self.start = checkpoint.restore(run_dir, self.strategy, self.benchmark.train_stream,
                                         self.evaluator)
+
+    def open_loggers(self, run_dir: Path, resumed: bool = False):
+        """The run's loggers (``--log``), writing into ``run_dir``, called after each epoch
+        (through the progress plugin) and by the runner after each recorded experience; a
+        resumed run continues after its last finished experience."""
+        from ..evaluator import INITIAL
+        from .loggers import ResumePoint, RunLoggers
+        finished = {row["train_exp"] for row in self.evaluator.experience_rows}
+        point = (ResumePoint(len(finished), self.strategy.clock.train_iterations)
+                 if resumed else None)
+        loggers = RunLoggers(self.config["loggers"], run_dir, self.config, point,
+                             recorded=(finished | {INITIAL}) if resumed else set())
+        if loggers.loggers:
+            self.progress.epoch_listeners.append(loggers.epoch_finished)
+        return loggers
 
     def fit(self, after_experience=lambda i: None) -> None:
         """Train experience by experience (joint: once on the whole stream), calling
@@ -167,6 +183,7 @@ def _execute(spec, progress, exiting_after, resume, run_dir, held: contextlib.Ex
         for stale in temp_files(run_dir):  # writes a killed process left unfinished
             stale.unlink(missing_ok=True)
         reserve_space(run_dir)
+        loggers = held.enter_context(_closing(prepared.open_loggers(run_dir, resumed=True)))
         record = {**load_run(run_dir).record, "status": "running", "reason": None,
                   "ended": None, "pid": os.getpid(), "host": platform.node()}
         record["resumed"] = [*record.get("resumed", []), now]
@@ -185,6 +202,7 @@ def _execute(spec, progress, exiting_after, resume, run_dir, held: contextlib.Ex
             reserve_space(run_dir)
             write_json(run_dir / CONFIG_FILE, prepared.config)
             write_json(run_dir / RUN_FILE, record)
+            loggers = held.enter_context(_closing(prepared.open_loggers(run_dir)))
         except BaseException:  # a full disk: no empty or partial directory stays
             remove_run_dir(run_dir)
             raise
@@ -206,6 +224,8 @@ def _execute(spec, progress, exiting_after, resume, run_dir, held: contextlib.Ex
         write_table(run_dir / EXPERIENCES_FILE, experiences)
         if rounds:
             write_table(run_dir / ROUNDS_FILE, rounds)
+        loggers.experience_recorded(accuracy, experiences)  # before the checkpoint: a
+        # resume starts after it (a stop in between: the purge on resume hides a repeat)
         if prepared.resumable:
             checkpoint.save(run_dir, prepared.strategy, prepared.evaluator, experience)
     failure = None
@@ -245,6 +265,17 @@ def _execute(spec, progress, exiting_after, resume, run_dir, held: contextlib.Ex
     return load_run(run_dir)
 
 
+@contextlib.contextmanager
+def _closing(loggers):
+    """Close the run's loggers when the run ends, marked failed if it did not complete."""
+    try:
+        yield loggers
+    except BaseException:
+        loggers.close(failed=True)
+        raise
+    loggers.close()
+
+
 def dry_run(spec: RunSpec) -> dict:
     """Validate and build everything a run needs (stream, backbone, strategy), train nothing,
     write nothing; returns the resolved configuration."""
@@ -267,7 +298,8 @@ def run(strategy: str | None = None, stream: str | None = None, *,
 
     ``options``: ``backbone``, ``strategy_options``/``stream_options``/``backbone_options``
     (dicts), and the ``[train]`` settings ``epochs``, ``batch_size``, ``lr``, ``seed``,
-    ``device``, ``out``. ``config`` names a TOML file; explicit arguments win over it.
+    ``device``, ``out``; ``loggers`` (``["tensorboard", "wandb"]``, as ``--log``).
+    ``config`` names a TOML file; explicit arguments win over it.
     """
     return execute(make_spec(config, strategy=strategy, stream=stream, **options),
                    progress=progress)

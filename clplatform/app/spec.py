@@ -54,6 +54,8 @@ class RunSpec:
     stream_options: dict[str, Any] = field(default_factory=dict)
     backbone_options: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    # --log: tools the run also reports to (clplatform.app.loggers); config.json "loggers"
+    loggers: list[str] = field(default_factory=list)
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -89,8 +91,11 @@ def make_spec(config: str | os.PathLike | None = None, *, strategy: str | None =
               strategy_options: Mapping[str, Any] | None = None,
               stream_options: Mapping[str, Any] | None = None,
               backbone_options: Mapping[str, Any] | None = None,
+              loggers: list[str] | tuple[str, ...] | str | None = None,
               **train: Any) -> RunSpec:
-    """Merge a config file with explicit values (explicit values win)."""
+    """Merge a config file with explicit values (explicit values win). ``loggers``:
+    ``--log`` values (names or comma lists, :func:`clplatform.app.loggers.parse_loggers`)."""
+    from .loggers import parse_loggers
     data = read_config_file(config) if config else {}
     tables = {k: dict(data.get(k, {})) for k in CONFIG_TABLES}
     names = {k: tables[k].pop("name", None) for k in ("strategy", "stream", "backbone")}
@@ -111,6 +116,7 @@ def make_spec(config: str | os.PathLike | None = None, *, strategy: str | None =
     spec.backbone_options = {**(tables["backbone"] if keep["backbone"] else {}),
                              **(backbone_options or {})}
     spec.train = {**tables["train"], **{k: v for k, v in train.items() if v is not None}}
+    spec.loggers = parse_loggers(loggers)
     return spec
 
 
@@ -146,6 +152,7 @@ class Resolved:
     backbone_options: Any        # the backbone's options instance
     train: TrainOptions
     unused: list[str]            # training settings given that the strategy does not use
+    loggers: list[str] = field(default_factory=list)  # checked: known and importable
 
     @property
     def defaults(self) -> TrainDefaults:
@@ -171,15 +178,18 @@ def resolve(spec: RunSpec) -> Resolved:
     """Every name and option of ``spec`` checked (one line naming what is wrong), nothing
     built: strategy, stream (a name, ``avalanche:<Benchmark>``, a Python callable or a
     benchmark object) and backbone (a name or ``timm:<model-name>``) with their options, and
-    the ``[train]`` settings."""
+    the ``[train]`` settings, and the loggers (known names, packages that import)."""
     from clplatform.streams import StreamSource
+    from .loggers import check_loggers
     strategy = STRATEGIES.get(spec.strategy)
     stream = StreamSource(spec.stream, spec.stream_options)
     backbone, backbone_values = BACKBONES.resolve(spec.backbone, spec.backbone_options)
     train, unused = train_options(spec, strategy)
     hparams = strategy.make_options(spec.strategy_options, f"strategy {spec.strategy!r}")
     backbone_options = backbone.make_options(backbone_values, f"backbone {spec.backbone!r}")
-    return Resolved(spec, strategy, hparams, stream, backbone, backbone_options, train, unused)
+    loggers = check_loggers(spec.loggers)
+    return Resolved(spec, strategy, hparams, stream, backbone, backbone_options, train, unused,
+                    loggers)
 
 
 # ----------------------------------------------------------------------------- stored runs
@@ -214,6 +224,7 @@ def spec_from_config(config: dict[str, Any]) -> RunSpec:
         spec.stream_options.pop("domains")
     spec.backbone = backbone.pop("name")
     spec.backbone_options = backbone
+    spec.loggers = list(config.get("loggers", []))  # absent before --log existed
     unused = STRATEGIES.get(spec.strategy).traits.unused_train
     spec.train = {"seed": train["seed"], "device": train.get("device_requested", "auto"),
                   "flops": train.get("flops", "sampled"), "out": train["out"],
