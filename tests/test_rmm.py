@@ -187,7 +187,8 @@ def test_refit_keeps_old_parts_and_full_basis_is_exact(pretrained_backbone):
 def test_end_to_end_records(runs_dir, pretrained_backbone):
     import clplatform
     run = clplatform.run("rmm", "glyphs", stream_options=TINY_GLYPHS, seed=0,
-                         out=runs_dir, epochs=2, strategy_options={"rank": 4, "alpha": 4})
+                         out=runs_dir, epochs=6, lr=3e-3,
+                         strategy_options={"rank": 4, "alpha": 4})
     exps = run.experiences
     assert list(exps["rmm.basis_size"]) == [1, 2, 2]
     assert list(exps["rmm.tasks"]) == [1, 2, 3]
