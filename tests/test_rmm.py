@@ -1,5 +1,6 @@
 """RMM (spec section 4): the closed-form basis on synthetic LoRAs (spec test 5), the model's
 routing and merged passes, and the strategy on a tiny stream."""
+import hashlib
 import inspect
 import math
 
@@ -12,6 +13,10 @@ from clplatform.strategies.rmm import RMMModel, RMMOptions
 from clplatform.strategies.rmm import basis as rb
 
 from conftest import TINY_GLYPHS
+
+
+def _digest(t):
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 def _loras(n=5, out=24, inp=8, r=4, seed=0):
@@ -171,9 +176,18 @@ def _strategy(bm, epochs=2, lr=3e-3, **opts):
 def test_refit_keeps_old_parts_and_full_basis_is_exact(pretrained_backbone):
     bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
     strategy = _strategy(bm, basis=3)
-    for exp in bm.train_stream:
-        strategy.train(exp, eval_streams=[])
+    strategy.train(bm.train_stream[0], eval_streams=[])
     model = strategy.model
+    first = sorted(bm.train_stream[0].classes_in_this_experience)
+    old = {"head": _digest(model.heads[0].weight),
+           "w0": _digest(model.wrappers[0].base.weight), "prototypes": _digest(model.prototypes.sums[first])}
+    assert strategy.experience_extras()["logit_gap"] <= 1e-5       # merged = unmerged
+    for exp in bm.train_stream[1:]:
+        strategy.train(exp, eval_streams=[])
+        assert strategy.experience_extras()["logit_gap"] <= 1e-5
+    assert old == {"head": _digest(model.heads[0].weight),           # frozen, not moved
+                   "w0": _digest(model.wrappers[0].base.weight),
+                   "prototypes": _digest(model.prototypes.sums[first])}
     assert all(len(w.branches) == 0 for w in model.wrappers)
     assert model.bases[0][0].size == 3
     assert max(strategy.task_error(t) for t in range(3)) < 1e-6
@@ -196,6 +210,8 @@ def test_end_to_end_records(runs_dir, pretrained_backbone):
     assert [len(e) for e in errors] == [1, 2, 3]
     assert max(errors[0] + errors[1]) < 1e-6                    # k = t: exact
     assert max(errors[2]) > 0                                   # k = 2 < 3 tasks
+    gaps = list(exps["rmm.logit_gap"])
+    assert max(gaps[:2]) <= 1e-5 and gaps[2] > 1e-5             # merged = unmerged while exact
     stored, every = list(exps["stored_bytes"]), list(exps["rmm.every_lora_bytes"])
     assert stored[2] < every[2]                                 # the saving is real
     assert list(exps["rmm.backbone_passes"]) == [2, 2, 2]

@@ -30,6 +30,8 @@ from .config import RMMOptions
 from .model import RMMModel
 
 FLOAT_BYTES = 4  # what is kept: float32 values (fp16 would halve every byte count)
+#: training samples of the experience on which the merged and unmerged logits are compared
+PROBE = 16
 
 
 class RMM(Strategy):
@@ -85,9 +87,15 @@ class RMM(Strategy):
                          settings.batch_size)
         model.eval()
         self.trained_params = sum(p.numel() for p in params)
+        probe = tokens[:PROBE]
+        with torch.no_grad():
+            unmerged = head(model.features(probe))       # W_0 with the trained LoRA branch
         factors = model.take_branches()
         self.originals.append([(u.double().cpu(), d.double().cpu()) for u, d in factors])
         self._refit()
+        with torch.no_grad(), model.merged(model.task_deltas(model.tasks - 1)):
+            merged = head(model.features(probe))         # W_0 + the rebuilt delta, merged
+        self._record["logit_gap"] = float((merged - unmerged).abs().max())
 
     def _refit(self) -> None:
         """The closed-form basis over all tasks so far, per block and factor."""
