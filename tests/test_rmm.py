@@ -180,12 +180,13 @@ def test_refit_keeps_old_parts_and_full_basis_is_exact(pretrained_backbone):
     model = strategy.model
     first = sorted(bm.train_stream[0].classes_in_this_experience)
     old = {"head": _digest(model.heads[0].weight),
-           "w0": _digest(model.wrappers[0].base.weight), "prototypes": _digest(model.prototypes.sums[first])}
+           "w0": _digest(model.wrappers[0].base.weight),
+           "prototypes": _digest(model.prototypes.sums[first])}
     assert strategy.experience_extras()["logit_gap"] <= 1e-5       # merged = unmerged
     for exp in bm.train_stream[1:]:
         strategy.train(exp, eval_streams=[])
         assert strategy.experience_extras()["logit_gap"] <= 1e-5
-    assert old == {"head": _digest(model.heads[0].weight),           # frozen, not moved
+    assert old == {"head": _digest(model.heads[0].weight),          # frozen, not moved
                    "w0": _digest(model.wrappers[0].base.weight),
                    "prototypes": _digest(model.prototypes.sums[first])}
     assert all(len(w.branches) == 0 for w in model.wrappers)

@@ -75,7 +75,7 @@ class RMMModel(ViTPieces):
         device = next(self.backbone.parameters()).device
         self.heads.append(nn.Linear(self.dim, len(classes)).to(device))
         self.head_classes.append(list(classes))
-        self.class_task[torch.tensor(classes)] = len(self.heads) - 1
+        self.class_task[torch.tensor(classes, device=self.class_task.device)] = len(self.heads) - 1
         return branches
 
     def take_branches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
