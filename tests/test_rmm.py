@@ -222,3 +222,28 @@ def test_end_to_end_records(runs_dir, pretrained_backbone):
     acc = run.accuracy
     assert (acc[(acc["train_exp"] >= 0) & ~acc["seen"]]["accuracy"] == 0).all()
     assert all(f > 0 for f in flops)
+
+
+def test_refit_from_originals_is_the_fit_of_the_trained_factors(pretrained_backbone):
+    """``refit=originals``: the basis after every experience is the closed-form fit of the
+    trained factors themselves (position coefficients, centred), and it stores every LoRA
+    besides; ``reconstructed`` drops them."""
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    runs = {}
+    for refit in ("originals", "reconstructed"):
+        strategy = _strategy(bm, epochs=1, basis=1, coeff="position", center=True,
+                             refit=refit)
+        for exp in bm.train_stream:
+            strategy.train(exp, eval_streams=[])
+        runs[refit] = strategy
+    s = runs["originals"]
+    for layer, (up_fb, down_fb) in enumerate(s.model.bases):
+        ups = torch.stack([task[layer][0] for task in s.originals])
+        assert torch.allclose(up_fb.reconstruct_all(),
+                              rb.fit(ups, 1, "position", True).reconstruct_all())
+        assert up_fb.mean is not None and up_fb.size == 1
+    lora = 6 * 8 * (96 + 3 * 96)
+    assert s.experience_extras()["stored_bytes"] > 4 * 3 * lora     # keeps every LoRA
+    assert runs["reconstructed"].experience_extras()["stored_bytes"] < \
+        s.experience_extras()["stored_bytes"] - 4 * 2 * lora
+    assert all(e > 0 for e in (s.task_error(t) for t in range(3)))
