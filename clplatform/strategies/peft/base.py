@@ -49,6 +49,7 @@ class MergeableViT(ViTPieces):
         self.frozen_blocks = len(self.vit.blocks)
         self.linear = nn.Linear(self.dim, num_classes)   # Kaiming-uniform weight, zero bias
         nn.init.zeros_(self.linear.bias)
+        self.linear.requires_grad_(False)                # trainable only while adapting
         self.prototypes = PrototypeHead(self.dim, num_classes)
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
         self.head_kind = "linear"
