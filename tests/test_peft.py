@@ -322,3 +322,27 @@ def test_end_to_end_on_a_tiny_stream(strategy, runs_dir, pretrained_backbone):
     base = clplatform.run("simplecil", "glyphs", stream_options=TINY_GLYPHS, seed=0,
                           out=runs_dir).experiences["inference_flops_per_sample"]
     assert list(exps["inference_flops_per_sample"]) == list(base)
+    # the report section: merged against unmerged inference cost
+    from click.testing import CliRunner
+
+    from clplatform.app.cli import cli
+    from clplatform.contract import StrategyRecords
+    from clplatform.reports import load_runs
+    from clplatform.reports.plots import group_colors
+    from clplatform.strategies.peft.report import SECTION
+    runs = load_runs([runs_dir])
+    only = runs.experiences[runs.experiences["strategy"] == strategy]
+    records = StrategyRecords(
+        stream="glyphs", strategies=(strategy,), runs=runs.table, accuracy=runs.accuracy,
+        experiences=only, rounds=runs.rounds, configs={r.path.name: r.config for r in runs.runs},
+        group_by="label", colors=group_colors(runs.table["label"]))
+    items = SECTION.build(records)
+    table = items[1].table
+    assert len(items) == 2 and len(table) == 1
+    assert float(table["flops_ratio"].iloc[0]) == 1.0
+    assert float(table["unmerged_flops"].iloc[0]) > float(table["deployed_flops"].iloc[0])
+    out = runs_dir / "report.html"
+    result = CliRunner().invoke(cli, ["compare", str(runs_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert SECTION.title in text and "could not be drawn" not in text

@@ -7,6 +7,7 @@ continual-learning form: ``adapt=first``/``every``, merging, records, resume), `
 from clplatform.registry import lazy_exports, register_strategy
 
 from .config import CompLoRAOptions, ConsolidatorOptions, LinearAdapterOptions, LoRAOptions
+from .report import SECTION
 
 __getattr__ = lazy_exports(__name__, {
     "MergeableStrategy": ".base", "MergeableViT": ".base",
@@ -19,7 +20,7 @@ _UNUSED = ("lr",)
 
 
 @register_strategy("linear-adapter", options=LinearAdapterOptions, unused_train=_UNUSED,
-                   resumable=True,
+                   resumable=True, report=SECTION,
                    help="ZeroI2V's linear adapters (dense placement) merged into the frozen "
                         "weights: zero extra inference cost (Li et al. 2023)")
 def linear_adapter(ctx, opts: LinearAdapterOptions):
@@ -28,6 +29,7 @@ def linear_adapter(ctx, opts: LinearAdapterOptions):
 
 
 @register_strategy("lora", options=LoRAOptions, unused_train=_UNUSED, resumable=True,
+                   report=SECTION,
                    help="LoRA on the fused qkv, merged after training (Hu et al. 2021; the "
                         "LoRA baseline of Consolidator)")
 def lora(ctx, opts: LoRAOptions):
@@ -36,6 +38,7 @@ def lora(ctx, opts: LoRAOptions):
 
 
 @register_strategy("comp-lora", options=CompLoRAOptions, unused_train=_UNUSED, resumable=True,
+                   report=SECTION,
                    help="LoRA confined to the complement of the pre-trained weight's "
                         "principal subspace (Wang et al. 2025; our reading of the abstract)")
 def comp_lora(ctx, opts: CompLoRAOptions):
@@ -44,7 +47,7 @@ def comp_lora(ctx, opts: CompLoRAOptions):
 
 
 @register_strategy("consolidator", options=ConsolidatorOptions, unused_train=_UNUSED,
-                   resumable=True,
+                   resumable=True, report=SECTION,
                    help="Consolidator's grouped, channel-shuffled branches, consolidated and "
                         "merged (Hao et al. 2023)")
 def consolidator(ctx, opts: ConsolidatorOptions):
