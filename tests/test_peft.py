@@ -341,8 +341,31 @@ def test_end_to_end_on_a_tiny_stream(strategy, runs_dir, pretrained_backbone):
     assert len(items) == 2 and len(table) == 1
     assert float(table["flops_ratio"].iloc[0]) == 1.0
     assert float(table["unmerged_flops"].iloc[0]) > float(table["deployed_flops"].iloc[0])
+    if strategy != "lora":   # the HTML report once (it takes seconds)
+        return
     out = runs_dir / "report.html"
     result = CliRunner().invoke(cli, ["compare", str(runs_dir), "--out", str(out)])
     assert result.exit_code == 0, result.output
     text = out.read_text()
     assert SECTION.title in text and "could not be drawn" not in text
+
+
+def test_linear_adapter_unmerged_ablation_shows_the_flops_price(pretrained_backbone):
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    torch.manual_seed(0)
+    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings(epochs=1))
+    strategy = create_strategy("linear-adapter", ctx, merge=False)
+    strategy.train(bm.train_stream[0], eval_streams=[])
+    extras = strategy.experience_extras()
+    assert extras["merged"] == 0 and extras["inference_extra_params"] == 113_472
+    assert extras["flops_ratio"] > 1.0 and len(wrappers(strategy.model)) == 24
+    model = strategy.model.eval()
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        kept = model(x)
+        deployed = deploy(model)(x)
+    assert (kept - deployed).abs().max() <= 1e-5
+    with pytest.raises(Exception, match="adapt=first"):
+        create_strategy("linear-adapter", StrategyContext(
+            create_backbone("vit-glyphs"), bm.info, TrainSettings()), merge=False,
+            adapt="every")
