@@ -369,3 +369,14 @@ def test_linear_adapter_unmerged_ablation_shows_the_flops_price(pretrained_backb
         create_strategy("linear-adapter", StrategyContext(
             create_backbone("vit-glyphs"), bm.info, TrainSettings()), merge=False,
             adapt="every")
+
+
+def test_bad_options_are_one_clear_error():
+    from clplatform.errors import UserError
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    ctx = StrategyContext(create_backbone("vit-glyphs", pretrained=False), bm.info,
+                          TrainSettings())
+    with pytest.raises(UserError, match="do not divide"):
+        create_strategy("consolidator", ctx, group_divisor="5")
+    with pytest.raises(UserError, match="places"):
+        create_strategy("linear-adapter", ctx, places="qkv_in,nowhere")

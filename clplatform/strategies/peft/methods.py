@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clplatform.errors import UserError
+
 from ..base import StrategyContext
 from ..lora import LoRALinear
 from ..reparam import ReparamLinear
@@ -14,6 +16,7 @@ from .config import (LORA_TARGETS, CompLoRAOptions, ConsolidatorOptions,
 from .layers import (AdaptedLinear, ConsolidatorLinear, LinearAdapter, ProjectedBranch,
                      lora_scale, protected_directions)
 
+CONSOLIDATOR_PATHS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 #: where each ZeroI2V adapter sits: (Linear of the block, before or after it)
 PLACES = {"qkv_in": ("attn.qkv", "pre"), "proj_out": ("attn.proj", "post"),
           "fc1_in": ("mlp.fc1", "pre"), "fc2_out": ("mlp.fc2", "post")}
@@ -138,13 +141,20 @@ class ConsolidatorStrategy(MergeableStrategy):
 
     def __init__(self, context: StrategyContext, opts: ConsolidatorOptions):
         super().__init__(context, opts, "consolidator")
-        self.groups = [self.mvit.dim // d for d in opts.divisors()]
+        dim = self.mvit.dim
+        self.groups = [dim // d for d in opts.divisors()]
+        widths = {lin.in_features for _n, lin in self.targets(CONSOLIDATOR_PATHS)} | {
+            lin.out_features for _n, lin in self.targets(CONSOLIDATOR_PATHS)}
+        bad = [d for d, g in zip(opts.divisors(), self.groups)
+               if dim % d or any(w % g for w in widths)]
+        if bad:
+            raise UserError(f"consolidator: group_divisor {bad[0]} gives groups that do not "
+                            f"divide the layer widths {sorted(widths)} (d = {dim})")
 
     def install(self) -> list[ReparamLinear]:
         o = self.opts
-        paths = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
         return [self.wrap(name, ConsolidatorLinear(linear, self.groups, o.drop, o.shuffle))
-                for name, linear in self.targets(paths)]
+                for name, linear in self.targets(CONSOLIDATOR_PATHS)]
 
     def before_merge(self, installed) -> dict:
         union = sum(int(w.union_support().sum()) for w in installed)
