@@ -380,3 +380,28 @@ def test_bad_options_are_one_clear_error():
         create_strategy("consolidator", ctx, group_divisor="5")
     with pytest.raises(UserError, match="places"):
         create_strategy("linear-adapter", ctx, places="qkv_in,nowhere")
+
+
+def test_comp_lora_accumulate_also_protects_earlier_updates(pretrained_backbone):
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    torch.manual_seed(0)
+    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info, TrainSettings(epochs=1))
+    strategy = create_strategy("comp-lora", ctx, adapt="every", subspace="accumulate")
+    strategy.train(bm.train_stream[0], eval_streams=[])
+    first = strategy.experience_extras()
+    earlier = {k: v.clone() for k, v in strategy.accumulated.items()}
+    assert first["protected"] == 6 * 24 and all(v.shape[1] == 8 for v in earlier.values())
+    deltas = {}
+    original = strategy.before_merge
+
+    def capture(installed):
+        for (name, _), w in zip(strategy.targets(("attn.qkv",)), installed):
+            deltas[name] = w.branches[0].delta_weight().detach().double()
+        return original(installed)
+    strategy.before_merge = capture
+    strategy.train(bm.train_stream[1], eval_streams=[])
+    second = strategy.experience_extras()
+    assert second["protected"] == 6 * (24 + 8) and second["leak"] <= 1e-6
+    for name, delta in deltas.items():
+        assert (earlier[name].double().T @ delta).norm() / delta.norm() <= 1e-6
+    assert set(strategy.checkpoint_state()["method"]["accumulated"]) == set(earlier)

@@ -195,8 +195,8 @@ RESUME_ARGS = {
     "ranpac": ["--set", "epochs=2", "--set", "M=500"],
     "ease": ["--set", "epochs=2"],
     "linear-adapter": ["--epochs", "2", "--set", "adapt=every"],
-    "lora": ["--epochs", "2", "--set", "adapt=every"],
-    "comp-lora": ["--epochs", "2"],
+    "lora": ["--epochs", "2"],
+    "comp-lora": ["--epochs", "2", "--set", "adapt=every", "--set", "subspace=accumulate"],
     "consolidator": ["--epochs", "2", "--set", "adapt=every"],
 }
 SLOW_RESUME = {"linear-probe", "simplecil", "si", "lwf", "agem", "cumulative", "prompt"}

@@ -264,15 +264,24 @@ class MergeableStrategy(Strategy):
                 "stored_bytes": factor_bytes + 4 * head_params,
                 **self.method_extras()}
 
+    def method_state(self) -> dict:
+        """A method's own state for a resume (tensors and plain values)."""
+        return {}
+
+    def restore_method_state(self, state: dict) -> None:
+        """Restore :meth:`method_state`."""
+
     def checkpoint_state(self) -> dict:
         return {"experiences_seen": self.experiences_seen, "head_kind": self.mvit.head_kind,
-                "factor_params_total": self.factor_params_total, "biased": list(self.biased)}
+                "factor_params_total": self.factor_params_total, "biased": list(self.biased),
+                "method": self.method_state()}
 
     def restore_checkpoint_state(self, state: dict, experiences: list) -> None:
         self.experiences_seen = state["experiences_seen"]
         self.mvit.head_kind = state["head_kind"]
         self.factor_params_total = state["factor_params_total"]
         self.biased = list(state["biased"])
+        self.restore_method_state(state.get("method", {}))
         for name in self.biased:
             ensure_bias(self.mvit.vit.get_submodule(name))
         if not self.merge_modules and self.experiences_seen:

@@ -90,9 +90,11 @@ class CompLoRAOptions(LoRAOptions):
                                "(ours: not in the abstract)", min=0, max=1)
     side: str = opt("left", "left: project B off the top-k left singular vectors U_k; right: "
                     "A off the top-k right ones V_k; both", choices=("left", "right", "both"))
-    subspace: str = opt("pretrained", "SVD of the pre-trained weight (pretrained) or of the "
-                        "running, merged weight of each experience (current)",
-                        choices=("pretrained", "current"))
+    subspace: str = opt("pretrained", "SVD of the pre-trained weight (pretrained), of the "
+                        "running, merged weight of each experience (current), or the "
+                        "pre-trained one plus the column spaces of earlier experiences' "
+                        "updates (accumulate: InfLoRA/GPM-like, not in the paper; left side)",
+                        choices=("pretrained", "current", "accumulate"))
     protect_minor: bool = opt(False, "protect the bottom-k singular directions instead (a "
                                      "control that should not help)")
 

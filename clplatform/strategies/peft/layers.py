@@ -112,6 +112,19 @@ def protected_directions(weight: torch.Tensor, fraction: float, side: str, minor
     return left, right, k
 
 
+def orthonormal_union(basis: torch.Tensor | None, columns: torch.Tensor,
+                      tol: float = 1e-6) -> torch.Tensor:
+    """Orthonormal columns spanning ``basis`` (None: nothing) and the column space of
+    ``columns`` (float64 SVD; directions below ``tol`` x the largest singular value are
+    left out), in ``columns``' dtype."""
+    parts = [columns.detach().double()]
+    if basis is not None and basis.shape[1]:
+        parts.insert(0, basis.detach().double())
+    u, s, _vh = torch.linalg.svd(torch.cat(parts, dim=1), full_matrices=False)
+    keep = s > tol * s.max() if s.numel() and s.max() > 0 else s > 0
+    return u[:, keep].to(columns.dtype).contiguous()
+
+
 # ---------------------------------------------------------------------- Consolidator
 def shuffle_permutation(channels: int, groups: int) -> torch.Tensor:
     """Consolidator's ``ChannelShuffle1d(groups)`` as an index: shuffled = x[..., perm]
@@ -200,4 +213,5 @@ def lora_scale(alpha: float, rank: int) -> float:
 
 
 __all__ = ["LinearAdapter", "AdaptedLinear", "ProjectedBranch", "protected_directions",
+           "orthonormal_union",
            "GroupedBranch", "ConsolidatorLinear", "shuffle_permutation", "lora_scale"]

@@ -14,7 +14,7 @@ from .base import MergeableStrategy
 from .config import (LORA_TARGETS, CompLoRAOptions, ConsolidatorOptions,
                      LinearAdapterOptions, LoRAOptions)
 from .layers import (AdaptedLinear, ConsolidatorLinear, LinearAdapter, ProjectedBranch,
-                     lora_scale, protected_directions)
+                     lora_scale, orthonormal_union, protected_directions)
 
 CONSOLIDATOR_PATHS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 #: where each ZeroI2V adapter sits: (Linear of the block, before or after it)
@@ -91,7 +91,9 @@ class CompLoRAStrategy(LoRAStrategy):
     def __init__(self, context: StrategyContext, opts: CompLoRAOptions):
         super().__init__(context, opts, "comp-lora")
         self.pretrained: dict[str, tuple] = {}
-        if opts.subspace == "pretrained":   # once, before any experience (float64 SVD)
+        #: accumulate: per target, orthonormal columns spanning earlier experiences' updates
+        self.accumulated: dict[str, torch.Tensor] = {}
+        if opts.subspace in ("pretrained", "accumulate"):  # once, before any experience
             for name, linear in self.targets(LORA_TARGETS[opts.targets]):
                 self.pretrained[name] = protected_directions(
                     linear.weight, opts.protect, opts.side, opts.protect_minor)
@@ -100,6 +102,8 @@ class CompLoRAStrategy(LoRAStrategy):
         o = self.opts
         left, right, _k = self.pretrained[name] if name in self.pretrained else \
             protected_directions(linear.weight, o.protect, o.side, o.protect_minor)
+        if o.subspace == "accumulate" and name in self.accumulated:
+            left = orthonormal_union(left, self.accumulated[name])
         wrapper = LoRALinear(linear)
         branch = ProjectedBranch(linear.in_features, linear.out_features, o.rank,
                                  lora_scale(o.alpha, o.rank), left, right).to(
@@ -124,9 +128,20 @@ class CompLoRAStrategy(LoRAStrategy):
                                        if norm else 0.0)
                     if branch.left is None:
                         protected += branch.right.shape[1]
+        if self.opts.subspace == "accumulate":
+            names = [name for name, _ in self.targets(LORA_TARGETS[self.opts.targets])]
+            for name, wrapper in zip(names, installed):
+                delta = wrapper.branches[0].delta_weight().detach()
+                self.accumulated[name] = orthonormal_union(self.accumulated.get(name), delta)
         return {"leak": max(leaks) if leaks else float("nan"),
                 "right_leak": max(right_leaks) if right_leaks else float("nan"),
                 "protected": protected}
+
+    def method_state(self) -> dict:
+        return {"accumulated": dict(self.accumulated)}
+
+    def restore_method_state(self, state: dict) -> None:
+        self.accumulated = dict(state.get("accumulated", {}))
 
     def method_extras(self) -> dict:
         return {"rank": self.opts.rank, "protected": self.last.get("protected", 0),
