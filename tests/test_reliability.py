@@ -194,6 +194,10 @@ RESUME_ARGS = {
     "aper": ["--set", "epochs=2"],
     "ranpac": ["--set", "epochs=2", "--set", "M=500"],
     "ease": ["--set", "epochs=2"],
+    "linear-adapter": ["--epochs", "2", "--set", "adapt=every"],
+    "lora": ["--epochs", "2"],
+    "comp-lora": ["--epochs", "2", "--set", "adapt=every", "--set", "subspace=accumulate"],
+    "consolidator": ["--epochs", "2", "--set", "adapt=every"],
     "rmm": ["--epochs", "2"],
 }
 SLOW_RESUME = {"linear-probe", "simplecil", "si", "lwf", "agem", "cumulative", "prompt"}
@@ -238,9 +242,10 @@ def _kill_and_resume(strategy: str, kill_after: int, tmp_path: Path) -> Path:
     # the SEMA paper's comparators (the default suite keeps to its 15 minutes)
     [pytest.param(s, k, marks=pytest.mark.slow) for s, k in [
         ("coda-prompt", 2), ("dualprompt", 1), ("l2p", 1), ("inflora", 2), ("aper", 1),
-        ("ranpac", 1), ("ease", 1)]] +
-    # issue 21's low-rank and mergeable methods
-    [pytest.param(s, k, marks=pytest.mark.slow) for s, k in [("rmm", 2)]])
+        ("ranpac", 1), ("ease", 1),
+        # the low-rank and mergeable methods (issue 21)
+        ("linear-adapter", 1), ("lora", 2), ("comp-lora", 1), ("consolidator", 1),
+        ("rmm", 2)]])
 def test_killed_run_resumes_to_the_same_records(strategy, kill_after, tmp_path,
                                                 pretrained_backbone):
     _kill_and_resume(strategy, kill_after, tmp_path)

@@ -18,10 +18,11 @@ BASELINES = ["naive", "ewc", "lwf", "si", "replay", "agem", "cumulative", "joint
 
 def test_every_registered_strategy_is_tested_here():
     # lftl needs a domain stream: tests/test_lftl.py runs it end to end; aper, ease and
-    # ranpac run end to end in tests/test_ptm.py (test_end_to_end_on_a_tiny_stream); rmm in
+    # ranpac run end to end in tests/test_ptm.py (test_end_to_end_on_a_tiny_stream); the
+    # mergeable methods in tests/test_peft.py (test_end_to_end_on_a_tiny_stream); rmm in
     # tests/test_rmm.py (test_end_to_end_records)
-    assert set(STRATEGIES.names()) == set(BASELINES) | {"lftl", "aper", "ease", "ranpac",
-                                                        "rmm"}
+    assert set(STRATEGIES.names()) == set(BASELINES) | {"lftl", "aper", "ease", "ranpac"} | {
+        "linear-adapter", "lora", "comp-lora", "consolidator", "rmm"}
 
 
 def _tiny(strategy, runs_dir, **kw):

@@ -7,8 +7,7 @@ from clplatform.registry import lazy_exports
 
 from . import (baselines, coda, inflora, l2p, lftl, prompts, sema,  # noqa: F401
                simplecil)  # (registration)
-from . import ptm  # noqa: F401  (registration)
-from . import rmm  # noqa: F401  (registration)
+from . import peft, ptm, rmm  # noqa: F401  (registration)
 
 # the context needs neither torch nor Avalanche; Strategy (Avalanche's template) loads them
 __getattr__ = lazy_exports(__name__, {"Strategy": ".base",

@@ -6,8 +6,10 @@
 ``[q | k | v]``) and adds any number of branches, each on a contiguous slice of the outputs
 (``(d, 3d)``: keys and values, as InfLoRA; ``(0, d)`` and ``(2d, 3d)``: queries and values, as
 plain LoRA); :meth:`LoRALinear.merge` folds branches into the wrapped weight (zero inference
-cost afterwards). The wrapper replaces the Linear in place, so it works with timm's fused
-attention and any code that calls ``attn.qkv(x)``.
+cost afterwards) through the shared re-parameterisation (:mod:`.reparam`; ``LoRALinear`` is a
+:class:`~.reparam.ReparamLinear`, so ``fold_in``/``fold_out`` and ``deploy`` work on it too).
+The wrapper replaces the Linear in place, so it works with timm's fused attention and any
+code that calls ``attn.qkv(x)``.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .reparam import Delta, LinearUpdate, ReparamLinear, merge_linear
 
 
 class LowRankBranch(nn.Module):
@@ -42,7 +46,7 @@ class LowRankBranch(nn.Module):
         return self.scale * (self.up @ self.down)
 
 
-class LoRALinear(nn.Module):
+class LoRALinear(ReparamLinear):
     """A Linear plus low-rank branches on slices of its output features.
 
     ``base`` keeps the wrapped Linear (its parameters untouched unless :meth:`merge` is
@@ -51,26 +55,9 @@ class LoRALinear(nn.Module):
     """
 
     def __init__(self, base: nn.Linear):
-        super().__init__()
-        self.base = base
+        super().__init__(base)
         self.branches = nn.ModuleList()
         self.slices: list[tuple[int, int]] = []
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
-
-    @property
-    def weight(self) -> torch.Tensor:  # code that reads qkv.weight (shapes, dtypes) still works
-        return self.base.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
 
     def add_branch(self, start: int, end: int, rank: int, scale: float = 1.0) -> LowRankBranch:
         """A new branch on outputs ``start:end`` (on the base weight's device and dtype)."""
@@ -82,7 +69,13 @@ class LoRALinear(nn.Module):
         self.slices.append((start, end))
         return branch
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def update(self, count: int | None = None) -> LinearUpdate:
+        """The first ``count`` branches (all: None) as weight deltas on their slices."""
+        pairs = list(zip(self.branches, self.slices))[:count]
+        return LinearUpdate(deltas=[Delta(branch.delta_weight(), None, start)
+                                    for branch, (start, _end) in pairs])
+
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         if not self.branches:
             return out
@@ -110,7 +103,9 @@ class LoRALinear(nn.Module):
     def merge(self, count: int | None = None) -> None:
         """Fold the first ``count`` branches (all: None) into the base weight and drop them."""
         count = len(self.branches) if count is None else count
-        for branch, (start, end) in zip(list(self.branches)[:count], self.slices[:count]):
-            self.base.weight[start:end] += branch.delta_weight().to(self.base.weight.dtype)
+        if self.merged:
+            raise RuntimeError("fold_out() before merging branches away")
+        # one branch after the other, in the weight's dtype (as adding them in place)
+        merge_linear(self.base, self.update(count), keep_original=False)
         self.branches = nn.ModuleList(list(self.branches)[count:])
         self.slices = self.slices[count:]
