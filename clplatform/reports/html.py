@@ -96,7 +96,8 @@ def _stream_section(stream: str, runs: RunSet, group_by: str) -> str:
                           "Training FLOPs (torch.utils.flop_counter's formulas) and seconds "
                           "per experience."),
                   _figure(plots.accuracy_vs_cost(table, group_by, colors),
-                          "Final accuracy against parameters and training FLOPs"
+                          "Final accuracy against parameters, training FLOPs, stored bytes "
+                          "and inference FLOPs per sample (the efficiency frontier)"
                           + ("; the dashed line (Pareto front) joins the groups no other "
                              "group beats at lower cost." if len(colors) > 1 else "."))]
     rounds = (runs.rounds[runs.rounds["stream"] == stream]

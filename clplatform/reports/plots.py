@@ -191,12 +191,20 @@ def _pareto(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 
 
 def accuracy_vs_cost(table: pd.DataFrame, group_by: str, colors):
-    """Final accuracy against final parameters and against total training FLOPs (Pareto)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    """Final accuracy against the costs (Pareto front per panel): parameters after the last
+    experience, total training FLOPs, and the efficiency frontier of deployment — bytes the
+    strategy stores and inference FLOPs per sample (where merged adapters cost nothing and
+    two-pass methods twice the backbone)."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8.5), layout="constrained")
+    axes = axes.flatten()
     for ax, column, label, scale in (
             (axes[0], "final_params_total", "parameters after the last experience (millions)",
              1e-6),
-            (axes[1], "total_train_flops", "total training FLOPs (TFLOPs)", 1e-12)):
+            (axes[1], "total_train_flops", "total training FLOPs (TFLOPs)", 1e-12),
+            (axes[2], "final_stored_bytes", "bytes stored after the last experience (KiB)",
+             1 / 1024),
+            (axes[3], "inference_flops_per_sample", "inference FLOPs per sample (MFLOPs)",
+             1e-6)):
         if column not in table or table[column].isna().all():
             ax.text(0.5, 0.5, "not recorded", ha="center", transform=ax.transAxes)
             continue
@@ -213,5 +221,13 @@ def accuracy_vs_cost(table: pd.DataFrame, group_by: str, colors):
             ax.plot(front["cost"], front["acc"], "k--", lw=1, label="Pareto front", zorder=2)
         ax.set_xlabel(label)
         ax.set_ylabel("final accuracy A_T (%)")
-    _legend(axes)
-    return _finish(fig, axes, "Accuracy vs cost")
+        ax.grid(alpha=0.3)
+    legend = {}  # one entry per group (and the front), below the panels: labels are long
+    for ax in axes:
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(text, handle)
+    if legend:
+        fig.legend(legend.values(), legend.keys(), loc="outside lower center", fontsize=8,
+                   ncol=2 if len(legend) > 4 else 1)
+    fig.suptitle("Accuracy vs cost")
+    return fig
