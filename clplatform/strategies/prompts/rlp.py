@@ -37,7 +37,7 @@ def factor_init(dense: torch.Tensor, rank: int, how: str) -> tuple[torch.Tensor,
         root = s[..., :rank].sqrt()
         a = u[..., :rank] * root[..., None, :]
         b = root[..., :, None] * vh[..., :rank, :]
-        return a.float(), b.float()
+        return a.float().contiguous(), b.float().contiguous()
     if how == "random":
         *lead, length, dim = dense.shape
         a = torch.empty(*lead, length, rank).uniform_(-1, 1)
