@@ -188,6 +188,7 @@ RESUME_ARGS = {
     "dualprompt": ["--epochs", "2"],
     "l2p": ["--epochs", "2"],
     "qprompt": ["--epochs", "2", "--set", "min_interval=2", "--set", "kl_threshold=0"],
+    "rlp": ["--epochs", "2", "--set", "rank=2"],
     "coda-prompt": ["--epochs", "2", "--batch-size", "16"],
     "lftl": ["--set", "rounds=2", "--set", "budget_per_round=0.03",
              "--set", "source_epochs=2"],
@@ -237,7 +238,7 @@ def _kill_and_resume(strategy: str, kill_after: int, tmp_path: Path) -> Path:
     # the SEMA paper's comparators (the default suite keeps to its 15 minutes)
     [pytest.param(s, k, marks=pytest.mark.slow) for s, k in [
         ("coda-prompt", 2), ("dualprompt", 1), ("l2p", 1), ("inflora", 2), ("aper", 1),
-        ("ranpac", 1), ("ease", 1)]])
+        ("ranpac", 1), ("ease", 1), ("rlp", 2)]])
 def test_killed_run_resumes_to_the_same_records(strategy, kill_after, tmp_path,
                                                 pretrained_backbone):
     _kill_and_resume(strategy, kill_after, tmp_path)
