@@ -88,7 +88,9 @@ def test_stored_count_formula(stream, rank, factor_g):
         assert extras["prompt_bytes"] == 2 * (g + (experience + 1) * 2 * 3 * rank * (5 + 96))
         assert extras["prompt_bytes_if_dense"] == 2 * (2 + 3 * (experience + 1)) * 2 * 5 * 96
         assert extras["e_prompt_stored_bytes_per_experience"] == 2 * 606 * rank
-        assert extras["rank"] == rank and extras["factoring_saves"]
+        assert extras["rank"] == rank and extras["factoring_saves"] and extras["merged"]
+        assert extras["prompt_compression"] == pytest.approx(
+            extras["prompt_bytes_if_dense"] / extras["prompt_bytes"])
         # inference uses the multiplied-out fp16 prompt, of rank r up to fp16 rounding
         for t in model.e_prompts[-1]:
             assert t.dense.values.dtype == torch.float16 and t.dense.values.shape == (2, 5, 96)

@@ -171,7 +171,9 @@ class RLPStrategy(PromptStrategy):
             # every prompt stored dense, at the same value precision (prompt's storage)
             "prompt_bytes_if_dense": dense_bits / 8,
             "prompt_compression": dense_bits / max(1, sum(t.stored_bits for t in tensors)),
-            # inference holds the multiplied-out prompts, no factors: 0 extra parameters
+            # inference holds the multiplied-out prompts (the factors "merged" into an
+            # ordinary prompt), no factors: 0 extra parameters against prompt
+            "merged": True,
             "inference_extra_params": 0,
         })
         return extras
