@@ -188,6 +188,8 @@ RESUME_ARGS = {
     "dualprompt": ["--epochs", "2"],
     "l2p": ["--epochs", "2"],
     "qprompt": ["--epochs", "2", "--set", "min_interval=2", "--set", "kl_threshold=0"],
+    "rlp": ["--epochs", "2", "--set", "rank=2", "--set", "quantizer=kmeans",
+            "--set", "min_interval=2", "--set", "kl_threshold=0"],
     "coda-prompt": ["--epochs", "2", "--batch-size", "16"],
     "lftl": ["--set", "rounds=2", "--set", "budget_per_round=0.03",
              "--set", "source_epochs=2"],
@@ -245,7 +247,7 @@ def _kill_and_resume(strategy: str, kill_after: int, tmp_path: Path) -> Path:
         ("ranpac", 1), ("ease", 1),
         # the low-rank and mergeable methods (issue 21)
         ("linear-adapter", 1), ("lora", 2), ("comp-lora", 1), ("consolidator", 1),
-        ("rmm", 2)]])
+        ("rmm", 2), ("rlp", 2)]])
 def test_killed_run_resumes_to_the_same_records(strategy, kill_after, tmp_path,
                                                 pretrained_backbone):
     _kill_and_resume(strategy, kill_after, tmp_path)

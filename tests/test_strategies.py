@@ -20,9 +20,9 @@ def test_every_registered_strategy_is_tested_here():
     # lftl needs a domain stream: tests/test_lftl.py runs it end to end; aper, ease and
     # ranpac run end to end in tests/test_ptm.py (test_end_to_end_on_a_tiny_stream); the
     # mergeable methods in tests/test_peft.py (test_end_to_end_on_a_tiny_stream); rmm in
-    # tests/test_rmm.py (test_end_to_end_records)
+    # tests/test_rmm.py (test_end_to_end_records); rlp in tests/test_rlp.py (test_end_to_end)
     assert set(STRATEGIES.names()) == set(BASELINES) | {"lftl", "aper", "ease", "ranpac"} | {
-        "linear-adapter", "lora", "comp-lora", "consolidator", "rmm"}
+        "linear-adapter", "lora", "comp-lora", "consolidator", "rmm", "rlp"}
 
 
 def _tiny(strategy, runs_dir, **kw):

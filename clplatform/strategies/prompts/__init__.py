@@ -1,18 +1,20 @@
 """Prompt-based continual learning (``shared/specs/qprompt.md``,
 ``shared/specs/prompt-comparators.md``): ``dualprompt`` (DualPrompt as its official code),
 ``prompt`` (the same implementation with simpler defaults: fresh E-prompts, no clipping, fp16
-storage, torch head init) and ``qprompt`` (quantization-aware prompt training).
+storage, torch head init), ``qprompt`` (quantization-aware prompt training) and ``rlp``
+(re-parameterised low-rank prompts, ``rlp.py``).
 ``config.py`` (hyper-parameters), ``quantizer.py`` (the quantizer), ``layer.py`` (prefix
 attention, prompt tensors), ``model.py`` (injection into a timm ViT), ``strategy.py``
 (training as an Avalanche template)."""
 from clplatform.registry import lazy_exports, register_strategy
 
-from .config import DualPromptOptions, PromptOptions, QPromptOptions
+from .config import DualPromptOptions, PromptOptions, QPromptOptions, RLPOptions
 from .report import SECTION
 
 __getattr__ = lazy_exports(__name__, {
     "PrefixAttention": ".layer", "PromptTensor": ".layer", "PromptModel": ".model",
-    "PromptStrategy": ".strategy",
+    "PromptStrategy": ".strategy", "RLPModel": ".rlp", "RLPStrategy": ".rlp",
+    "FactoredPrompt": ".rlp",
     "TensorQuantizer": ".quantizer", "kmeans_1d": ".quantizer", "stored_bits": ".quantizer"})
 
 # Adam at 0.03 x batch / 256 (the spec's rule) with the default batch of 32; 5 epochs
@@ -54,5 +56,16 @@ def qprompt(ctx, opts: QPromptOptions):
     return _build(ctx, opts)
 
 
-__all__ = ["DualPromptOptions", "PromptOptions", "QPromptOptions", "PromptModel", "PromptStrategy",
+@register_strategy("rlp", options=RLPOptions, train_defaults=PROMPT_TRAIN_DEFAULTS,
+                   resumable=True, report=SECTION,
+                   help="prompt with re-parameterised low-rank prompts: each prefix tensor "
+                        "trained and stored as rank-r factors A.B, multiplied out for "
+                        "inference (RLP, Hao et al. 2023)")
+def rlp(ctx, opts: RLPOptions):
+    from .rlp import RLPStrategy
+    return RLPStrategy(ctx, opts)
+
+
+__all__ = ["DualPromptOptions", "PromptOptions", "QPromptOptions", "RLPOptions",
+           "RLPModel", "RLPStrategy", "FactoredPrompt", "PromptModel", "PromptStrategy",
            "PrefixAttention", "PromptTensor", "TensorQuantizer", "kmeans_1d", "stored_bits"]

@@ -90,3 +90,19 @@ class DualPromptOptions(PromptOptions):
 @dataclass
 class QPromptOptions(PromptOptions):
     quantizer: str = opt("kmeans", QUANTIZER_HELP, choices=QUANTIZERS)
+
+
+RLP_INIT_HELP = ("factor init: svd (rank-r truncated SVD of prompt's uniform(-1, 1) draw, "
+                 "A = U_r S_r^1/2, B = S_r^1/2 V_r^T: at rank = length it is prompt's init) or "
+                 "random (A, B uniform, scaled so that A.B has the draw's variance; ours)")
+
+
+@dataclass
+class RLPOptions(PromptOptions):
+    """``rlp``: ``prompt`` with every prefix tensor (per block, key and value: L x d)
+    factorised P = A.B at rank r (``shared/specs/low-rank-and-mergeable.md`` section 5).
+    Quantizer options (``quantizer``, ``bits``, ...) quantize the factors A and B."""
+    rank: int = opt(1, "rank r of each prefix tensor's factorisation (1 .. prompt length; "
+                       "factoring stores less only when r < L.d / (L + d))", min=1)
+    factor_g: bool = opt(True, "factorise the G-prompt too (false: dense G-prompt)")
+    init: str = opt("svd", RLP_INIT_HELP, choices=("svd", "random"))

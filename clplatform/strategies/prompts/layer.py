@@ -60,9 +60,12 @@ class PromptTensor(nn.Module):
     """
 
     def __init__(self, shape: tuple[int, ...], quantizer: TensorQuantizer | None,
-                 qat: bool = True, noise: float = 0.0, full: bool = False):
+                 qat: bool = True, noise: float = 0.0, full: bool = False,
+                 init: torch.Tensor | None = None):
         super().__init__()
-        self.latent = nn.Parameter(torch.empty(shape).uniform_(-1, 1))
+        # uniform(-1, 1), or the given initial value (rlp's factors: no random draw)
+        self.latent = nn.Parameter(torch.empty(shape).uniform_(-1, 1) if init is None
+                                   else init.detach().clone().float().reshape(shape))
         self.quantizer = quantizer
         self.qat, self.noise = qat, noise
         self.full = full  # not quantized: stored in fp32 (default fp16)
@@ -93,6 +96,20 @@ class PromptTensor(nn.Module):
     def freeze(self) -> None:
         self.store()
         self.latent.requires_grad_(False)
+
+    def trainable(self) -> list[nn.Parameter]:
+        """The parameters an optimizer trains for this tensor."""
+        return [self.latent]
+
+    @property
+    def values(self) -> int:
+        """Number of trained (and stored) values."""
+        return self.latent.numel()
+
+    @torch.no_grad()
+    def copy_from(self, other: "PromptTensor") -> None:
+        """Start from another tensor's latent (``e_init="copy"``)."""
+        self.latent.copy_(other.latent)
 
     @property
     def stored_bits(self) -> int:

@@ -48,7 +48,7 @@ class PromptModel(ViTPieces):
             block.attn = PrefixAttention(block.attn)
             self.attentions.append(block.attn)
         self.g_prompts = nn.ModuleList(
-            self._tensor((2, opts.g_length, dim), opts.quantizer) for _ in range(opts.g_layers))
+            self._prompt_tensor((2, opts.g_length, dim), "g") for _ in range(opts.g_layers))
         self.e_prompts = nn.ModuleList()  # one ModuleList of e_layers tensors per experience
         self.keys = nn.ModuleList()
         self.head = nn.Linear(dim, num_classes)
@@ -68,6 +68,10 @@ class PromptModel(ViTPieces):
                             noise=self.opts.noise, full=self.opts.precision == "fp32"
                             ).to(self._device())
 
+    def _prompt_tensor(self, shape, kind: str) -> PromptTensor:
+        """One prefix tensor (k and v of one block) of a G- (``kind="g"``) or E-prompt."""
+        return self._tensor(shape, self.opts.quantizer)
+
     def _device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
@@ -78,14 +82,14 @@ class PromptModel(ViTPieces):
         full precision), the key does not."""
         o = self.opts
         self.e_prompts.append(nn.ModuleList(
-            self._tensor((2, o.e_length, self.dim), o.quantizer) for _ in range(o.e_layers)))
+            self._prompt_tensor((2, o.e_length, self.dim), "e") for _ in range(o.e_layers)))
         if o.e_init == "copy" and len(self.e_prompts) > 1:
-            with torch.no_grad():
-                for new, old in zip(self.e_prompts[-1], self.e_prompts[-2]):
-                    new.latent.copy_(old.latent)
+            for new, old in zip(self.e_prompts[-1], self.e_prompts[-2]):
+                new.copy_from(old)
         self.keys.append(self._tensor((self.dim,), o.quantizer if o.quantize_keys else "none"))
-        params = [t.latent for t in self.e_prompts[-1]] + [self.keys[-1].latent]
-        return params + [t.latent for t in self.g_prompts] + list(self.head.parameters())
+        params = [p for t in self.e_prompts[-1] for p in t.trainable()] + [self.keys[-1].latent]
+        return params + [p for t in self.g_prompts for p in t.trainable()] + \
+            list(self.head.parameters())
 
     def start_head_rows(self, classes: torch.Tensor) -> None:
         """quantize_head: the head rows of this experience's classes become one tensor."""

@@ -42,10 +42,11 @@ class PromptStrategy(Strategy):
     backbone; trained with the context's training settings (epochs, batch size, lr)."""
 
     builds_own_optimizers = True
+    model_class = PromptModel
     opts: PromptOptions
 
     def __init__(self, context: StrategyContext, opts: PromptOptions):
-        model = PromptModel(context.backbone, context.info.num_classes, opts)
+        model = self.model_class(context.backbone, context.info.num_classes, opts)
         super().__init__(context, opts, model=model, optimizer=torch.optim.Adam(
             model.head.parameters(), lr=context.train.lr))
         self.settings = context.train
@@ -130,8 +131,8 @@ class PromptStrategy(Strategy):
         value_bits = 32 if self.opts.precision == "fp32" else 16
         head_bits = sum(r.stored_bits for r in model.head_rows) + \
             value_bits * ((seen - quantized_rows) * model.dim + seen)  # rows and biases
-        prompt_values = sum(t.latent.numel() for t in model.g_prompts) + \
-            sum(t.latent.numel() for e in model.e_prompts for t in e)
+        prompt_values = sum(t.values for t in model.g_prompts) + \
+            sum(t.values for e in model.e_prompts for t in e)
         fits, refits = self._kmeans_counts()
         prompt_bytes, key_bytes, head_bytes = (b / 8 for b in (prompt_bits, key_bits,
                                                                head_bits))
