@@ -39,7 +39,9 @@ def test_ewc_importances_are_those_of_the_training_loss(pretrained_backbone):
     eval_mode = super(type(plugin), plugin).compute_importances(
         strategy.model, strategy._criterion, strategy.optimizer,
         bm.train_stream[0].dataset, "cpu", 16)
-    assert float(eval_mode[stem].data.max()) > 50 * importances[stem]  # 155
+    # 155 vs 0.2 with one machine's pre-trained backbone, 14.7 vs 0.37 with another's
+    # (README, Known problems): over an order of magnitude stiffer in eval mode
+    assert float(eval_mode[stem].data.max()) > 10 * importances[stem]
     plugin.compute_importances(strategy.model, strategy._criterion, strategy.optimizer,
                                bm.train_stream[0].dataset, "cpu", 16)
     for k, v in strategy.model.named_buffers():  # running statistics untouched
