@@ -329,7 +329,12 @@ def _records(runs_dir, **opts):
 def test_earlier_behaviour_flags_reproduce_the_earlier_records(runs_dir, pretrained_backbone):
     """scan_order=sequential, lr_schedule=iteration, head_bias=uniform: the records of the
     code before issue 18 (measured with it on this tiny stream, seed 0); the released-code
-    defaults give other records (more expansions with unshuffled, class-sorted scans)."""
+    defaults give other records (more expansions with unshuffled, class-sorted scans).
+    Pinned with the backbone a 2-thread machine pre-trains (88.64 %); a backbone pre-trained
+    with another thread count has other weights (README, Known problems)."""
+    if pretrained_backbone[1] != pytest.approx(0.8864285945892334, abs=1e-9):
+        pytest.skip("records pinned with the 2-thread pre-trained backbone (88.64 %); "
+                    f"this one reached {pretrained_backbone[1]:.4%}")
     earlier = _records(runs_dir, **EARLIER)
     assert earlier == {
         "modules_added": [6, 9, 10],
