@@ -121,6 +121,7 @@ def test_same_seed_same_records(strategy, stream, options, tmp_path, pretrained_
         assert not _records(other)[0].equals(_records(first)[0])
 
 
+@pytest.mark.slow  # 27 s: the default suite keeps to its 15 minutes
 def test_concurrent_runs_into_one_folder_never_share_a_directory(tmp_path,
                                                                 pretrained_backbone):
     procs = [_start(tmp_path, "--epochs", "1") for _ in range(2)]
@@ -239,7 +240,10 @@ def _kill_and_resume(strategy: str, kill_after: int, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("strategy, kill_after", [
-    ("naive", 2), ("ewc", 1), ("replay", 2), ("sema", 1), ("qprompt", 2), ("lftl", 1)] +
+    ("naive", 2), ("ewc", 1), ("sema", 1)] +
+    # about 30 s each: in the slow suite, so that the default one keeps to its 15 minutes
+    [pytest.param(s, k, marks=pytest.mark.slow) for s, k in [
+        ("replay", 2), ("qprompt", 2), ("lftl", 1)]] +
     [pytest.param(s, 1, marks=pytest.mark.slow) for s in ["naive", *sorted(SLOW_RESUME)]] +
     # the SEMA paper's comparators (the default suite keeps to its 15 minutes)
     [pytest.param(s, k, marks=pytest.mark.slow) for s, k in [

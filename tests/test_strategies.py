@@ -66,6 +66,7 @@ def test_frozen_backbone_strategies_do_not_touch_the_backbone(runs_dir, pretrain
     assert (run.experiences["params_trainable"] == 0).all()
 
 
+@pytest.mark.slow  # 49 s: the default suite keeps to its 15 minutes
 def test_naive_forgets_and_joint_does_not(runs_dir, pretrained_backbone):
     """On the default stream: naive fine-tuning forgets, the joint upper bound does not."""
     naive = clplatform.run("naive", "glyphs", seed=0, out=runs_dir)
