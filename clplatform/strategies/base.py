@@ -86,6 +86,14 @@ class Strategy(StrategyHooks, SupervisedTemplate):
         self.opts = options
         self._tensor_fit: tuple[Callable, Any] | None = None
 
+    def make_optimizer(self, **kwargs: Any) -> None:
+        """Avalanche regroups the template's optimizer over the model's parameters before
+        every experience. A strategy that ``builds_own_optimizers`` hands the template a
+        placeholder it never steps: regrouping it is skipped (it failed on models whose new
+        parameters sit beside frozen ones, e.g. ``linear-adapter merge=false``)."""
+        if not self.builds_own_optimizers:
+            super().make_optimizer(**kwargs)
+
     # ------------------------------------------------------------ training from tensors
     def fit_tensors(self, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
                     labels: torch.Tensor | None, loss_fn: Callable, epochs: int,
