@@ -101,8 +101,9 @@ def merge_linear(linear: nn.Linear, update: LinearUpdate, keep_original: bool = 
     if keep_original and hasattr(linear, "_reparam_original"):
         raise RuntimeError("this Linear is merged already: unmerge it first")
     w, b = fold(linear.weight, linear.bias, update)
-    original = (linear.weight.detach().clone(),
-                None if linear.bias is None else linear.bias.detach().clone())
+    if keep_original:
+        original = (linear.weight.detach().clone(),
+                    None if linear.bias is None else linear.bias.detach().clone())
     linear.weight.copy_(w)
     created = False
     if b is not None:

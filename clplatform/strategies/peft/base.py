@@ -21,15 +21,15 @@ import math
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from clplatform.backbones import Backbone
+from clplatform.compute import FlopCount
 from clplatform.data import dataset_tensors
 from clplatform.evaluator import MASK_VALUE
 
 from ..base import Strategy, StrategyContext, experience_classes, masked_cross_entropy
 from ..prototype_head import PrototypeHead
-from ..reparam import ReparamLinear, deploy, ensure_bias, wrappers
+from ..reparam import ReparamLinear, deploy, ensure_bias, replace_module, wrappers
 from ..vit import ViTPieces, map_batches, require_vit
 from .config import MergeableOptions
 
@@ -88,9 +88,10 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: float,
 
 
 def forward_flops(fn, x: torch.Tensor) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    """FLOPs of ``fn(x)`` by the evaluator's counter (fused attention included)."""
+    with torch.no_grad(), FlopCount() as counter:
         fn(x)
-    return int(counter.get_total_flops())
+    return counter.total
 
 
 class MergeableStrategy(Strategy):
@@ -143,8 +144,7 @@ class MergeableStrategy(Strategy):
         return out
 
     def wrap(self, name: str, wrapper: ReparamLinear) -> ReparamLinear:
-        parent, _, child = name.rpartition(".")
-        setattr(self.mvit.vit.get_submodule(parent), child, wrapper)
+        replace_module(self.mvit.vit, name, wrapper)
         return wrapper
 
     def _train_exp(self, experience, eval_streams=None, **kwargs):
@@ -225,14 +225,7 @@ class MergeableStrategy(Strategy):
         model.eval()
         try:
             now = forward_flops(model.features_of_tokens, probe_tokens)
-            plain = deploy(model.vit)
-            blocks = plain.blocks
-
-            def deployed(t):
-                for block in blocks:
-                    t = block(t)
-                return plain.forward_head(plain.norm(t), pre_logits=True)
-            return now / forward_flops(deployed, probe_tokens)
+            return now / forward_flops(deploy(model).features_of_tokens, probe_tokens)
         finally:
             model.train(was)
 

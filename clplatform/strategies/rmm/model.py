@@ -23,6 +23,7 @@ from clplatform.evaluator import MASK_VALUE
 
 from ..lora import LoRALinear, LowRankBranch
 from ..prototype_head import PrototypeHead
+from ..reparam import Delta, LinearUpdate, merge_linear, unmerge_linear
 from ..vit import ViTPieces, require_vit
 from . import basis as rb
 from .config import RMMOptions
@@ -103,19 +104,21 @@ class RMMModel(ViTPieces):
 
     @contextmanager
     def merged(self, deltas: list[torch.Tensor] | None) -> Iterator[None]:
-        """Every qkv computes with W_0 + delta (one dense weight: no side branch) inside;
-        W_0 itself is never written (its tensor is swapped back exactly). None: W_0."""
+        """Every qkv computes with W_0 + delta (one dense weight: no side branch) inside,
+        through the shared merge (:func:`~clplatform.strategies.reparam.merge_linear`); W_0
+        is restored exactly on exit (the kept copy, nothing subtracted). None: W_0."""
         if deltas is None:
             yield
             return
-        saved = [w.base.weight.data for w in self.wrappers]
+        done = []
         try:
-            for w, w0, delta in zip(self.wrappers, saved, deltas):
-                w.base.weight.data = w0 + delta
+            for w, delta in zip(self.wrappers, deltas):
+                merge_linear(w.base, LinearUpdate(deltas=[Delta(delta)]))
+                done.append(w)
             yield
         finally:
-            for w, w0 in zip(self.wrappers, saved):
-                w.base.weight.data = w0
+            for w in done:
+                unmerge_linear(w.base)
 
     # ------------------------------------------------------------ forward
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
