@@ -109,3 +109,16 @@ class LoRALinear(ReparamLinear):
         merge_linear(self.base, self.update(count), keep_original=False)
         self.branches = nn.ModuleList(list(self.branches)[count:])
         self.slices = self.slices[count:]
+
+
+def wrap_fused_qkv(blocks, dim: int, strategy: str) -> list[LoRALinear]:
+    """Wrap the fused ``attn.qkv`` Linear (d -> 3d) of each of ``blocks`` in a
+    :class:`LoRALinear`, in place; the wrappers, in block order."""
+    wrapped = []
+    for block in blocks:
+        qkv = block.attn.qkv
+        if not isinstance(qkv, nn.Linear) or qkv.out_features != 3 * dim:
+            raise ValueError(f"{strategy} needs a fused qkv Linear (d -> 3d) in every block")
+        block.attn.qkv = LoRALinear(qkv)
+        wrapped.append(block.attn.qkv)
+    return wrapped

@@ -8,7 +8,7 @@ from torch import nn
 from clplatform.backbones import Backbone
 from clplatform.evaluator import MASK_VALUE
 
-from ..lora import LoRALinear, LowRankBranch
+from ..lora import LoRALinear, LowRankBranch, wrap_fused_qkv
 from ..vit import ViTPieces, require_vit
 from .config import InfLoRAOptions
 
@@ -26,11 +26,7 @@ class InfLoRAModel(ViTPieces):
         self.num_classes = num_classes
         depth = len(vit.blocks)
         self.adapted = min(opts.blocks or depth, depth)
-        for block in list(vit.blocks)[:self.adapted]:
-            qkv = block.attn.qkv
-            if not isinstance(qkv, nn.Linear) or qkv.out_features != 3 * self.dim:
-                raise ValueError("inflora needs a fused qkv Linear (d -> 3d) in every block")
-            block.attn.qkv = LoRALinear(qkv)
+        wrap_fused_qkv(list(vit.blocks)[:self.adapted], self.dim, "inflora")
         self.heads = nn.ModuleList()
         self.head_classes: list[list[int]] = []
         self.frozen_blocks = depth  # the network is in eval mode while training (code)

@@ -21,7 +21,7 @@ from torch import nn
 from clplatform.backbones import Backbone
 from clplatform.evaluator import MASK_VALUE
 
-from ..lora import LoRALinear, LowRankBranch
+from ..lora import LoRALinear, LowRankBranch, wrap_fused_qkv
 from ..prototype_head import PrototypeHead
 from ..reparam import Delta, LinearUpdate, merge_linear, unmerge_linear
 from ..vit import ViTPieces, require_vit
@@ -41,11 +41,7 @@ class RMMModel(ViTPieces):
         self.opts = opts
         self.dim = backbone.num_features
         self.num_classes = num_classes
-        for block in vit.blocks:
-            qkv = block.attn.qkv
-            if not isinstance(qkv, nn.Linear) or qkv.out_features != 3 * self.dim:
-                raise ValueError("rmm needs a fused qkv Linear (d -> 3d) in every block")
-            block.attn.qkv = LoRALinear(qkv)
+        wrap_fused_qkv(vit.blocks, self.dim, "rmm")
         self.heads = nn.ModuleList()
         self.head_classes: list[list[int]] = []
         self.prototypes = PrototypeHead(self.dim, num_classes)
