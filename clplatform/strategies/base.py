@@ -68,7 +68,8 @@ class Strategy(StrategyHooks, SupervisedTemplate):
     """An Avalanche ``SupervisedTemplate`` built from the platform's context, with the
     platform's optional hooks (:class:`~clplatform.contract.StrategyHooks`).
 
-    ``Strategy(context, options, model=..., optimizer=..., criterion=None, **overrides)``:
+    ``Strategy(context, options, model=..., optimizer=..., criterion=None, **overrides)``
+    (``optimizer`` None: a placeholder, for a strategy that ``builds_own_optimizers``):
     the template's keyword arguments come from ``context.template_kwargs()`` (batch sizes,
     epochs, device, plugins, evaluator), ``overrides`` replace any of them; ``criterion``
     defaults to cross-entropy. Keeps ``self.context`` and the options as ``self.opts``.
@@ -76,8 +77,13 @@ class Strategy(StrategyHooks, SupervisedTemplate):
     """
 
     def __init__(self, context: StrategyContext, options: Any, *, model: nn.Module,
-                 optimizer: torch.optim.Optimizer, criterion: nn.Module | None = None,
-                 **overrides: Any):
+                 optimizer: torch.optim.Optimizer | None = None,
+                 criterion: nn.Module | None = None, **overrides: Any):
+        if optimizer is None:  # a strategy that builds its own: a placeholder, never stepped
+            if not self.builds_own_optimizers:
+                raise TypeError(f"{type(self).__name__} needs an optimizer (or "
+                                "builds_own_optimizers = True)")
+            optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(0))], lr=0.0)
         kwargs = {**context.template_kwargs(), **overrides}
         if criterion is not None:
             kwargs["criterion"] = criterion

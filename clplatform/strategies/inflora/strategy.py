@@ -42,8 +42,7 @@ class InfLoRA(Strategy):
 
     def __init__(self, context: StrategyContext, opts: InfLoRAOptions):
         model = InfLoRAModel(context.backbone, context.info.num_classes, opts)
-        super().__init__(context, opts, model=model,
-                         optimizer=torch.optim.Adam([nn.Parameter(torch.zeros(0))]))
+        super().__init__(context, opts, model=model)
         self.settings = context.train
         self.experiences_seen = 0
         self.memory: list[gpm.LayerMemory | None] = [None] * model.adapted

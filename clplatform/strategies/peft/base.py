@@ -109,8 +109,7 @@ class MergeableStrategy(Strategy):
     def __init__(self, context: StrategyContext, opts: MergeableOptions, name: str):
         opts.validate()
         model = MergeableViT(context.backbone, context.info.num_classes, name)
-        super().__init__(context, opts, model=model,
-                         optimizer=torch.optim.SGD(model.linear.parameters(), lr=0.0))
+        super().__init__(context, opts, model=model)
         self.name = name
         self.experiences_seen = 0
         self.factor_params_total = 0     # every experience's module parameters

@@ -104,8 +104,7 @@ class EASE(AdapterStrategy):
 
     def __init__(self, context: StrategyContext, opts: EASEOptions):
         model = EASEModel(context.backbone, context.info.num_classes, opts)
-        super().__init__(context, opts, model=model,
-                         optimizer=torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.0))
+        super().__init__(context, opts, model=model)
         self._trained = 0
 
     @property

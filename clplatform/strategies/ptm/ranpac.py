@@ -103,8 +103,7 @@ class RanPAC(AdapterStrategy):
 
     def __init__(self, context: StrategyContext, opts: RanPACOptions):
         model = RanPACModel(context.backbone, context.info.num_classes, opts)
-        super().__init__(context, opts, model=model,
-                         optimizer=torch.optim.SGD([model.W], lr=0.0))
+        super().__init__(context, opts, model=model)
         self.experiences_seen = 0
         self._record: dict = {}
 

@@ -40,8 +40,7 @@ class RMM(Strategy):
 
     def __init__(self, context: StrategyContext, opts: RMMOptions):
         model = RMMModel(context.backbone, context.info.num_classes, opts)
-        super().__init__(context, opts, model=model,
-                         optimizer=torch.optim.Adam([nn.Parameter(torch.zeros(0))]))
+        super().__init__(context, opts, model=model)
         self.settings = context.train
         #: the trained factors of every task (float64): the refit input with
         #: ``refit=originals``, and the reference of the recorded reconstruction errors
