@@ -34,14 +34,17 @@ from .files import IMAGE_SUFFIXES
 
 # ------------------------------------------------------------------------------- arrays
 def _images(x, what: str) -> torch.Tensor:
-    """[N, H, W], [N, H, W, C] (uint8 or float) or [N, C, H, W] float -> float [N, C, H, W]."""
+    """[N, H, W], [N, H, W, C] (uint8 or float) or [N, C, H, W] float -> [N, C, H, W]:
+    uint8 stays uint8 (a quarter of the memory; each item becomes float in [0, 1] when it
+    is read, see :func:`clplatform.data.classification_dataset`), other integers are
+    divided by 255 as floats, floats are used as they are."""
     t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
     if t.dim() not in (3, 4) or len(t) == 0:
         raise UserError(f"{what}: expected images [N, H, W], [N, H, W, C] or [N, C, H, W], "
                         f"got shape {tuple(t.shape)}")
-    integer = not torch.is_floating_point(t)
-    t = t.float() / 255.0 if integer else t.float()
-    if not torch.isfinite(t).all():
+    if t.dtype != torch.uint8:
+        t = t.float() / 255.0 if not torch.is_floating_point(t) else t.float()
+    if torch.is_floating_point(t) and not torch.isfinite(t).all():
         raise UserError(f"{what}: images contain NaN or infinite values")
     if t.dim() == 3:
         return t.unsqueeze(1).contiguous()
