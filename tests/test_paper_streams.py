@@ -291,3 +291,22 @@ def test_cli_simplecil_on_cifar100(fakes, runs_dir, pretrained_backbone):
     rows = (run / "accuracy.csv").read_text().splitlines()
     # before training + after each of the 2 experiences, on both test experiences of 50
     assert len(rows) == 1 + 3 * 2 and all(r.split(",")[6] == "50" for r in rows[1:])
+
+
+def test_domain_incremental_over_files(fakes):
+    """The piece the domain streams use: lazy files, one experience per domain, test
+    experiences in the eval transform."""
+    from clplatform.streams import StreamInfo, domain_incremental
+    base = fakes("vtab") / "vtab-cil" / "vtab"
+    paths, names, errors = F.scan_class_folders(base / "train")
+    test_paths, test_names, _ = F.scan_class_folders(base / "test")
+    classes, labels, test_labels = F.label_by_name(names, test_names)
+    transforms = F.image_transforms("pilot", 32)
+    halves = [slice(0, 50), slice(50, 100)]
+    bm = domain_incremental([(F.ImageFiles(paths[h]), labels[h]) for h in halves],
+                            [(F.ImageFiles(test_paths), test_labels)] * 2,
+                            StreamInfo("two", "domain-incremental", classes, (3, 32, 32),
+                                       ["a", "b"]), transforms)
+    assert [len(e.dataset) for e in bm.train_stream] == [50, 50]
+    x, label = bm.test_stream[1].dataset[0][:2]
+    assert torch.equal(x, transforms["eval"](F.read_rgb(test_paths[0]))) and label == 0

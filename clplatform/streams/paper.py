@@ -258,7 +258,11 @@ def cifar100(opts):
                  if all((b / f).is_file() for f in ("train", "test", "meta"))), None)
     if base is None and opts.download:
         from torchvision.datasets import CIFAR100
-        CIFAR100(str(root), train=True, download=True)
+        try:
+            CIFAR100(str(root), train=True, download=True)
+        except Exception as exc:  # noqa: BLE001  (no network, disk full, bad archive)
+            raise UserError(f"stream cifar100: cannot download cifar-100-python.tar.gz "
+                            f"into {root}: {type(exc).__name__}: {exc}") from None
         base = root / "cifar-100-python"
     if base is None:
         raise _layout_error("cifar100", opts.root)
