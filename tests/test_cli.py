@@ -92,7 +92,7 @@ out = "{runs_dir}"
 BAD_INPUTS = [
     (["--strategy", "nope"], "unknown strategy 'nope'; valid names: agem"),
     (["--stream", "nope"], "unknown stream 'nope'; valid names: avalanche:<Benchmark>, "
-                           "digits, folder, glyphs"),
+                           "cifar100, cub, "),
     (["--stream", "nope"], "or a Python callable file.py:function"),
     (["--backbone", "nope"], "unknown backbone 'nope'; valid names: timm:<model-name>"),
     (["--strategy", "ewc", "--set", "lambda=1"], "valid keys: decay_factor, ewc_lambda, mode"),
