@@ -109,7 +109,7 @@ def image_transforms(kind: str = "pilot", image_size: int = 224,
 
     - ``pilot`` (PILOT/RevisitingCIL ``build_transform``): train
       ``RandomResizedCrop(s, scale=(0.05, 1), ratio=(3/4, 4/3))``, ``RandomHorizontalFlip``,
-      ``ToTensor``; eval ``Resize(256 s/224, bicubic)``, ``CenterCrop(s)``, ``ToTensor``.
+      ``ToTensor``; eval ``Resize(int(256 s/224), bicubic)``, ``CenterCrop(s)``, ``ToTensor``.
     - ``coda`` (CODA-Prompt ``dataloaders/utils.py``): train ``RandomResizedCrop(s)`` (default
       scale), flip; eval as ``pilot`` with the default (bilinear) resize when ``eval_crop``
       (ImageNet-*), else ``Resize(s)`` + ``CenterCrop(s)`` (= CODA's ``Resize(s)`` on square
@@ -120,7 +120,7 @@ def image_transforms(kind: str = "pilot", image_size: int = 224,
     if kind not in TRANSFORMS:
         raise UserError(f"invalid transform {kind!r}: choose from {', '.join(TRANSFORMS)}")
     s = image_size
-    resize = int(round(s * 256 / 224))
+    resize = int(256 / 224 * s)  # PILOT's build_transform: int((256 / 224) * input_size)
     if kind == "none":
         plain = T.Compose([T.Resize((s, s)), T.ToTensor()])
         return {"train": plain, "eval": plain}
