@@ -163,6 +163,13 @@ def test_missing_test_class_and_disagreeing_lists(fakes, tmp_path, runs_dir,
                 "--out", runs_dir),
          "test class 'object_999' is not among the 200 training classes")
     assert not runs_dir.exists()
+    (stray / "img_0.png").unlink()
+    stray.rmdir()
+    empty = root / "objectnet" / "train" / "object_005"
+    for image in empty.iterdir():
+        image.unlink()
+    with pytest.raises(UserError, match=f"class folder {empty} holds no readable image"):
+        build("objectnet", root)
     # a CUB class id that disagrees with the image's folder
     cub = make_fake("cub", tmp_path / "c", variant="official")
     labels = cub / "CUB_200_2011" / "image_class_labels.txt"

@@ -178,9 +178,13 @@ def _folders_stream(stream: str, opts: PaperOptions, subdirs: tuple[str, ...]):
     classes, train_labels, test_labels = label_by_name(
         train_names, test_names, class_folders(base / "train"), f"stream {stream} ({base})")
     _count(stream, classes, base / "train")
-    for kind, paths in (("train", train_paths), ("test", test_paths)):
-        if not paths:
-            raise UserError(f"stream {stream}: no images in {base / kind}")
+    empty = sorted(set(classes) - set(train_names))
+    if empty:
+        raise UserError(f"stream {stream}: class folder {base / 'train' / empty[0]} holds no "
+                        "readable image" + (f" ({len(empty)} such folders)" if len(empty) > 1
+                                            else ""))
+    if not test_paths:
+        raise UserError(f"stream {stream}: no images in {base / 'test'}")
     return _benchmark(stream, opts, classes, (train_paths, train_labels),
                       (test_paths, test_labels))
 
