@@ -1,9 +1,12 @@
 """Datasets and tensors: reading a dataset into tensors once (evaluation sets, pre-training
-data, SEMA's caches) and tensors as an Avalanche classification dataset."""
+data, SEMA's caches) and images (tensors, or any indexable source read per item) as an
+Avalanche classification dataset."""
 from __future__ import annotations
 
+from typing import Any, Callable, Mapping
+
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 
 def dataset_tensors(dataset, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
@@ -16,17 +19,48 @@ def dataset_tensors(dataset, batch_size: int = 512) -> tuple[torch.Tensor, torch
     return torch.cat(xs), torch.cat(ys).long()
 
 
-def classification_dataset(x: torch.Tensor, y: torch.Tensor):
-    """An Avalanche classification dataset over tensors, with targets and task labels 0.
+class LabelledImages(Dataset):
+    """``(images[i], labels[i])``: ``images`` is any indexable source read one item at a
+    time (image files, uint8 arrays), so nothing is decoded before it is used."""
 
+    def __init__(self, images: Any, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.images[index], int(self.labels[index])
+
+
+def uint8_to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 image [C, H, W] -> float in [0, 1] (the same values as a whole batch / 255)."""
+    return x.float().div_(255.0)
+
+
+def classification_dataset(x: Any, y: torch.Tensor,
+                           transforms: Mapping[str, Callable] | None = None):
+    """An Avalanche classification dataset over images ``x`` and labels ``y``, with targets
+    and task labels 0.
+
+    ``x``: a float tensor [N, C, H, W] (used as it is), a uint8 tensor (converted to float
+    in [0, 1] per item, so only the uint8 copy is held), or any indexable source read per
+    item (e.g. :class:`clplatform.streams.files.ImageFiles`). ``transforms``: Avalanche
+    transform groups ``{"train": f, "eval": g}`` applied to each image; the training
+    template switches to ``eval`` for evaluation (``dataset.eval()``).
     Task-aware (``task_set``), as Avalanche's regularisation strategies (LwF, ...) expect.
     """
     from avalanche.benchmarks.utils import DataAttribute
     from avalanche.benchmarks.utils.classification_dataset import (
         TaskAwareSupervisedClassificationDataset)
-    y = y.long()
+    from avalanche.benchmarks.utils.transform_groups import TransformGroups
+    y = torch.as_tensor(y).long()
+    if torch.is_tensor(x) and x.dtype == torch.uint8 and transforms is None:
+        transforms = {"train": uint8_to_float, "eval": uint8_to_float}
+    source = TensorDataset(x, y) if torch.is_tensor(x) else LabelledImages(x, y)
     return TaskAwareSupervisedClassificationDataset(
-        [TensorDataset(x, y)],
+        [source],
+        transform_groups=TransformGroups(dict(transforms)) if transforms else None,
         data_attributes=[DataAttribute(y.tolist(), "targets"),
                          DataAttribute([0] * len(y), "targets_task_labels",
                                        use_in_getitem=True)])

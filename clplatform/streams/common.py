@@ -63,18 +63,62 @@ def to_float_images(images: np.ndarray, scale: float = 255.0) -> torch.Tensor:
     return x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2).contiguous()
 
 
-def class_incremental(train: tuple[torch.Tensor, torch.Tensor],
-                      test: tuple[torch.Tensor, torch.Tensor], class_order: Sequence[int],
-                      experiences: int, info: StreamInfo):
-    """A class-incremental benchmark; labels renumbered by ``class_order``."""
+def b0_split(num_classes: int, tasks: int, first: int | None = None) -> list[int]:
+    """Classes per task of a "B0" split (PILOT's ``init_cls``/``increment``): ``first``
+    classes in task 0, the rest equally over the other ``tasks - 1``; without ``first``,
+    ``tasks`` equal tasks. A split that does not divide evenly is a UserError."""
+    if not 1 <= tasks <= num_classes:
+        raise UserError(f"tasks must be between 1 and {num_classes} (the stream has "
+                        f"{num_classes} classes), got {tasks}")
+    if first is None:
+        if num_classes % tasks:
+            raise UserError(f"tasks={tasks} does not divide the {num_classes} classes; "
+                            "choose a divisor or give first=")
+        return [num_classes // tasks] * tasks
+    if not 1 <= first <= num_classes - (tasks - 1):
+        raise UserError(f"first={first} leaves no class for the other {tasks - 1} tasks "
+                        f"of {num_classes} classes")
+    if tasks == 1:
+        if first != num_classes:
+            raise UserError(f"first={first} with tasks=1 must be all {num_classes} classes")
+        return [first]
+    rest, extra = divmod(num_classes - first, tasks - 1)
+    if extra:
+        raise UserError(f"the {num_classes - first} classes after first={first} do not "
+                        f"divide into tasks-1={tasks - 1} equal tasks")
+    return [first] + [rest] * (tasks - 1)
+
+
+def legacy_permutation(n: int, seed: int | None) -> list[int]:
+    """PILOT's class order: ``np.random.seed(seed); np.random.permutation(n)`` (NumPy's
+    legacy generator, *not* :func:`seeded_permutation`); ``None``: the natural 0..n-1."""
+    if seed is None:
+        return list(range(n))
+    return np.random.RandomState(seed).permutation(n).tolist()
+
+
+def class_incremental(train: tuple, test: tuple, class_order: Sequence[int],
+                      experiences: int | Sequence[int], info: StreamInfo,
+                      transforms: dict | None = None):
+    """A class-incremental benchmark; labels renumbered by ``class_order`` (experience 0
+    holds ``class_order[:k]`` as labels 0..k-1).
+
+    ``train``/``test``: ``(images, labels)``, images as :func:`classification_dataset`
+    takes them (float or uint8 tensors, or a source read per item such as
+    :class:`~clplatform.streams.files.ImageFiles`). ``experiences``: a number (near-equal
+    split) or the classes of each experience (:func:`b0_split`). ``transforms``: Avalanche
+    transform groups ``{"train": f, "eval": g}``; test experiences start in ``eval``."""
     from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
     from avalanche.benchmarks.scenarios.task_aware import with_task_labels
     order = torch.as_tensor(list(class_order))
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order))
-    sizes = classes_per_experience(len(order), experiences)
-    datasets = {"train": classification_dataset(train[0], rank[train[1]]),
-                "test": classification_dataset(test[0], rank[test[1]])}
+    sizes = (classes_per_experience(len(order), experiences) if isinstance(experiences, int)
+             else list(experiences))
+    datasets = {"train": classification_dataset(train[0], rank[torch.as_tensor(train[1])],
+                                                transforms),
+                "test": classification_dataset(test[0], rank[torch.as_tensor(test[1])],
+                                               transforms).eval()}
     bm = class_incremental_benchmark(datasets, class_order=list(range(len(order))),
                                      num_classes_per_exp=sizes)
     bm = with_task_labels(bm)
@@ -83,14 +127,16 @@ def class_incremental(train: tuple[torch.Tensor, torch.Tensor],
     return bm
 
 
-def domain_incremental(train: list[tuple[torch.Tensor, torch.Tensor]],
-                       test: list[tuple[torch.Tensor, torch.Tensor]], info: StreamInfo):
-    """A domain-incremental benchmark: one experience per (train, test) pair, same classes."""
+def domain_incremental(train: list[tuple], test: list[tuple], info: StreamInfo,
+                       transforms: dict | None = None):
+    """A domain-incremental benchmark: one experience per (train, test) pair, same classes.
+    Pairs and ``transforms`` as in :func:`class_incremental`."""
     from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
     from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
     from avalanche.benchmarks.scenarios.task_aware import with_task_labels
-    bm = benchmark_from_datasets(train=[classification_dataset(*p) for p in train],
-                                 test=[classification_dataset(*p) for p in test])
+    bm = benchmark_from_datasets(
+        train=[classification_dataset(*p, transforms) for p in train],
+        test=[classification_dataset(*p, transforms).eval() for p in test])
     bm = with_task_labels(with_classes_timeline(bm))
     bm.info = info
     return bm

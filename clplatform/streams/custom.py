@@ -28,9 +28,8 @@ from clplatform.registry import old_import_name, old_names_refused, register_str
 
 from .common import (SEED_MAX, StreamInfo, cached_arrays, class_incremental,
                      domain_incremental, seed_option, seeded_permutation)
+from .files import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                  ".pgm"}
 
 
 # ------------------------------------------------------------------------------- arrays
