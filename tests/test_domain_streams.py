@@ -3,6 +3,8 @@ their exact layouts: experiences, domains and classes, transductive targets, sou
 hold-outs, list-file checks and wrong roots (spec paper-benchmarks.md §3, §4, §6)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from fakes.domain_benchmarks import (DOMAINNET_CLASSES, OFFICE31_CLASSES, OFFICE_HOME_CLASSES,
                                      VISDA_CLASSES, domainnet_label_order, make_domainnet,
@@ -48,7 +50,8 @@ def test_office31_layouts(tmp_path, images_level):
     assert lists.classes == sorted(OFFICE31_CLASSES) and len(lists.classes) == 31
     check_transductive(lists, 3)
     # labels are the sorted class folders: frame files of back_pack are label 0
-    assert {label for path, label in lists.train[1] if path.parent.name == "back_pack"} == {0}
+    assert {label for path, label in lists.train[1] if Path(path).parent.name == "back_pack"
+            } == {0}
     lists = office_lists(dom.OFFICE31, tmp_path / "domain_adaptation_images", source="webcam",
                          targets="amazon")
     assert lists.domains == ["webcam", "amazon"] and len(lists.train) == 2
@@ -84,7 +87,7 @@ def test_office_home_domains_and_case_sensitive_classes(tmp_path, real_world):
     assert len(lists.classes) == 65 and lists.classes == sorted(OFFICE_HOME_CLASSES)
     assert lists.classes.index("TV") == lists.classes.index("Table") - 1  # 'V' < 'a'
     check_transductive(lists, 3)
-    table = {label for path, label in lists.train[2] if path.parent.name == "Table"}
+    table = {label for path, label in lists.train[2] if Path(path).parent.name == "Table"}
     assert table == {lists.classes.index("Table")}
     assert office_lists(dom.OFFICE_HOME, tmp_path).domains == [
         "Art", "Clipart", "Product", "Real World"]
@@ -110,7 +113,7 @@ def test_visda_train_to_validation(tmp_path):
     assert lists.domains == ["train", "validation"]
     assert lists.classes == list(VISDA_CLASSES)  # aeroplane 0 ... truck 11
     check_transductive(lists, 3)
-    assert {p.suffix for p, _ in lists.train[0]} == {".png"}
+    assert {Path(p).suffix for p, _ in lists.train[0]} == {".png"}
     with pytest.raises(UserError, match="test domain of visda is unlabelled"):
         office_lists(dom.VISDA, tmp_path, targets="test")
     listing = tmp_path / "validation" / "image_list.txt"
@@ -136,7 +139,7 @@ def test_domainnet_official_lists_and_label_order(tmp_path):
         assert not set(names(train)) & set(names(test))
     # the file name's class number (label + 1) agrees with the label
     for path, label in lists.test[1]:
-        assert int(path.name.split("_")[1]) == label + 1
+        assert int(Path(path).name.split("_")[1]) == label + 1
     opts.split = "transductive"
     check_transductive(dom.domainnet_lists(opts), 3)
 

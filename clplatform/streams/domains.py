@@ -18,6 +18,7 @@ downloaded: a wrong ``root`` is one line naming the expected layout and the arch
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Optional
@@ -26,11 +27,15 @@ import numpy as np
 
 from clplatform.errors import UserError
 from clplatform.options import opt
+from clplatform.registry import register_stream
 
-from .common import seed_option
-from .custom import _image_files, _split, _subdirs
+from .common import StreamInfo, b0_split, domain_incremental, seed_option
+from .custom import _split
+from .files import (TRANSFORMS, ImageFiles, ImageOptions, check_images, class_folders,
+                    class_order, files_benchmark, image_transforms, parse_order_seed,
+                    scan_class_folders)
 
-Item = tuple[Path, int]  # (image file, label)
+Item = tuple[str, int]  # (image file, label)
 
 
 # ------------------------------------------------------------------------------- layouts
@@ -115,10 +120,10 @@ def domain_folder(data: DomainDataset, base: Path, domain: str, stream: str) -> 
                     f"expected {data.layout} (extract {data.archive})")
 
 
-def class_folders(data: DomainDataset, folder: Path, stream: str) -> tuple[Path, list[str]]:
+def domain_classes(data: DomainDataset, folder: Path, stream: str) -> tuple[Path, list[str]]:
     """(the folder holding the class folders of a domain, class names in label order)."""
     inner = folder / data.inner if data.inner and (folder / data.inner).is_dir() else folder
-    names = sorted((p.name for p in _subdirs(inner)), key=data.class_order)
+    names = sorted(class_folders(inner), key=data.class_order)
     if len(names) != data.num_classes:
         raise UserError(f"stream {stream}: {inner} holds {len(names)} class folders; "
                         f"{data.title} has {data.num_classes}")
@@ -154,12 +159,27 @@ def read_list(path: Path) -> list[ListEntry]:
     return entries
 
 
-def scan_classes(class_dir: Path, classes: list[str]) -> dict[tuple[str, str], Path]:
-    """(class folder, file name) -> image file, for every image under ``class_dir``."""
-    return {(cls, f.name): f for cls in classes for f in _image_files(class_dir / cls)}
+@dataclass
+class DomainFiles:
+    """The images of a domain's class folders (a cached scan)."""
+    files: dict[tuple[str, str], str]   # (class folder, file name) -> path
+    errors: dict[str, str]              # path -> why PIL cannot open it ('' = readable)
+
+    @classmethod
+    def scan(cls, class_dir: Path) -> "DomainFiles":
+        paths, names, errors = scan_class_folders(class_dir)
+        return cls({(n, os.path.basename(p)): p for p, n in zip(paths, names)},
+                   dict(zip(paths, errors)))
+
+    def readable(self, items: list[Item], skip_bad: bool) -> list[Item]:
+        """``items`` without unreadable images (``skip_bad``: a warning each), else one
+        line naming the first."""
+        paths, labels = check_images([p for p, _ in items], [self.errors[p] for p, _ in items],
+                                     skip_bad, [label for _, label in items])
+        return list(zip(paths, labels))
 
 
-def listed_items(entries: list[ListEntry], list_file: Path, files: dict[tuple[str, str], Path],
+def listed_items(entries: list[ListEntry], list_file: Path, files: dict[tuple[str, str], str],
                  classes: list[str], class_dir: Path, order_text: str) -> list[Item]:
     """The images of a list file with their labels, each checked: the file exists under its
     class folder and the label is that folder's number. A list line is matched by its last
@@ -181,7 +201,7 @@ def listed_items(entries: list[ListEntry], list_file: Path, files: dict[tuple[st
     return items
 
 
-def folder_items(files: dict[tuple[str, str], Path], classes: list[str]) -> list[Item]:
+def folder_items(files: dict[tuple[str, str], str], classes: list[str]) -> list[Item]:
     index = {name: i for i, name in enumerate(classes)}
     return [(path, index[cls]) for (cls, _), path in sorted(files.items())]
 
@@ -236,9 +256,17 @@ def domain_experiences(pools: list[list[Item]], split: str, test_fraction: float
 
 
 # ------------------------------------------------------------------------------- options
+def _transform_option():
+    return opt("none", "none (default): resize to image_size only, for training and testing "
+               "(deterministic: LFTL computes its frozen features once); pilot: PILOT's "
+               "random-resized-crop + flip / resize + centre-crop; coda: CODA-Prompt's. No "
+               "mean/std normalisation (a backbone option)", choices=TRANSFORMS)
+
+
 @dataclass
-class DomainOptions:
+class DomainOptions(ImageOptions):
     """Options of the source -> targets streams (``office31``, ``office-home``, ``visda``)."""
+    transform: str = _transform_option()
     root: str = opt("", "folder holding the extracted dataset (required)")
     source: str = opt("", "source domain: experience 0, labelled")
     targets: tuple[str, ...] = opt((), "target domains, experiences 1..K in this order "
@@ -280,15 +308,17 @@ def _list_file(candidates: list[Path]) -> Path | None:
 
 
 def domain_pool(data: DomainDataset, base: Path, domain: str, stream: str,
-                lists: list[Path]) -> tuple[list[str], list[Item], Path]:
+                lists: list[Path], skip_bad: bool) -> tuple[list[str], list[Item], Path]:
     """(class names, the domain's images with labels, its class folder): from the first
     existing file of ``lists`` when there is one, else every image in the class folders."""
-    class_dir, classes = class_folders(data, domain_folder(data, base, domain, stream), stream)
-    files = scan_classes(class_dir, classes)
+    class_dir, classes = domain_classes(data, domain_folder(data, base, domain, stream),
+                                        stream)
+    scan = DomainFiles.scan(class_dir)
     list_file = _list_file(lists)
-    pool = (listed_items(read_list(list_file), list_file, files, classes, class_dir,
+    pool = (listed_items(read_list(list_file), list_file, scan.files, classes, class_dir,
                          data.order_text)
-            if list_file is not None else folder_items(files, classes))
+            if list_file is not None else folder_items(scan.files, classes))
+    pool = scan.readable(pool, skip_bad)
     if not pool:
         raise UserError(f"stream {stream}: no images in {class_dir}")
     return classes, pool, class_dir
@@ -332,7 +362,7 @@ def source_target_lists(data: DomainDataset, opts: DomainOptions, stream: str
     classes, pools, first = None, [], None
     for domain in names:
         found, pool, where = domain_pool(data, base, domain, stream,
-                                         lists(data, root, base, domain))
+                                         lists(data, root, base, domain), opts.skip_bad)
         if classes is None:
             classes, first = found, where
         same_classes(classes, found, where, first, stream)
@@ -343,8 +373,9 @@ def source_target_lists(data: DomainDataset, opts: DomainOptions, stream: str
 
 
 @dataclass
-class DomainNetOptions:
+class DomainNetOptions(ImageOptions):
     """Options of ``domainnet``."""
+    transform: str = _transform_option()
     root: str = opt("", "folder holding the extracted domains and their lists (required)")
     domains: tuple[str, ...] = opt((), "domains, one experience each in this order (default: "
                                        "all six, sorted)")
@@ -354,12 +385,22 @@ class DomainNetOptions:
                      choices=("official", "transductive"))
     source_val: float = opt(0.1, "share of every class of the first domain held out as its "
                             "test set (split=transductive)", min=0.01, max=0.9)
+    scenario: str = opt("domain", "domain: one experience per domain; class: the domains "
+                        "pooled, classes split into tasks (CODA-P's DomainNet setting)",
+                        choices=("domain", "class"))
+    tasks: int = opt(5, "tasks of scenario=class (CODA-P: 5 of 69 classes)", min=1, max=345)
+    order_seed: str = opt("none", "class order of scenario=class: none (sorted), an integer "
+                          "(PILOT's RandomState(seed).permutation) or run (the run seed)")
     seed: Optional[int] = seed_option("seed of the hold-out split (default: run seed)")
 
     def validate(self) -> None:
         if not self.root:
             raise UserError("stream domainnet needs --stream-opt root=DIR (the extracted "
                             "domains)")
+        parse_order_seed(self.order_seed)
+        if self.scenario == "class" and self.split != "official":
+            raise UserError("stream domainnet: scenario=class pools the official train and "
+                            "test lists; it takes split=official only")
 
 
 def domainnet_lists(opts: DomainNetOptions, stream: str = "domainnet") -> DomainLists:
@@ -374,8 +415,8 @@ def domainnet_lists(opts: DomainNetOptions, stream: str = "domainnet") -> Domain
                         f"domains={','.join(opts.domains)}")
     classes, first, train, test = None, None, [], []
     for domain in names:
-        class_dir, found = class_folders(data, domain_folder(data, base, domain, stream),
-                                         stream)
+        class_dir, found = domain_classes(data, domain_folder(data, base, domain, stream),
+                                          stream)
         if classes is None:
             classes, first = found, class_dir
         same_classes(classes, found, class_dir, first, stream)
@@ -384,11 +425,12 @@ def domainnet_lists(opts: DomainNetOptions, stream: str = "domainnet") -> Domain
         if missing and (opts.split == "official" or len(missing) == 1):
             raise UserError(f"stream {stream}: list file {missing[0]} not found; split="
                             f"{opts.split} needs {DOMAINNET.layout} (from {data.archive})")
-        files = scan_classes(class_dir, classes)
-        parts = [listed_items(read_list(p), p, files, classes, class_dir, data.order_text)
-                 for p in lists if p.is_file()]
+        scan = DomainFiles.scan(class_dir)
+        parts = [listed_items(read_list(p), p, scan.files, classes, class_dir,
+                              data.order_text) for p in lists if p.is_file()]
         if not parts:
-            parts = [folder_items(files, classes)]
+            parts = [folder_items(scan.files, classes)]
+        parts = [scan.readable(part, opts.skip_bad) for part in parts]
         if opts.split == "official":
             train.append(parts[0])
             test.append(parts[1])
@@ -403,3 +445,55 @@ def domainnet_lists(opts: DomainNetOptions, stream: str = "domainnet") -> Domain
             if not items:
                 raise UserError(f"stream {stream}: domain {domain} has no {kind} images")
     return DomainLists(names, classes, train, test)
+
+
+# ------------------------------------------------------------------------------- streams
+def domain_benchmark(stream: str, lists: DomainLists, opts: ImageOptions):
+    """One experience per domain over lazily read files; test sets use the eval transform."""
+    info = StreamInfo(stream, "domain-incremental", list(lists.classes),
+                      (3, opts.image_size, opts.image_size), domains=list(lists.domains))
+
+    def pair(items: list[Item]):
+        return ImageFiles([p for p, _ in items]), [label for _, label in items]
+    return domain_incremental([pair(t) for t in lists.train], [pair(t) for t in lists.test],
+                              info, image_transforms(opts.transform, opts.image_size))
+
+
+@register_stream("office31", options=Office31Options,
+                 help="Office-31 (amazon, dslr, webcam): source -> target domains, from "
+                      "domain_adaptation_images/")
+def office31(opts: Office31Options):
+    return domain_benchmark("office31", source_target_lists(OFFICE31, opts, "office31"), opts)
+
+
+@register_stream("office-home", options=OfficeHomeOptions,
+                 help="Office-Home (Art, Clipart, Product, Real World): source -> target "
+                      "domains, from OfficeHomeDataset_10072016/")
+def office_home(opts: OfficeHomeOptions):
+    return domain_benchmark("office-home",
+                            source_target_lists(OFFICE_HOME, opts, "office-home"), opts)
+
+
+@register_stream("visda", options=VisdaOptions,
+                 help="VisDA-2017 classification: synthetic train -> real validation")
+def visda(opts: VisdaOptions):
+    return domain_benchmark("visda", source_target_lists(VISDA, opts, "visda"), opts)
+
+
+@register_stream("domainnet", options=DomainNetOptions,
+                 help="DomainNet (6 domains, 345 classes): one experience per domain, or "
+                      "class-incremental over the pooled domains")
+def domainnet(opts: DomainNetOptions):
+    lists = domainnet_lists(opts)
+    if opts.scenario == "domain":
+        return domain_benchmark("domainnet", lists, opts)
+
+    def pooled(parts: list[list[Item]]):
+        items = [item for part in parts for item in part]
+        return [p for p, _ in items], [label for _, label in items]
+    order = class_order(len(lists.classes), opts.order_seed, opts.seed)
+    bm = files_benchmark("domainnet", pooled(lists.train), pooled(lists.test), lists.classes,
+                         order, b0_split(len(lists.classes), opts.tasks),
+                         image_transforms(opts.transform, opts.image_size), opts.image_size)
+    bm.info.domains = list(lists.domains)
+    return bm
