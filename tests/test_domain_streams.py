@@ -187,3 +187,129 @@ def test_missing_class_folder_and_unknown_domain(tmp_path):
         office_lists(dom.OFFICE31, tmp_path, targets="clipart")
     with pytest.raises(UserError, match="source domain 'amazon' is also a target"):
         office_lists(dom.OFFICE31, tmp_path, targets="dslr,amazon")
+
+
+# ------------------------------------------------------------------ benchmarks and CLI
+BUILDS = {  # stream: (fake writer, options, domains, classes, images per class and domain)
+    "office31": (make_office31, {}, ["amazon", "dslr", "webcam"], 31, 3),
+    "office-home": (make_office_home, {"source": "Product", "targets": "Real World"},
+                    ["Product", "Real World"], 65, 3),
+    "visda": (make_visda, {}, ["train", "validation"], 12, 3),
+    "domainnet": (make_domainnet, {"split": "transductive"}, list(("clipart", "sketch")),
+                  345, 3),
+}
+
+
+def invoke(*args):
+    from click.testing import CliRunner
+
+    from clplatform.app.cli import cli
+    return CliRunner().invoke(cli, [str(a) for a in args], prog_name="clplat")
+
+
+def stream_opts(root, **values):
+    return [a for k, v in {"root": root, **values}.items()
+            for a in ("--stream-opt", f"{k}={v}")]
+
+
+def one_line_error(result, *parts):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("clplat: error: "), result.stderr
+    for part in parts:
+        assert part in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("name", list(BUILDS))
+def test_stream_builds_one_experience_per_domain(tmp_path, name):
+    import torch
+
+    from clplatform import create_stream
+    from clplatform.data import dataset_tensors
+    make, options, domains, classes, per_class = BUILDS[name]
+    make(tmp_path)
+    if name == "domainnet":
+        options = {**options, "domains": ",".join(domains)}
+    bm = create_stream(name, root=str(tmp_path), image_size=16, seed=0, **options)
+    info = bm.info
+    assert info.name == name and info.scenario == "domain-incremental"
+    assert info.domains == domains and info.num_classes == classes
+    assert info.image_shape == (3, 16, 16)
+    assert len(bm.train_stream) == len(bm.test_stream) == len(domains)
+    for experience in bm.train_stream:
+        assert len(experience.classes_in_this_experience) == classes
+    x, y = dataset_tensors(bm.train_stream[1].dataset)
+    assert x.shape == (classes * per_class, 3, 16, 16) and x.dtype == torch.float32
+    assert 0 <= float(x.min()) and float(x.max()) <= 1 and sorted(set(y.tolist())) == list(
+        range(classes))
+    # transductive: the target's test set is its training pool, image for image
+    tx, ty = dataset_tensors(bm.test_stream[1].dataset)
+    assert torch.equal(x, tx) and torch.equal(y, ty)
+    assert len(bm.train_stream[0].dataset) + len(bm.test_stream[0].dataset) == (
+        classes * per_class)
+
+
+def test_domainnet_class_scenario(tmp_path):
+    from clplatform import create_stream
+    make_domainnet(tmp_path, domains=("sketch", "clipart"))
+    bm = create_stream("domainnet", root=str(tmp_path), domains="clipart,sketch",
+                       scenario="class", tasks=5, order_seed=1993, image_size=8, seed=0)
+    assert bm.info.scenario == "class-incremental" and bm.info.domains == ["clipart", "sketch"]
+    assert [len(e.classes_in_this_experience) for e in bm.train_stream] == [69] * 5
+    assert len(bm.train_stream[0].dataset) == 69 * 2 * 2  # 2 train images, 2 domains
+    assert len(bm.test_stream[0].dataset) == 69 * 1 * 2
+    import numpy as np
+    order = np.random.RandomState(1993).permutation(345)
+    official = sorted(DOMAINNET_CLASSES, key=domainnet_label_order)
+    assert bm.info.classes[:3] == [official[i] for i in order[:3]]
+    with pytest.raises(UserError, match="scenario=class .* split=official only"):
+        create_stream("domainnet", root=str(tmp_path), scenario="class",
+                      split="transductive")
+
+
+@pytest.mark.parametrize("name, archive", [
+    ("office31", "domain_adaptation_images.tar.gz"),
+    ("office-home", "OfficeHomeDataset_10072016.zip"),
+    ("visda", "validation.tar"), ("domainnet", "<domain>_{train,test}.txt")])
+def test_cli_wrong_root_is_one_line(tmp_path, name, archive):
+    make_office_home(tmp_path / "elsewhere") if name != "office-home" else make_visda(
+        tmp_path / "elsewhere")
+    result = invoke("run", "--stream", name, *stream_opts(tmp_path / "elsewhere"),
+                    "--strategy", "naive", "--out", tmp_path / "runs")
+    one_line_error(result, f"stream {name}: no ", archive)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_list_label_disagreement_is_one_line(tmp_path):
+    make_visda(tmp_path)
+    listing = tmp_path / "train" / "image_list.txt"
+    lines = listing.read_text().splitlines()
+    lines[3] = lines[3][:-1] + "7"  # a bicycle (1) said to be a person (7)
+    listing.write_text("\n".join(lines) + "\n")
+    result = invoke("run", "--stream", "visda", *stream_opts(tmp_path), "--strategy", "naive",
+                    "--out", tmp_path / "runs")
+    one_line_error(result, f"{listing}, line 4: label 7", "'bicycle' is number 1")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_lftl_run_on_office_home(tmp_path):
+    """The SFADA path end to end: source Art (experience 0), target Clipart, LFTL's query
+    rounds through the oracle, records per domain."""
+    import json
+    make_office_home(tmp_path / "data")
+    result = invoke("run", "--stream", "office-home",
+                    *stream_opts(tmp_path / "data", targets="Clipart", image_size=32),
+                    "--strategy", "lftl", "--set", "rounds=2", "--set", "source_epochs=2",
+                    "--quiet", "--json", "--out", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    run_dir = Path(json.loads(result.stdout)["run_dir"])
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["stream"]["domains"] == ["Art", "Clipart"]
+    assert config["stream"]["split"] == "transductive"
+    import pandas as pd
+    rounds = pd.read_csv(run_dir / "rounds.csv")
+    assert rounds["labels_used"].max() == 2  # 1 % of 195 target images, 1 per round
+    accuracy = pd.read_csv(run_dir / "accuracy.csv")
+    assert len(accuracy) == 6  # before training and after 2 experiences x 2 domains
+    samples = accuracy.groupby("eval_exp")["n_samples"].unique().to_dict()
+    assert {k: list(v) for k, v in samples.items()} == {0: [65], 1: [195]}  # hold-out; all
