@@ -448,36 +448,41 @@ def domainnet_lists(opts: DomainNetOptions, stream: str = "domainnet") -> Domain
 
 
 # ------------------------------------------------------------------------------- streams
+def _paths_and_labels(items: list[Item]) -> tuple[list[str], list[int]]:
+    return [p for p, _ in items], [label for _, label in items]
+
+
 def domain_benchmark(stream: str, lists: DomainLists, opts: ImageOptions):
     """One experience per domain over lazily read files; test sets use the eval transform."""
     info = StreamInfo(stream, "domain-incremental", list(lists.classes),
                       (3, opts.image_size, opts.image_size), domains=list(lists.domains))
 
     def pair(items: list[Item]):
-        return ImageFiles([p for p, _ in items]), [label for _, label in items]
+        paths, labels = _paths_and_labels(items)
+        return ImageFiles(paths), labels
     return domain_incremental([pair(t) for t in lists.train], [pair(t) for t in lists.test],
                               info, image_transforms(opts.transform, opts.image_size))
 
 
-@register_stream("office31", options=Office31Options,
-                 help="Office-31 (amazon, dslr, webcam): source -> target domains, from "
-                      "domain_adaptation_images/")
-def office31(opts: Office31Options):
-    return domain_benchmark("office31", source_target_lists(OFFICE31, opts, "office31"), opts)
+def _source_target_stream(name: str, data: DomainDataset, options: type, help: str):
+    """Register ``name``: experience 0 = the source domain of ``data``, then the targets."""
+    def build(opts: DomainOptions):
+        return domain_benchmark(name, source_target_lists(data, opts, name), opts)
+    build.__name__ = build.__qualname__ = name.replace("-", "_")  # the registry's identity
+    return register_stream(name, options=options, help=help)(build)
 
 
-@register_stream("office-home", options=OfficeHomeOptions,
-                 help="Office-Home (Art, Clipart, Product, Real World): source -> target "
-                      "domains, from OfficeHomeDataset_10072016/")
-def office_home(opts: OfficeHomeOptions):
-    return domain_benchmark("office-home",
-                            source_target_lists(OFFICE_HOME, opts, "office-home"), opts)
-
-
-@register_stream("visda", options=VisdaOptions,
-                 help="VisDA-2017 classification: synthetic train -> real validation")
-def visda(opts: VisdaOptions):
-    return domain_benchmark("visda", source_target_lists(VISDA, opts, "visda"), opts)
+office31 = _source_target_stream(
+    "office31", OFFICE31, Office31Options,
+    "Office-31 (amazon, dslr, webcam): source -> target domains, from "
+    "domain_adaptation_images/")
+office_home = _source_target_stream(
+    "office-home", OFFICE_HOME, OfficeHomeOptions,
+    "Office-Home (Art, Clipart, Product, Real World): source -> target domains, from "
+    "OfficeHomeDataset_10072016/")
+visda = _source_target_stream(
+    "visda", VISDA, VisdaOptions, "VisDA-2017 classification: synthetic train -> real "
+    "validation")
 
 
 @register_stream("domainnet", options=DomainNetOptions,
@@ -487,13 +492,10 @@ def domainnet(opts: DomainNetOptions):
     lists = domainnet_lists(opts)
     if opts.scenario == "domain":
         return domain_benchmark("domainnet", lists, opts)
-
-    def pooled(parts: list[list[Item]]):
-        items = [item for part in parts for item in part]
-        return [p for p, _ in items], [label for _, label in items]
     order = class_order(len(lists.classes), opts.order_seed, opts.seed)
-    bm = files_benchmark("domainnet", pooled(lists.train), pooled(lists.test), lists.classes,
-                         order, b0_split(len(lists.classes), opts.tasks),
+    bm = files_benchmark("domainnet", _paths_and_labels(sum(lists.train, [])),
+                         _paths_and_labels(sum(lists.test, [])), lists.classes, order,
+                         b0_split(len(lists.classes), opts.tasks),
                          image_transforms(opts.transform, opts.image_size), opts.image_size)
     bm.info.domains = list(lists.domains)
     return bm
