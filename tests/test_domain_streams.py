@@ -176,6 +176,17 @@ def test_wrong_root_names_layout_and_archive(tmp_path, data, make):
         office_lists(data, tmp_path / "missing")
 
 
+def test_unreadable_image_named_or_skipped(tmp_path, capsys):
+    make_office31(tmp_path, lists=True)
+    bad = tmp_path / "domain_adaptation_images" / "webcam" / "images" / "pen" / "frame_0003.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match=f"cannot read image {bad}: .*skip_bad=true"):
+        office_lists(dom.OFFICE31, tmp_path)
+    lists = office_lists(dom.OFFICE31, tmp_path, skip_bad="true")
+    assert len(lists.train[2]) == 31 * 3 - 1 and str(bad) not in names(lists.train[2])
+    assert f"skipped unreadable image {bad}" in capsys.readouterr().err
+
+
 def test_missing_class_folder_and_unknown_domain(tmp_path):
     make_office31(tmp_path, images_level=False)
     for f in (tmp_path / "domain_adaptation_images" / "dslr" / "mug").iterdir():
@@ -272,6 +283,8 @@ def test_domainnet_class_scenario(tmp_path):
     ("office-home", "OfficeHomeDataset_10072016.zip"),
     ("visda", "validation.tar"), ("domainnet", "<domain>_{train,test}.txt")])
 def test_cli_wrong_root_is_one_line(tmp_path, name, archive):
+    one_line_error(invoke("run", "--stream", name, "--strategy", "naive", "--out",
+                          tmp_path / "runs"), f"stream {name} needs --stream-opt root=DIR")
     make_office_home(tmp_path / "elsewhere") if name != "office-home" else make_visda(
         tmp_path / "elsewhere")
     result = invoke("run", "--stream", name, *stream_opts(tmp_path / "elsewhere"),

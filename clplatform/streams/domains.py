@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Optional
+from typing import Callable, ClassVar, Optional
 
 import numpy as np
 
@@ -279,25 +279,30 @@ class DomainOptions(ImageOptions):
     source_val: float = opt(0.1, "share of every source class held out as the source's "
                             "test set (SHOT's 90/10 split)", min=0.01, max=0.9)
     seed: Optional[int] = seed_option("seed of the hold-out splits (default: run seed)")
+    stream: ClassVar[str] = ""
 
     def validate(self) -> None:
         if not self.root:
-            raise UserError("this stream needs --stream-opt root=DIR (the extracted dataset)")
+            raise UserError(f"stream {self.stream} needs --stream-opt root=DIR (the extracted "
+                            "dataset)")
 
 
 @dataclass
 class Office31Options(DomainOptions):
+    stream: ClassVar[str] = "office31"
     source: str = opt("amazon", "source domain: experience 0, labelled (amazon, dslr, webcam)")
 
 
 @dataclass
 class OfficeHomeOptions(DomainOptions):
+    stream: ClassVar[str] = "office-home"
     source: str = opt("Art", "source domain: experience 0, labelled (Art, Clipart, Product, "
                              "Real World; RealWorld and Real_World accepted)")
 
 
 @dataclass
 class VisdaOptions(DomainOptions):
+    stream: ClassVar[str] = "visda"
     source: str = opt("train", "source domain: experience 0, labelled (train: synthetic "
                                "renders; validation: real images)")
 
