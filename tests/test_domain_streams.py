@@ -35,10 +35,11 @@ def check_transductive(lists, per_class):
     source_train, source_test = names(lists.train[0]), names(lists.test[0])
     assert not set(source_train) & set(source_test)
     assert len(source_train) + len(source_test) == c * per_class
-    assert len(source_test) == c  # 10 % of 3 per class rounds to the minimum of one
+    n = c * per_class
+    assert len(source_test) == n - int(0.9 * n)  # SHOT: int(0.9 n) for training
     for train, test in zip(lists.train[1:], lists.test[1:]):
         assert names(train) == names(test) and len(train) == c * per_class
-    for items in lists.train:
+    for items in [lists.train[0] + lists.test[0], *lists.train[1:]]:
         assert sorted({label for _, label in items}) == list(range(c))
 
 
@@ -105,6 +106,13 @@ def test_holdout_split_of_targets(tmp_path):
     other = office_lists(dom.OFFICE_HOME, tmp_path, targets="Product", split="holdout",
                          test_fraction=0.4, seed=1)
     assert names(other.test[1]) != test
+    # the source: a random 30 % (not per class), seeded, disjoint from its training images
+    source = office_lists(dom.OFFICE_HOME, tmp_path, source_val=0.3)
+    assert len(source.test[0]) == 325 - int(0.7 * 325)
+    assert not set(names(source.train[0])) & set(names(source.test[0]))
+    assert len({label for _, label in source.test[0]}) < 65  # 98 of 325 at random
+    assert names(office_lists(dom.OFFICE_HOME, tmp_path, source_val=0.3).test[0]) == names(
+        source.test[0])
 
 
 def test_visda_train_to_validation(tmp_path):
@@ -247,7 +255,7 @@ def test_stream_builds_one_experience_per_domain(tmp_path, name):
     assert info.domains == domains and info.num_classes == classes
     assert info.image_shape == (3, 16, 16)
     assert len(bm.train_stream) == len(bm.test_stream) == len(domains)
-    for experience in bm.train_stream:
+    for experience in bm.train_stream[1:]:  # the source's random hold-out may take a class
         assert len(experience.classes_in_this_experience) == classes
     x, y = dataset_tensors(bm.train_stream[1].dataset)
     assert x.shape == (classes * per_class, 3, 16, 16) and x.dtype == torch.float32
@@ -325,4 +333,4 @@ def test_cli_lftl_run_on_office_home(tmp_path):
     accuracy = pd.read_csv(run_dir / "accuracy.csv")
     assert len(accuracy) == 6  # before training and after 2 experiences x 2 domains
     samples = accuracy.groupby("eval_exp")["n_samples"].unique().to_dict()
-    assert {k: list(v) for k, v in samples.items()} == {0: [65], 1: [195]}  # hold-out; all
+    assert {k: list(v) for k, v in samples.items()} == {0: [20], 1: [195]}  # hold-out; all

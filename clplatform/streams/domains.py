@@ -5,8 +5,8 @@ One experience per domain, every class in every experience (``domain-incremental
 experience 0 is the labelled **source**, experiences 1..K the **targets** (LFTL and the
 SHOT family). ``split=transductive`` (the SFADA protocol): a target's test set is its whole
 training pool, the same files; ``split=holdout``: a seeded ``test_fraction`` of every target
-class is held out instead. The source's test set is a seeded ``source_val`` hold-out of every
-source class (SHOT's 90/10 split), disjoint from its training set.
+class is held out instead. The source's test set is a seeded random ``source_val`` hold-out
+(SHOT's 90/10 ``trte=val`` split, not per class), disjoint from its training set.
 
 Labels: class folders numbered in sorted order (Office-31, Office-Home, VisDA: Python's
 case-sensitive ``sorted``, so ``TV`` < ``Table``; DomainNet: the official lists' alphabetical
@@ -215,6 +215,16 @@ def holdout(items: list[Item], fraction: float, seed: int) -> tuple[list[Item], 
     return [items[i] for i in train], [items[i] for i in test]
 
 
+def source_holdout(items: list[Item], fraction: float, seed: int
+                   ) -> tuple[list[Item], list[Item]]:
+    """(train, test) of the source as SHOT's ``trte=val``: ``int((1 - fraction) n)`` images
+    drawn at random (not per class) for training, the rest for testing. The order is seeded
+    here; SHOT's ``random_split`` draws from its own global seed."""
+    order = np.random.default_rng(seed).permutation(len(items))
+    keep = int((1 - fraction) * len(items))
+    return [items[i] for i in sorted(order[:keep])], [items[i] for i in sorted(order[keep:])]
+
+
 def source_and_targets(data: DomainDataset, source: str, targets: tuple[str, ...],
                        stream: str) -> list[str]:
     """Canonical [source, *targets]; targets default to the other labelled domains in folder
@@ -239,13 +249,13 @@ def source_and_targets(data: DomainDataset, source: str, targets: tuple[str, ...
 def domain_experiences(pools: list[list[Item]], split: str, test_fraction: float,
                        source_val: float, seed: int
                        ) -> tuple[list[list[Item]], list[list[Item]]]:
-    """(train lists, test lists), one per domain; ``pools[0]`` is the source (hold-out of
-    ``source_val``), the rest targets (``transductive``: test = train, the same files;
+    """(train lists, test lists), one per domain; ``pools[0]`` is the source (a random
+    ``source_val`` hold-out, :func:`source_holdout`), the rest targets (``transductive``: test = train, the same files;
     ``holdout``: a seeded ``test_fraction`` of every class)."""
     train, test = [], []
     for i, pool in enumerate(pools):
         if i == 0:
-            tr, te = holdout(pool, source_val, seed)
+            tr, te = source_holdout(pool, source_val, seed)
         elif split == "transductive":
             tr, te = pool, pool
         else:
@@ -276,8 +286,8 @@ class DomainOptions(ImageOptions):
                      "class is held out", choices=("transductive", "holdout"))
     test_fraction: float = opt(0.2, "held-out share of every target class (split=holdout)",
                                min=0.01, max=0.9)
-    source_val: float = opt(0.1, "share of every source class held out as the source's "
-                            "test set (SHOT's 90/10 split)", min=0.01, max=0.9)
+    source_val: float = opt(0.1, "share of the source images held out at random as the "
+                            "source's test set (SHOT's 90/10 split)", min=0.01, max=0.9)
     seed: Optional[int] = seed_option("seed of the hold-out splits (default: run seed)")
     stream: ClassVar[str] = ""
 
@@ -388,8 +398,8 @@ class DomainNetOptions(ImageOptions):
                      "transductive: experience 0 is a source (source_val hold-out), every "
                      "other domain's test set is its training pool",
                      choices=("official", "transductive"))
-    source_val: float = opt(0.1, "share of every class of the first domain held out as its "
-                            "test set (split=transductive)", min=0.01, max=0.9)
+    source_val: float = opt(0.1, "share of the first domain's images held out at random as "
+                            "its test set (split=transductive)", min=0.01, max=0.9)
     scenario: str = opt("domain", "domain: one experience per domain; class: the domains "
                         "pooled, classes split into tasks (CODA-P's DomainNet setting)",
                         choices=("domain", "class"))
@@ -444,7 +454,7 @@ def domainnet_lists(opts: DomainNetOptions, stream: str = "domainnet") -> Domain
             train.append(pool)
             test.append(pool)
     if opts.split == "transductive":
-        train[0], test[0] = holdout(train[0], opts.source_val, opts.seed)
+        train[0], test[0] = source_holdout(train[0], opts.source_val, opts.seed)
     for kind, lists_ in (("training", train), ("test", test)):
         for domain, items in zip(names, lists_):
             if not items:
