@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from . import avalanche_classic, custom, digits, files, glyphs, paper  # noqa: F401  (registration)
+from . import avalanche_classic, custom, digits, domains, files, glyphs, paper  # noqa: F401  (registration)
 from .common import StreamInfo, class_incremental, classification_dataset, domain_incremental
 from .custom import callable_stream, from_arrays, is_callable_reference
 
