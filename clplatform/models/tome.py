@@ -305,21 +305,26 @@ def apply_token_merging(vit: nn.Module, settings: TokenMergingOptions, name: str
     return vit
 
 
-def pyra_parameters(vit: nn.Module) -> list[nn.Parameter]:
-    """The PYRA parameters of a patched model (empty when PYRA is off)."""
-    return [p for block in getattr(vit, "blocks", []) if getattr(block, "pyra", None) is not None
-            for p in block.pyra.parameters()]
+def pyra_parameters(*modules: nn.Module) -> list[nn.Parameter]:
+    """The PYRA parameters inside ``modules`` (a patched model, some of its blocks)."""
+    return [p for module in modules for m in module.modules() if isinstance(m, PYRAModulation)
+            for p in m.parameters()]
 
 
-def pyra_to_train(vit: nn.Module, experience: int) -> list[nn.Parameter]:
-    """The PYRA parameters a strategy trains in ``experience`` (0-based): all of them in the
-    first one, or in every one with ``pyra_train=all``; set trainable, the others frozen."""
+def pyra_to_train(vit: nn.Module, experience: int, *within: nn.Module) -> list[nn.Parameter]:
+    """The PYRA parameters a strategy trains in ``experience`` (0-based): in the first one,
+    or in every one with ``pyra_train=all``; those inside ``within`` (default: the whole
+    model; a strategy that starts from cached tokens names the blocks it runs) become
+    trainable, every other PYRA parameter is frozen. Empty when PYRA is off."""
     state = state_of(vit)
-    params = pyra_parameters(vit)
-    train = bool(params) and (experience == 0 or state.settings.pyra_train == "all")
+    for p in pyra_parameters(vit):
+        p.requires_grad_(False)
+    if state is None or not (experience == 0 or state.settings.pyra_train == "all"):
+        return []
+    params = pyra_parameters(*(within or (vit,)))
     for p in params:
-        p.requires_grad_(train)
-    return params if train else []
+        p.requires_grad_(True)
+    return params
 
 
 __all__ = ["MergeState", "PYRAModulation", "apply_token_merging", "attend",
