@@ -335,3 +335,21 @@ def test_run_with_merged_tokens_records_lower_inference_flops(runs_dir):
         assert run.config["backbone"]["merge_tokens"] == [int(r)]
         flops[r] = run.experiences["inference_flops_per_sample"].iloc[-1]
     assert flops["2"] < 0.85 * flops["0"]
+
+
+def test_l2p_prompt_tokens_are_never_merged():
+    from clplatform.strategies.l2p.config import L2POptions
+    from clplatform.strategies.l2p.model import L2PModel
+    options = L2POptions()
+    model = L2PModel(_backbone(merge_tokens="2"), 10, options).eval()
+    n = options.top_k * options.length
+    state = model.vit.merge_state
+    sizes = []
+    hooks = [b.register_forward_hook(lambda *_: sizes.append(state.size[..., 0].clone()))
+             for b in model.vit.blocks]
+    with torch.no_grad():
+        tokens = model.frozen_tokens(_images(2))
+        model.prompted(tokens, torch.zeros(2, options.top_k, dtype=torch.long))
+    assert state.tokens_per_block == [17 + n - 2 * i for i in range(6)]
+    assert all(torch.equal(s[:, :1 + n], torch.ones(2, 1 + n)) for s in sizes)
+    assert state.extra_protected == 0  # only inside the prompted pass

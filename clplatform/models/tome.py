@@ -18,6 +18,7 @@ tokens after some blocks gets them with their sizes as one extra channel
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -206,6 +207,22 @@ def merge(block: nn.Module, x: torch.Tensor, metric: torch.Tensor) -> torch.Tens
     return merged / state.size
 
 
+@contextmanager
+def protected_tokens(vit: nn.Module, count: int):
+    """Inside: the ``count`` tokens after the model's prefix tokens (prompt tokens a
+    VPT-style strategy puts into the sequence, as L2P after [CLS]) are never merged, stay in
+    front, keep size 1 and count as destinations of nothing. No-op without merging."""
+    state = state_of(vit)
+    if state is None:
+        yield
+        return
+    before, state.extra_protected = state.extra_protected, count
+    try:
+        yield
+    finally:
+        state.extra_protected = before
+
+
 def token_mean(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     """Mean over tokens [B, N, d] -> [B, d]: size-weighted when ``module`` (a model or block)
     merges tokens, the plain mean otherwise."""
@@ -328,5 +345,5 @@ def pyra_to_train(vit: nn.Module, experience: int, *within: nn.Module) -> list[n
 
 
 __all__ = ["MergeState", "PYRAModulation", "apply_token_merging", "attend",
-           "attention", "merge", "pack", "pyra_parameters", "pyra_to_train", "schedule",
+           "attention", "merge", "pack", "protected_tokens", "pyra_parameters", "pyra_to_train", "schedule",
            "state_of", "token_mean", "unpack"]
