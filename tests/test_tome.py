@@ -353,3 +353,19 @@ def test_l2p_prompt_tokens_are_never_merged():
     assert state.tokens_per_block == [17 + n - 2 * i for i in range(6)]
     assert all(torch.equal(s[:, :1 + n], torch.ones(2, 1 + n)) for s in sizes)
     assert state.extra_protected == 0  # only inside the prompted pass
+
+
+def test_adapter_methods_merge_through_their_block_wrapper():
+    from clplatform.strategies.ptm.config import AdapterTraining
+    from clplatform.strategies.ptm.model import AdapterViT
+    x = _images()
+    outputs = []
+    for value in ("0", "2"):
+        model = AdapterViT(_backbone(merge_tokens=value), AdapterTraining(), "aper").eval()
+        model.add_adapter_set()
+        for block in model.blocks:
+            block.active = 0
+        with torch.no_grad():
+            outputs.append(model.vit_features(x))
+    assert model.vit.merge_state.tokens_per_block == [17, 15, 13, 11, 9, 7]
+    assert outputs[1].shape == outputs[0].shape

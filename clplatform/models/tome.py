@@ -140,6 +140,20 @@ def attend(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return out, (metric if state.settings.merge_metric == "keys" else x)
 
 
+def attention_residual(block: nn.Module, x: torch.Tensor, attn_mask=None,
+                       is_causal: bool = False) -> torch.Tensor:
+    """``x + attn(norm1(x))`` of a timm block (``x_mid``), and when the block merges tokens,
+    computed by :func:`attend` and merged right after (:func:`merge`): the step every block
+    wrapper that calls a block's pieces itself (SEMA, the adapter methods) shares."""
+    if state_of(block) is None:
+        return x + block.drop_path1(block.ls1(block.attn(
+            block.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
+    if attn_mask is not None or is_causal:
+        raise RuntimeError("token merging does not take attention masks")
+    out, metric = attend(block, x)
+    return merge(block, x + block.drop_path1(block.ls1(out)), metric)
+
+
 def _match(metric: torch.Tensor, r: int, protected: int, random: bool
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bipartite soft matching (``tome/merge.py``): even positions are sources (set A), odd
@@ -252,11 +266,7 @@ def _block_class():
         """A timm ``Block`` that merges ``merge_r`` tokens between attention and MLP."""
 
         def forward(self, x, attn_mask=None, is_causal=False):
-            if attn_mask is not None or is_causal:
-                raise RuntimeError("token merging does not take attention masks")
-            out, metric = attend(self, x)
-            x = x + self.drop_path1(self.ls1(out))
-            x = merge(self, x, metric)
+            x = attention_residual(self, x, attn_mask, is_causal)
             return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
     return MergingBlock
 
@@ -345,5 +355,5 @@ def pyra_to_train(vit: nn.Module, experience: int, *within: nn.Module) -> list[n
 
 
 __all__ = ["MergeState", "PYRAModulation", "apply_token_merging", "attend",
-           "attention", "merge", "pack", "protected_tokens", "pyra_parameters", "pyra_to_train", "schedule",
-           "state_of", "token_mean", "unpack"]
+           "attention", "attention_residual", "merge", "pack", "protected_tokens",
+           "pyra_parameters", "pyra_to_train", "schedule", "state_of", "token_mean", "unpack"]

@@ -221,12 +221,7 @@ class SEMABlock(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
         b = self.block
-        if tome.state_of(b) is None:
-            x_mid = x + b.drop_path1(b.ls1(b.attn(b.norm1(x), attn_mask=attn_mask,
-                                                  is_causal=is_causal)))
-        else:  # token merging: the shared steps, merged right after x_mid
-            attended, metric = tome.attend(b, x)
-            x_mid = tome.merge(b, x + b.drop_path1(b.ls1(attended)), metric)
+        x_mid = tome.attention_residual(b, x, attn_mask, is_causal)  # merged if it merges
         out = x_mid + b.drop_path2(b.ls2(b.mlp(b.norm2(x_mid))))
         if not self.adapters:
             return out
