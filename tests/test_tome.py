@@ -369,3 +369,21 @@ def test_adapter_methods_merge_through_their_block_wrapper():
             outputs.append(model.vit_features(x))
     assert model.vit.merge_state.tokens_per_block == [17, 15, 13, 11, 9, 7]
     assert outputs[1].shape == outputs[0].shape
+
+
+@pytest.mark.parametrize("name, options", [
+    pytest.param("prompt", {}, marks=pytest.mark.slow), ("l2p", {}), ("coda-prompt", {}),
+    ("aper", {"epochs": 1}),
+])
+def test_strategies_that_train_prompts_or_adapters_train_pyra_first(name, options):
+    from clplatform import create_stream, create_strategy
+    from clplatform.strategies.base import StrategyContext, TrainSettings
+    bm = create_stream("glyphs", **TINY_GLYPHS)
+    ctx = StrategyContext(_backbone(merge_tokens="1", pyra="true"), bm.info,
+                          TrainSettings(epochs=1, batch_size=16, lr=0.01))
+    strategy = create_strategy(name, ctx, **options)
+    params = tome.pyra_parameters(strategy.model)
+    assert sum(p.numel() for p in params) == 6 * (1 + 3 * D)
+    before = torch.cat([p.detach().flatten().clone() for p in params])
+    strategy.train(bm.train_stream[0])
+    assert not torch.equal(before, torch.cat([p.detach().flatten() for p in params]))
