@@ -387,3 +387,22 @@ def test_strategies_that_train_prompts_or_adapters_train_pyra_first(name, option
     before = torch.cat([p.detach().flatten().clone() for p in params])
     strategy.train(bm.train_stream[0])
     assert not torch.equal(before, torch.cat([p.detach().flatten() for p in params]))
+
+
+@pytest.mark.parametrize("option", ["merge_metric=x", "merge_match=random", "merge_op=drop",
+                                    "prop_attn=false"])
+def test_ablations_change_the_output_not_the_token_counts(option):
+    key, value = option.split("=")
+    x = _images()
+    reference = _backbone(merge_tokens="2")
+    variant = _backbone(merge_tokens="2", **{key: value})
+    with torch.no_grad():
+        a, b = reference(x), variant(x)
+    state = variant.model.merge_state
+    assert state.tokens_per_block == [17, 15, 13, 11, 9, 7]
+    assert not torch.allclose(a, b, atol=1e-4)
+    total = state.size.sum(1)[:, 0]
+    if key == "merge_op":  # dropped tokens take their patches with them
+        assert torch.equal(total, torch.full((4,), 17.0 - 12))
+    else:
+        assert torch.equal(total, torch.full((4,), 17.0))
