@@ -9,16 +9,28 @@ attention on the current tokens (proportional attention: ``+ log s_j`` on every 
 ``j``), then merges ``r_l`` tokens by bipartite soft matching after the residual add and before
 the MLP. ``r = 0`` everywhere leaves the model untouched (the unpatched timm path).
 
-The per-forward state (token sizes, tokens per block) is a :class:`MergeState` shared by the
-model and its blocks. Strategies that run blocks themselves (SEMA's block wrapper) call the
-same steps: :func:`attend`, :func:`merge`, :func:`token_mean`. A strategy that caches the
-tokens after some blocks gets them with their sizes as one extra channel
-(:func:`pack`/:func:`unpack`, done by ``ViTPieces.run_blocks``).
+The per-forward state (token sizes, tokens per block, merge indices) is a
+:class:`MergeState` shared by the model and its blocks; the first block of a pass resets it.
+Strategies that run a block's pieces themselves (SEMA's block, the adapter methods'
+``AdapterBlock``) call the same step, :func:`attention_residual` (:func:`attend` then
+:func:`merge`), and take token means with :func:`token_mean` (size-weighted); prompt prefixes
+attend through ``PrefixAttention.merged`` (size 1, outside the metric); prompt tokens a
+strategy puts into the sequence are protected with :func:`protected_tokens`. A strategy that
+caches the tokens after some blocks gets them with their sizes as one extra channel
+(:func:`pack`/:func:`unpack`, done by ``ViTPieces.run_blocks``). PYRA's parameters
+(:class:`PYRAModulation`, ``block.pyra``) are backbone parameters; strategies that train
+adapters or prompts add :func:`pyra_to_train` to what they train.
+
+Where ToMe's code and this differ: the kept A tokens are always put back in position order
+(ToMe sorts them only with a class token); protected tokens (CLS, distillation/register
+tokens, a strategy's prompt tokens) keep their places in front; ``merge_match=random`` picks
+the r sources at random among set A, each merging into its most similar B token.
 """
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
