@@ -245,6 +245,8 @@ def test_cached_tokens_keep_their_sizes():
         whole = model(x)
         cached = model.run_blocks(model.embed(x), 0, 3)
         assert cached.shape == (4, 11, D + 1)
+        model(_images(3))  # another batch size in between
+        assert model.run_blocks(model.embed(x), 0, 0).shape == (4, 17, D + 1)  # no block
         resumed = model.logits(model.pool(model.run_blocks(cached, 3)))
     assert torch.allclose(resumed, whole, atol=1e-5)
 

@@ -85,6 +85,8 @@ class ViTPieces(nn.Module):
         block returns the tokens with their sizes as one more channel, and a run given such
         tokens continues from those sizes: cached tokens keep their sizes."""
         state = state_of(self.vit)
+        if state is not None and start == 0:
+            state.reset()  # a new pass (even one that runs no block: sizes all 1)
         if state is not None and tokens.shape[-1] == self.vit.embed_dim + 1:
             tokens = unpack(tokens, state)
         for block in self.blocks[start:end]:
