@@ -75,7 +75,8 @@ def _coerce(value: Any, tp: Any, what: str) -> Any:
     try:
         if origin in (tuple, list):
             inner = typing.get_args(base)[0]
-            items = value.split(",") if isinstance(value, str) else list(value)
+            items = (value.split(",") if isinstance(value, str) else
+                     list(value) if isinstance(value, (list, tuple)) else [value])
             items = [i.strip() if isinstance(i, str) else i for i in items if i != ""]
             return origin(_coerce(i, inner, what) for i in items)
         if base is bool:

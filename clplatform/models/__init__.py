@@ -18,9 +18,52 @@ from clplatform.options import opt
 from clplatform.registry import register_backbone
 
 
+# --------------------------------------------------------------------------- token merging
+@dataclass
+class TokenMergingOptions:
+    """Token merging (ToMe) and PYRA, options of every ViT backbone
+    (:mod:`clplatform.models.tome`; ``shared/specs/compute-reduction.md`` A)."""
+    merge_tokens: tuple[int, ...] = opt((0,), "ToMe: tokens merged per block, one r for every "
+                                              "block or a per-block list (2,2,1,0,...); 0: off",
+                                        min=0)
+    merge_schedule: str = opt("constant", "constant r, or decreasing (ToMe's inflection -1: r "
+                              "falls linearly from 2r in the first block to 0 in the last)",
+                              choices=("constant", "decreasing"))
+    prop_attn: bool = opt(True, "proportional attention: log(size) added to the logits of "
+                                "each key (ToMe)")
+    merge_metric: str = opt("keys", "similarity of tokens: keys averaged over heads (ToMe) or "
+                            "the tokens themselves (x, ablation)", choices=("keys", "x"))
+    merge_match: str = opt("bipartite", "which tokens merge: the r most similar A tokens "
+                           "(bipartite, ToMe) or r random A tokens (ablation)",
+                           choices=("bipartite", "random"))
+    merge_op: str = opt("merge", "merge: size-weighted mean into the match (ToMe); drop: "
+                        "discard the r tokens (pruning, ablation)", choices=("merge", "drop"))
+    pyra: bool = opt(False, "PYRA: learned modulation of the merged tokens (r + 3d parameters "
+                            "per merging block; trained by strategies that train adapters or "
+                            "prompts)")
+    pyra_train: str = opt("first", "PYRA parameters train in the first experience, then stay "
+                          "frozen (first), or train in every experience (all)",
+                          choices=("first", "all"))
+
+    def validate(self) -> None:
+        if len(self.merge_tokens) > 1 and self.merge_schedule != "constant":
+            raise UserError("merge_schedule=decreasing takes one merge_tokens value, not a "
+                            "per-block list")
+        if self.pyra and not any(self.merge_tokens):
+            raise UserError("pyra=true needs merge_tokens > 0")
+
+
+def merging_backbone(backbone: Backbone, opts: TokenMergingOptions) -> Backbone:
+    """``backbone`` with token merging applied to its model as ``opts`` say."""
+    if any(opts.merge_tokens):
+        from .tome import apply_token_merging
+        apply_token_merging(backbone.model, opts, backbone.name)
+    return backbone
+
+
 # --------------------------------------------------------------------------- vit-glyphs
 @dataclass
-class GlyphViTOptions:
+class GlyphViTOptions(TokenMergingOptions):
     pretrained: bool = opt(True, "use the pre-trained weights (false: random initialisation)")
     weights: Optional[str] = opt(None, "local weights file (default: the cached pre-trained "
                                        "backbone, built by `clplat pretrain` on first use)")
@@ -36,13 +79,13 @@ def vit_glyphs(opts: GlyphViTOptions) -> Backbone:
         from .pretrain import pretrained_glyph_vit_path
         load_weights(model, pretrained_glyph_vit_path())
     arch = GlyphViTArch()
-    return Backbone(model, name="vit-glyphs", in_chans=arch.in_chans, img_size=arch.img_size,
-                    mean=(0.5,), std=(0.5,))
+    return merging_backbone(Backbone(model, name="vit-glyphs", in_chans=arch.in_chans,
+                                     img_size=arch.img_size, mean=(0.5,), std=(0.5,)), opts)
 
 
 # --------------------------------------------------------------------------- timm:<name>
 @dataclass
-class TimmOptions:
+class TimmOptions(TokenMergingOptions):
     model_name: str = opt("vit_base_patch16_224", "timm model name (`timm:<model-name>`)")
     pretrained: bool = opt(True, "download the hub's pre-trained weights (needs internet); "
                                  "ignored when `weights` is given")
@@ -79,6 +122,7 @@ def timm_backbone(opts: TimmOptions) -> Backbone:
     cfg = model.pretrained_cfg or {}
     in_chans = int(cfg.get("input_size", (3,))[0])
     img_size = opts.img_size or int(cfg.get("input_size", (3, 224, 224))[-1])
-    return Backbone(model, name=f"timm:{opts.model_name}", in_chans=in_chans, img_size=img_size,
-                    mean=tuple(cfg.get("mean", (0.5,) * in_chans)),
-                    std=tuple(cfg.get("std", (0.5,) * in_chans)))
+    return merging_backbone(Backbone(
+        model, name=f"timm:{opts.model_name}", in_chans=in_chans, img_size=img_size,
+        mean=tuple(cfg.get("mean", (0.5,) * in_chans)),
+        std=tuple(cfg.get("std", (0.5,) * in_chans))), opts)

@@ -15,6 +15,7 @@ from torch import nn
 
 from clplatform.backbones import Backbone
 from clplatform.errors import UserError
+from clplatform.models.tome import pack, state_of, unpack
 
 
 def require_vit(backbone: Backbone, strategy: str) -> nn.Module:
@@ -78,9 +79,20 @@ class ViTPieces(nn.Module):
 
     def run_blocks(self, tokens: torch.Tensor, start: int = 0,
                    end: int | None = None) -> torch.Tensor:
-        """Tokens through blocks ``start`` to ``end`` (exclusive; None: the last)."""
+        """Tokens through blocks ``start`` to ``end`` (exclusive; None: the last).
+
+        With token merging (:mod:`clplatform.models.tome`) a run that stops before the last
+        block returns the tokens with their sizes as one more channel, and a run given such
+        tokens continues from those sizes: cached tokens keep their sizes."""
+        state = state_of(self.vit)
+        if state is not None and start == 0:
+            state.reset()  # a new pass (even one that runs no block: sizes all 1)
+        if state is not None and tokens.shape[-1] == self.vit.embed_dim + 1:
+            tokens = unpack(tokens, state)
         for block in self.blocks[start:end]:
             tokens = block(tokens)
+        if state is not None and end is not None and end < len(self.vit.blocks):
+            return pack(tokens, state)
         return tokens
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 
 from clplatform.data import dataset_tensors
 from clplatform.errors import UserError
+from clplatform.models import tome
 
 from ..base import (Strategy, StrategyContext, TensorBatches, cosine_factor,
                     experience_classes, masked_cross_entropy)
@@ -63,6 +64,7 @@ class CODAPrompt(Strategy):
         x, y = dataset_tensors(experience.dataset)
         _, current = experience_classes(y, model.seen)
         params = model.add_experience(self.components_per_experience(experience))
+        params += tome.pyra_to_train(model.vit, experience.current_experience)  # PYRA
         model.train()
         tokens_of, queries = embedded_inputs(model, x, self.device)
         y = y.to(self.device)

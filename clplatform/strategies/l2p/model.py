@@ -15,6 +15,7 @@ from torch import nn
 from clplatform.backbones import Backbone
 from clplatform.errors import UserError
 from clplatform.evaluator import MASK_VALUE
+from clplatform.models import tome
 
 from ..prompts.model import init_head, majority_ids
 from ..vit import ViTPieces, require_vit
@@ -95,10 +96,11 @@ class L2PModel(ViTPieces):
 
     def features(self, sequence: torch.Tensor) -> torch.Tensor:
         """The head's input from a prompted sequence."""
-        out = self.run_blocks(self.vit.norm_pre(sequence))
+        n = self.opts.top_k * self.opts.length
+        with tome.protected_tokens(self.vit, n):  # token merging never merges the prompts
+            out = self.run_blocks(self.vit.norm_pre(sequence))
         if self.opts.head_type == "token" or not self.opts.top_k:
             return self.pool(out)
-        n = self.opts.top_k * self.opts.length
         return self.vit.norm(out)[:, 1:1 + n].mean(dim=1)
 
     def prompted(self, tokens: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from clplatform.data import dataset_tensors
+from clplatform.models import tome
 
 from ..base import Strategy, StrategyContext, experience_classes, masked_cross_entropy
 from ..vit import map_batches
@@ -56,7 +57,8 @@ class L2P(Strategy):
             if not self.opts.top_k:
                 return ce
             return ce - self.opts.pull_weight * model.pull(q, chosen)
-        params = [model.prompts, model.keys, *model.head.parameters()]
+        params = [model.prompts, model.keys, *model.head.parameters(),
+                  *tome.pyra_to_train(model.vit, experience.current_experience)]
         optimizer = torch.optim.Adam(params, lr=self.settings.lr)
         self.fit_tensors(optimizer, torch.arange(len(x)), y, loss, self.settings.epochs,
                          self.settings.batch_size)

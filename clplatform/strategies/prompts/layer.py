@@ -9,10 +9,10 @@ once stored, the b-bit form that inference uses.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from clplatform.errors import UserError
+from clplatform.models import tome
 
 from .quantizer import StoredTensor, TensorQuantizer
 
@@ -34,21 +34,14 @@ class PrefixAttention(nn.Module):
             return self.attn(x, attn_mask=attn_mask, is_causal=is_causal)
         if attn_mask is not None or is_causal:
             raise RuntimeError("prefix attention does not take attention masks")
-        a = self.attn
-        batch, tokens, _ = x.shape
-        heads, head_dim = a.num_heads, a.head_dim
-        q, k, v = a.qkv(x).reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
-        q, k = a.q_norm(q), a.k_norm(k)
-        prefix = self.prefix.expand(batch, -1, -1, -1)                 # [B, 2, L, d]
-        length = prefix.shape[2]
-        pk, pv = (prefix[:, i].reshape(batch, length, heads, head_dim).transpose(1, 2)
-                  for i in (0, 1))
-        k = torch.cat([a.k_norm(pk), k], dim=2)
-        v = torch.cat([pv, v], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v,
-                                             dropout_p=a.attn_drop.p if self.training else 0.0)
-        out = a.norm(out.transpose(1, 2).reshape(batch, tokens, heads * head_dim))
-        return a.proj_drop(a.proj(out))
+        return tome.attention(self.attn, x, None, prefix=self.prefix)[0]
+
+    def merged(self, x: torch.Tensor, size: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention step of a token-merging block (:func:`tome.attend`): proportional
+        attention over the tokens' sizes, the prefix counting size 1 and never merged; the
+        merge metric is the keys of ``x`` only."""
+        return tome.attention(self.attn, x, size, prefix=self.prefix)
 
 
 class PromptTensor(nn.Module):

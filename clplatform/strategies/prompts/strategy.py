@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from clplatform.data import dataset_tensors
+from clplatform.models import tome
 
 from ..base import Strategy, StrategyContext, experience_classes, masked_cross_entropy
 from ..vit import map_batches
@@ -62,6 +63,8 @@ class PromptStrategy(Strategy):
         x, y = dataset_tensors(experience.dataset)
         classes, current = experience_classes(y, model.seen)
         params = model.add_experience()
+        # PYRA (token merging): its modulations train in the first experience (or every one)
+        params += tome.pyra_to_train(model.vit, len(model.e_prompts) - 1)
         model.start_head_rows(classes)
         self._fits_before, self._refits_before = self._kmeans_counts()
         model.train()

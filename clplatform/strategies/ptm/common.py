@@ -9,6 +9,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from clplatform.models import tome
+
 from ..base import Strategy, TensorBatches
 from ..vit import map_batches
 from .config import AdapterTraining
@@ -59,6 +61,7 @@ class AdapterStrategy(Strategy):
         local = torch.full((int(y.max()) + 1,), -1, dtype=torch.long)
         local[torch.as_tensor(classes)] = torch.arange(len(classes))
         targets = local[y].to(self.device)
+        params = params + tome.pyra_to_train(model.vit, k)  # PYRA: with the first set
         optimizer = torch.optim.SGD(params + list(head.parameters()), lr=o.lr,
                                     momentum=o.momentum, weight_decay=o.weight_decay)
         steps = len(TensorBatches(tokens, targets, o.batch_size))

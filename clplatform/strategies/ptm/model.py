@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clplatform.backbones import Backbone
+from clplatform.models import tome
 
 from ..sema.layer import Adapter
 from ..vit import ViTPieces, require_vit
@@ -33,8 +34,7 @@ class AdapterBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
         b = self.block
-        x_mid = x + b.drop_path1(b.ls1(b.attn(b.norm1(x), attn_mask=attn_mask,
-                                              is_causal=is_causal)))
+        x_mid = tome.attention_residual(b, x, attn_mask, is_causal)  # merged if it merges
         out = x_mid + b.drop_path2(b.ls2(b.mlp(b.norm2(x_mid))))
         if self.active is None:
             return out

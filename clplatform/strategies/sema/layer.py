@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clplatform.models import tome
+
 
 class Adapter(nn.Module):
     """Linear(d->r) -> ReLU -> [dropout] -> Linear(r->d) [x scale]; a new adapter is an exact
@@ -183,6 +185,8 @@ class SEMABlock(nn.Module):
     token in the paper's variant) and every adapter has a
     representation descriptor; otherwise the block holds exactly one adapter (weight 1).
     ``self.last_mean`` keeps the token mean of ``x_mid`` of the last forward (for the RDs).
+    With token merging the block merges right after ``x_mid`` (:func:`tome.merge`) and the
+    token mean is size-weighted.
     """
 
     def __init__(self, block: nn.Module, dim: int, bottleneck: int, expandable: bool,
@@ -217,12 +221,11 @@ class SEMABlock(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
         b = self.block
-        x_mid = x + b.drop_path1(b.ls1(b.attn(b.norm1(x), attn_mask=attn_mask,
-                                              is_causal=is_causal)))
+        x_mid = tome.attention_residual(b, x, attn_mask, is_causal)  # merged if it merges
         out = x_mid + b.drop_path2(b.ls2(b.mlp(b.norm2(x_mid))))
         if not self.adapters:
             return out
-        mean = x_mid.mean(dim=1)
+        mean = tome.token_mean(x_mid, b)  # size-weighted when tokens are merged
         self.last_mean = mean
         if len(self.adapters) == 1:
             return out + self.adapters[0](x_mid)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from clplatform.data import dataset_tensors
+from clplatform.models import tome
 
 from ..base import (Strategy, StrategyContext, TensorBatches, experience_classes,
                     masked_cross_entropy)
@@ -84,6 +85,9 @@ class SEMA(Strategy):
         """Train new adapters/router columns + head from cached tokens before ``start``."""
         model = self.sema
         tokens = self._map(lambda b: model.run_blocks(model.embed(b), 0, start), x)
+        # PYRA (token merging): its modulations in the blocks that run, per pyra_train
+        params = params + tome.pyra_to_train(model.vit, self.experiences_seen,
+                                             *model.blocks[start:])
 
         def loss(t, labels):
             logits = model.logits(model.pool(model.run_blocks(t, start)))
