@@ -276,3 +276,19 @@ def test_a_run_without_its_final_model_is_refused(sema_run):
     result = invoke("compress", plain, "--ratio", "0.5")
     assert result.exit_code == 2 and "--keep-model" in result.output
     assert not Path(plain, "compress").exists()
+
+
+def test_the_python_api_compresses_heads_too(sema_run):
+    import pandas as pd
+
+    import clplatform
+    run_dir, _ = sema_run
+    child = clplatform.compress(run_dir, method="magnitude", ratio=0.5,
+                                targets=["mlp", "heads"])
+    summary = json.loads((child / "compression.json").read_text())
+    assert child.name == "magnitude-0.5" and summary["targets"] == ["mlp", "heads"]
+    assert summary["max_logit_gap_masked_vs_merged"] <= 1e-5
+    widths = set(pd.read_csv(child / "widths.csv")[["kind", "before", "after"]]
+                 .itertuples(index=False, name=None))
+    assert widths == {("mlp", 384, 192), ("heads", 3, 1)}
+    assert summary["train_seconds"] == 0 and summary["train_flops"] == 0  # one-shot

@@ -202,6 +202,9 @@ def compress_run(run_dir: str | os.PathLike, *, force: bool = False, **options: 
     return child
 
 
+compress = compress_run  # clplatform.compress(RUN_DIR, method=..., ratio=...)
+
+
 def _markdown(summary: dict, stages, widths, costs) -> str:
     import pandas as pd
 
