@@ -203,6 +203,7 @@ def narrow(group: ChannelGroup, keep: torch.Tensor, in_weight: torch.Tensor,
     """Replace the group's two linears by narrower ones: units ``keep`` of the (already
     transformed) ``in_weight``/``in_bias`` rows; ``out_weight`` has one column block per kept
     unit, in order. Attention gets the new head count (head_dim and scale unchanged)."""
+    keep = keep.cpu()
     rows = group.rows[keep].permute(1, 0, 2).flatten()  # q of kept heads, then k, then v
     old_in, old_out = group.in_linear, group.out_linear
     new_in = nn.Linear(old_in.in_features, len(rows), bias=in_bias is not None,
@@ -253,7 +254,7 @@ def magnitude_keep(group: ChannelGroup, width: int) -> torch.Tensor:
     """The ``width`` units with the largest L2 norm of their input rows (bias included)."""
     with torch.no_grad():
         norms = unit_norms(group)
-    return norms.argsort(descending=True)[:width]
+    return norms.argsort(descending=True)[:width].cpu()
 
 
 def unit_norms(group: ChannelGroup) -> torch.Tensor:
@@ -366,10 +367,11 @@ class Compactors(nn.Module):
             dead = ~mask if rule == "mask" else norms < CONVERSION_EPSILON
             if bool(dead.all()):  # keep at least one (as rr/resrep_convert.fold_conv)
                 dead[norms.argmax()] = False
-            keep = (~dead).nonzero().flatten()
+            keep = (~dead).nonzero().flatten().cpu()
             inp = g.in_linear
             if g.kind == "heads":
-                out = out_columns(g, keep) * q[keep, 0].repeat_interleave(g.cols.shape[1])
+                gain = q[keep.to(q.device), 0].repeat_interleave(g.cols.shape[1])
+                out = out_columns(g, keep) * gain
                 narrow(g, keep, inp.weight, inp.bias, out)
             else:
                 weight, bias = q @ inp.weight, (q @ inp.bias if inp.bias is not None else None)
