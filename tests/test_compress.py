@@ -292,3 +292,12 @@ def test_the_python_api_compresses_heads_too(sema_run):
                  .itertuples(index=False, name=None))
     assert widths == {("mlp", 384, 192), ("heads", 3, 1)}
     assert summary["train_seconds"] == 0 and summary["train_flops"] == 0  # one-shot
+
+
+def test_compress_help_names_every_option():
+    result = invoke("compress", "--help")
+    assert result.exit_code == 0
+    for option in ("--method", "--ratio", "--targets", "--data", "--loss", "--steps", "--lr",
+                   "--set", "--force"):
+        assert option in result.output
+    assert "--keep-model" in invoke("run", "--help").output
