@@ -301,3 +301,16 @@ def test_compress_help_names_every_option():
                    "--set", "--force"):
         assert option in result.output
     assert "--keep-model" in invoke("run", "--help").output
+
+
+def test_resrep_ratio_of_the_whole_model():
+    """The spec's reading of F (kept fraction of the whole model's FLOPs): reached within
+    1 %, or refused when the targets hold too few FLOPs."""
+    model = _vit()
+    x = torch.rand(16, 1, 32, 32)
+    data = Data(x, torch.zeros(16, dtype=torch.long), torch.ones(96, dtype=torch.bool))
+    before = _flops(model, x[:4]) / 4
+    compress(model, data, CompressOptions(ratio=0.8, ratio_of="model", steps=0), x)
+    assert 0.79 <= _flops(model, x[:4]) / 4 / before <= 0.8 + 0.01
+    with pytest.raises(UserError, match="out of reach"):
+        compress(_vit(), data, CompressOptions(ratio=0.4, ratio_of="model", steps=0), x)
