@@ -52,8 +52,11 @@ class CompressOptions:
     loss: str = opt("kd", "kd (KL divergence to the uncompressed model's logits over the "
                     "seen classes) or ce (cross-entropy on the labels, seen classes)",
                     choices=("kd", "ce"))
-    train: str = opt("all", "parameters trained: all (official) or compactors (ResRep's "
-                     "compactors / C-SGD's target rows only)", choices=("all", "compactors"))
+    train: str = opt("compactors", "parameters trained: compactors (ResRep's compactors, "
+                     "C-SGD's clustered rows; the platform's default: measured, training "
+                     "everything on the last experience's few samples destroys the old "
+                     "classes) or all (the official recipes, trained on all of ImageNet)",
+                     choices=("all", "compactors"))
     steps: int = opt(500, "training steps (mini-batches); 0: merge at once", min=0)
     lr: float = opt(0.01, "learning rate (ResRep: 0.01, ResNet-50 recipe)", min=0)
     batch_size: int = opt(32, "mini-batch size", min=1)
