@@ -7,6 +7,7 @@ Python API::
     run.summary["final_accuracy"], run.accuracy, run.experiences, run.config
     clplatform.load_run("runs/<id>")
     clplatform.resume("runs/<id>")       # an interrupted run, after its last experience
+    clplatform.compress("runs/<id>", method="resrep", ratio=0.6)  # run with keep_model=True
 """
 import warnings as _warnings
 
@@ -32,11 +33,11 @@ from .registry import (lazy_exports, register_backbone, register_strategy,  # no
 # (``clplat list`` and ``--help`` need none of them); the application layer is named here
 # by module name only (the kernel imports nothing of it)
 __getattr__ = lazy_exports(__name__, {
-    "run": ".app.runner", "resume": ".app.runner", "Run": ".store", "load_run": ".store",
+    "run": ".app.runner", "resume": ".app.runner", "compress": ".app.compress", "Run": ".store", "load_run": ".store",
     "create_stream": ".app.factories", "create_backbone": ".app.factories",
     "create_strategy": ".app.factories", "Strategy": ".strategies.base"})
 
 __version__ = "0.2.0"
 
-__all__ = ["run", "resume", "load_run", "Run", "UserError", "register_strategy", "register_stream",
+__all__ = ["run", "resume", "compress", "load_run", "Run", "UserError", "register_strategy", "register_stream",
            "register_backbone", "create_strategy", "create_stream", "create_backbone"]

@@ -231,12 +231,30 @@ def find_run_dirs(paths: list[str | os.PathLike]) -> list[Path]:
         if (path / RUN_FILE).is_file():
             found.append(path)
             continue
-        inside = sorted(p.parent for p in path.glob(f"**/{RUN_FILE}"))
+        inside = sorted(p.parent for p in path.glob(f"**/{RUN_FILE}")
+                        if not is_compression(p.parent))
         if not inside:
             raise UserError(f"no run directory in {path} (no {RUN_FILE} below it)")
         found.extend(inside)
     unique = list(dict.fromkeys(p.resolve() for p in found))
     return unique
+
+
+COMPRESS_DIR, COMPRESSION_FILE = "compress", "compression.json"
+
+
+def is_compression(path: Path) -> bool:
+    """A child run of ``clplat compress`` (``RUN_DIR/compress/<method>-<ratio>/``): shown
+    with its parent, not as a run of its own."""
+    return path.parent.name == COMPRESS_DIR and (path.parent.parent / RUN_FILE).is_file()
+
+
+def load_compressions(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The summaries (``compression.json``) of the run's compressed children, by name."""
+    found = []
+    for path in sorted(Path(run_dir).glob(f"{COMPRESS_DIR}/*/{COMPRESSION_FILE}")):
+        found.append({"child": path.parent.name, **_read_json(path)})
+    return found
 
 
 def _process_alive(pid: int) -> bool:
@@ -291,6 +309,9 @@ def load_run(path: str | os.PathLike) -> Run:
     if not (path / RUN_FILE).is_file():
         raise UserError(f"not a run directory (no {RUN_FILE}): {path}")
     record = _read_json(path / RUN_FILE)
+    if record.get("kind") == "compress":
+        raise UserError(f"{path} is a compression of run {record.get('parent')}: its records "
+                        f"show in that run's report")
     config = _read_json(path / CONFIG_FILE)
     summary = _read_json(path / SUMMARY_FILE) if (path / SUMMARY_FILE).is_file() else {}
     return Run(path, record, config, _read_csv(path / ACCURACY_FILE),

@@ -149,9 +149,12 @@ def cli(debug):
 @click.option("--dry-run", is_flag=True,
               help="validate and build everything, train nothing, write nothing; print the "
                    "resolved configuration as JSON")
+@click.option("--keep-model", is_flag=True,
+              help="keep the final model (RUN_DIR/checkpoint.pt) for `clplat compress` "
+                   "(strategies that write checkpoints)")
 def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size, lr, seed,
                 device, out, sets, stream_opts, backbone_opts, config, loggers, as_json,
-                quiet, resume, dry_run):
+                quiet, resume, dry_run, keep_model):
     """Train a strategy on a stream, experience by experience, and record the results.
 
     After each experience the model is evaluated on every test experience. The run is
@@ -173,7 +176,7 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
     if resume:
         given = [strategy, stream, backbone, backbone_weights, epochs, batch_size, lr, seed,
                  device, out, config, *sets, *stream_opts, *backbone_opts, *loggers]
-        if any(v is not None and v != () for v in given) or dry_run:
+        if any(v is not None and v != () for v in given) or dry_run or keep_model:
             raise UserError("--resume continues a run with its own configuration; give no "
                             "other run options")
         from .runner import resume as resume_run
@@ -186,7 +189,8 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
                      strategy_options=parse_assignments(sets, "--set"),
                      stream_options=parse_assignments(stream_opts, "--stream-opt"),
                      backbone_options=backbone_options, epochs=epochs, batch_size=batch_size,
-                     lr=lr, seed=seed, device=device, out=out, loggers=loggers)
+                     lr=lr, seed=seed, device=device, out=out, loggers=loggers,
+                     keep_model=keep_model or None)
     if dry_run:
         click.echo(json.dumps(json_safe(check_only(spec))))
         return
@@ -411,6 +415,68 @@ def sweep_command(strategies, preset, streams, seeds, grid, executor, workers, t
         click.echo(f"failed: {cell.id}: {cell.reasons[-1]}", err=True)
     if failed:
         sys.exit(1)
+
+
+@cli.command("compress")
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option("--method", default="resrep", show_default=True, metavar="resrep|csgd|magnitude",
+              help="ResRep (compactors, penalty, global widths), C-SGD (clusters pulled "
+                   "together, uniform widths) or one-shot magnitude pruning")
+@click.option("--ratio", metavar="F", required=True,
+              help="kept fraction in (0, 1): of the targets' FLOPs (resrep) or of each "
+                   "target layer's width (csgd, magnitude)")
+@click.option("--targets", metavar="mlp,adapters,heads",
+              help="structures to prune (default: mlp,adapters)")
+@click.option("--data", metavar="current|replay|all-seen",
+              help="training data: the last experience's (default), the strategy's replay "
+                   "buffer, or all experiences' (an oracle, recorded as not continual)")
+@click.option("--loss", metavar="kd|ce",
+              help="kd: distil the uncompressed model's logits over the seen classes "
+                   "(default); ce: labels")
+@click.option("--steps", metavar="N", help="training steps (default: 500)")
+@click.option("--lr", metavar="X", help="learning rate (default: 0.01)")
+@click.option("--set", "sets", metavar="KEY=VALUE", multiple=True,
+              help="other compress hyper-parameters (lasso, mask_interval, centripetal, "
+                   "...; see clplatform.strategies.compress.CompressOptions; repeatable)")
+@click.option("--force", is_flag=True, help="replace an existing compression of the same "
+                                             "method and ratio")
+@click.option("--json", "as_json", is_flag=True, help="print the compression summary as JSON")
+def compress_command(run_dir, method, ratio, targets, data, loss, steps, lr, sets, force,
+                     as_json):
+    """Prune a finished run's final model into a narrower one and record it.
+
+    The run must be complete and keep its final model (`clplat run --keep-model`). The
+    model is trained on the data --data allows, merged into genuinely smaller layers,
+    evaluated on every seen test experience before and after, and written as the child run
+    RUN_DIR/compress/<method>-<ratio>/, which `clplat report` shows.
+
+    \b
+    Examples:
+      clplat compress runs/sema-glyphs-s0-... --method resrep --ratio 0.6
+      clplat compress RUN --method csgd --ratio 0.5 --targets mlp,heads --set centripetal=3
+    """
+    from ..options import parse_assignments
+    from ..store import json_safe
+    from .compress import SUMMARY_FILE, compress_run
+    values = parse_assignments(sets, "--set")
+    given = {"method": method, "ratio": ratio, "targets": targets, "data": data, "loss": loss,
+             "steps": steps, "lr": lr}
+    values.update({k: v for k, v in given.items() if v is not None})
+    child = compress_run(run_dir, force=force, **values)
+    summary = json.loads((child / SUMMARY_FILE).read_text(encoding="utf-8"))
+    if as_json:
+        click.echo(json.dumps(json_safe({"run_dir": str(child), "summary": summary})))
+        return
+    click.echo(f"accuracy (mean over seen experiences): "
+               f"{100 * summary['final_accuracy_before']:.1f}% -> "
+               f"{100 * summary['final_accuracy_after']:.1f}%")
+    click.echo(f"FLOPs per sample: {summary['flops_before'] / 1e6:.2f} M -> "
+               f"{summary['flops_after'] / 1e6:.2f} M "
+               f"(targets: {100 * summary['target_flops_ratio_achieved']:.1f}% kept, "
+               f"requested {100 * summary['flops_ratio_requested']:.0f}%)")
+    click.echo(f"parameters: {summary['params_before']:,} -> {summary['params_after']:,}; "
+               f"training {summary['train_seconds']:.1f} s")
+    click.echo(f"compression: {child}")
 
 
 @cli.command("list")

@@ -77,7 +77,8 @@ class Prepared:
                        "experiences_in_stream": len(self.benchmark.train_stream)},
             "backbone": {"name": spec.backbone, **options_dict(resolved.backbone_options)},
             "train": {**dataclasses.asdict(settings), "out": train.out,
-                      "device_requested": train.device, "flops": train.flops},
+                      "device_requested": train.device, "flops": train.flops,
+                      "keep_model": train.keep_model},
             "loggers": resolved.loggers,
         }
         self.label = resolved.label
@@ -259,8 +260,9 @@ def _execute(spec, progress, exiting_after, resume, run_dir, held: contextlib.Ex
             print(f"clplat: warning: {exc}", file=sys.stderr)  # the failure itself follows
     # complete and recorded as such: only an unfinished run needs its checkpoint (a model's
     # state dict can be large); deleted earlier, a kill before run.json says complete would
-    # leave a run with neither
-    (run_dir / checkpoint.CHECKPOINT_FILE).unlink(missing_ok=True)
+    # leave a run with neither; --keep-model keeps it as the final model (clplat compress)
+    if not prepared.config["train"]["keep_model"]:
+        (run_dir / checkpoint.CHECKPOINT_FILE).unlink(missing_ok=True)
     write_single_report(run_dir)
     return load_run(run_dir)
 

@@ -38,6 +38,8 @@ class TrainOptions:
     flops: str = opt("sampled", "training FLOP counting: each distinct iteration once "
                      "(sampled), every operation (full), or none (off)",
                      choices=("sampled", "full", "off"))
+    keep_model: bool = opt(False, "keep the final model (RUN_DIR/checkpoint.pt, resumable "
+                                  "strategies) for `clplat compress`")
 
     def validate(self) -> None:
         from ..store import check_output_folder  # pandas: not for `clplat list`
@@ -228,5 +230,6 @@ def spec_from_config(config: dict[str, Any]) -> RunSpec:
     unused = STRATEGIES.get(spec.strategy).traits.unused_train
     spec.train = {"seed": train["seed"], "device": train.get("device_requested", "auto"),
                   "flops": train.get("flops", "sampled"), "out": train["out"],
+                  "keep_model": train.get("keep_model", False),
                   **{k: train[k] for k in ("epochs", "batch_size", "lr") if k not in unused}}
     return spec

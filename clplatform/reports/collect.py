@@ -30,7 +30,7 @@ IDENTITY = ["run", "strategy", "stream", "backbone", "seed"]
 # resolved settings that do not change a run's results: where it went, on which device, how
 # its costs were counted, and what follows from the seed (the stream's seed, class order)
 NO_EFFECT = ("train.seed", "train.out", "train.device", "train.device_requested",
-             "train.eval_batch_size", "train.flops", "stream.name", "stream.seed",
+             "train.eval_batch_size", "train.flops", "train.keep_model", "stream.name", "stream.seed",
              "stream.classes", "stream.domains")
 SHORT_NAMES = {"train.epochs": "epochs", "train.batch_size": "batch_size", "train.lr": "lr",
                "backbone.name": "backbone"}

@@ -104,6 +104,7 @@ def _stream_section(stream: str, runs: RunSet, group_by: str) -> str:
               if runs.rounds is not None and not runs.rounds.empty else pd.DataFrame())
     parts += _strategy_sections(stream, runs, table, accuracy, experiences, rounds, group_by,
                                 colors)
+    parts += _compression_section(runs, table)
     listing = table[["run", "strategy", "seed", "final_accuracy"]].assign(
         final_accuracy=lambda f: (100 * f["final_accuracy"]).map("{:.1f}".format))
     parts += ["<h3>Runs</h3>", _table(listing.rename(columns={"final_accuracy": "A_T (%)"}))]
@@ -157,6 +158,42 @@ def _strategy_sections(stream: str, runs: RunSet, table: pd.DataFrame, accuracy:
                 parts += [f'<p class="note">{html.escape(item.caption)}</p>',
                           _table(item.table)]
     return parts
+
+
+COMPRESSION_COLUMNS = {  # compression.json field -> column
+    "strategy": "strategy", "method": "method", "ratio": "ratio", "data": "data",
+    "final_accuracy_before": "A_T before (%)", "final_accuracy_after": "A_T after (%)",
+    "flops_before": "MFLOPs before", "flops_after": "MFLOPs after",
+    "target_flops_ratio_achieved": "targets' FLOPs kept", "params_before": "params before",
+    "params_after": "params after", "train_seconds": "seconds"}
+
+
+def _compression_section(runs: RunSet, table: pd.DataFrame) -> list[str]:
+    """The compressed children of the stream's runs (``clplat compress``), one row each."""
+    from clplatform.store import load_compressions
+    names = set(table["run"])
+    rows = []
+    for run in runs.runs:
+        if run.path.name not in names:
+            continue
+        for found in load_compressions(run.path):
+            row = {"run": run.path.name, "compression": found["child"]}
+            row.update({column: found.get(key) for key, column in COMPRESSION_COLUMNS.items()})
+            rows.append(row)
+    if not rows:
+        return []
+    frame = pd.DataFrame(rows)
+    for column in ("A_T before (%)", "A_T after (%)"):
+        frame[column] = (100 * frame[column]).map("{:.1f}".format)
+    for column in ("MFLOPs before", "MFLOPs after"):
+        frame[column] = (frame[column] / 1e6).map("{:.2f}".format)
+    frame["targets' FLOPs kept"] = frame["targets' FLOPs kept"].map("{:.3f}".format)
+    frame["seconds"] = frame["seconds"].map("{:.1f}".format)
+    return ["<h3>Compression</h3>",
+            '<p class="note">Structured pruning of the final model (clplat compress): A_T '
+            "over the seen test experiences before and after, inference FLOPs per sample, "
+            "parameters, seconds of the compress step; details in RUN_DIR/compress/*/"
+            "metrics.md.</p>", _table(frame)]
 
 
 def _run_section(run) -> str:
