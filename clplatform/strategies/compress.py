@@ -384,18 +384,14 @@ class Compactors(nn.Module):
 
 # ----------------------------------------------------------------------------- C-SGD
 def kmeans_clusters(vectors: torch.Tensor, k: int, seed: int) -> list[list[int]]:
-    """Clusters of the rows of ``vectors`` (k-means++, scipy), each sorted; an empty
-    cluster is dropped. k = rows: one cluster per row (csgd cluster_by_kmeans)."""
+    """Clusters of the rows of ``vectors`` (scikit-learn's k-means++, as Centripetal-SGD's
+    ``cluster_by_kmeans``), each sorted; k = rows: one cluster per row."""
     if k >= len(vectors):
         return [[i] for i in range(len(vectors))]
-    import warnings
-
     import numpy as np
-    from scipy.cluster.vq import kmeans2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "One of the clusters is empty"
-        _, labels = kmeans2(vectors.detach().double().cpu().numpy(), k, minit="++",
-                            seed=np.random.default_rng(seed))
+    from sklearn.cluster import KMeans
+    labels = KMeans(n_clusters=k, n_init="auto", random_state=seed).fit_predict(
+        vectors.detach().double().cpu().numpy())
     clusters = [sorted(np.flatnonzero(labels == c).tolist()) for c in range(k)]
     return sorted((c for c in clusters if c), key=lambda c: c[0])
 
