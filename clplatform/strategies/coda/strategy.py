@@ -64,7 +64,8 @@ class CODAPrompt(Strategy):
         _, current = experience_classes(y, model.seen)
         params = model.add_experience(self.components_per_experience(experience))
         model.train()
-        tokens_of, queries = embedded_inputs(model, x, self.device)
+        tokens_of, queries = embedded_inputs(model, x, self.device,
+                                             self.context.train.cache_bytes)
         y = y.to(self.device)
 
         def loss(idx, labels):

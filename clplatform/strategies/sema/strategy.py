@@ -17,7 +17,7 @@ from clplatform.data import dataset_tensors
 
 from ..base import (Strategy, StrategyContext, TensorBatches, experience_classes,
                     masked_cross_entropy)
-from ..vit import map_batches
+from ..vit import frozen_rows, map_batches
 from .config import SEMAOptions
 from .model import SEMAModel
 
@@ -83,7 +83,8 @@ class SEMA(Strategy):
                           x: torch.Tensor, y: torch.Tensor, current: torch.Tensor):
         """Train new adapters/router columns + head from cached tokens before ``start``."""
         model = self.sema
-        tokens = self._map(lambda b: model.run_blocks(model.embed(b), 0, start), x)
+        tokens = frozen_rows(lambda b: model.run_blocks(model.embed(b), 0, start), x,
+                             self.device, self.context.train.cache_bytes)
 
         def loss(t, labels):
             logits = model.logits(model.pool(model.run_blocks(t, start)))
