@@ -19,7 +19,7 @@ size, random batches already on the device, ``torch.autocast`` for bf16; its img
 ``naive``'s reference (ratio printed; the issue's target: >= 0.9 on a GPU in bf16), and
 SEMA's per-experience training time is compared with naive's (target <= 1.5x).
 
-    python benchmarks/fullsize.py                 # CUDA if present: ~2k images
+    PYTHONPATH=. python benchmarks/fullsize.py    # CUDA if present: 2048 images
     python benchmarks/fullsize.py --quick         # a CPU in a few minutes
     python benchmarks/fullsize.py --images 512 --test-images 128 --strategies naive,sema
 
@@ -174,6 +174,7 @@ def main() -> None:
     args.images = args.images or (2048 if gpu else 32)
     args.test_images = args.test_images or max(args.images // 4, 2)
     args.batch_size = args.batch_size or (64 if gpu else 8)
+    args.classes = min(args.classes, args.test_images)  # every class in the test set
     if gpu:
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 runs: TF32 tensor cores
         torch.backends.cudnn.allow_tf32 = True

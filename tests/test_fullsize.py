@@ -273,3 +273,26 @@ def test_vit_b_224_trained_strategies_complete(strategy, runs_dir):
                          **VIT_B, **extra)
     assert run.status == "complete" and len(run.experiences) == 2
     assert (run.experiences["train_flops"] > 0).all()
+
+
+def test_simplecil_prototypes_read_the_eval_transform(runs_dir):
+    """As RevisitingCIL's SimpleCIL (prototypes from the training split with mode="test"):
+    a training transform that destroys the images changes nothing."""
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+
+    from clplatform.streams import from_arrays
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(24, 3, 32, 32, generator=g), torch.arange(24) % 4
+    plain = from_arrays(x[:16], y[:16], test=(x[16:], y[16:]), experiences=2)
+    augmented = benchmark_from_datasets(
+        train=[e.dataset.replace_current_transform_group(lambda t: t * 0)
+               for e in plain.train_stream],
+        test=[e.dataset for e in plain.test_stream])
+    assert augmented.train_stream[0].dataset[0][0].abs().sum() == 0
+    backbone = {"backbone": "timm:vit_tiny_patch16_224",
+                "backbone_options": {"pretrained": False, "img_size": 32}}
+    runs = [clplatform.run("simplecil", bm, seed=0, out=str(runs_dir), **backbone)
+            for bm in (plain, augmented)]
+    columns = ["train_exp", "eval_exp", "accuracy", "loss"]
+    assert runs[0].accuracy[columns].equals(runs[1].accuracy[columns])
+    assert runs[0].accuracy["accuracy"].max() > 0.25

@@ -415,7 +415,7 @@ def sweep_command(strategies, presets, streams, seeds, grid, executor, workers, 
         raise UserError("give either --strategies or a comparison preset")
     recipe = recipes[0] if recipes else None
     if strategies is None and not chosen:
-        raise UserError("give --strategies or --preset")
+        raise UserError("give either --strategies or --preset")
     seed_values = []
     for value in _split(seeds, "--seeds") if seeds is not None else (
             recipe.seeds if recipe else ["0"]):
