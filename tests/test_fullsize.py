@@ -219,21 +219,29 @@ def test_bad_presets_exit_2_one_line(args, message, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_sweep_recipe_keeps_its_hyper_parameters_to_its_strategy():
-    from clplatform.app.presets import get_preset
-    from clplatform.app.spec import make_spec
-    from clplatform.app.sweep import plan
-    from clplatform.registry import STREAMS
-    if "cifar100" not in STREAMS.names():
-        pytest.skip("the cifar100 stream is not on this branch: plan() validates streams")
-    preset = get_preset("sema-cifar100")
-    base = make_spec(None, preset=preset.name)
-    own = {"sema": dict(base.strategy_options)}
-    base.strategy_options = {}
-    cells = plan(["sema", "aper"], [base.stream], list(preset.seeds[:1]), {}, base, own)
-    by = {c.spec.strategy: c.spec for c in cells}
-    assert by["sema"].strategy_options["lr"] == 0.005
-    assert "lr" not in by["aper"].strategy_options
+def test_sweep_recipe_keeps_its_hyper_parameters_to_its_strategy(monkeypatch, tmp_path):
+    """``clplat sweep --preset sema-cifar100 --strategies sema,aper``: the recipe's seeds
+    and backbone for every cell, SEMA's hyper-parameters for SEMA only (APER keeps its own
+    lr and batch size). ``--streams glyphs`` stands in for the cifar100 stream (not built
+    here), which drops the recipe's stream options as another stream name does."""
+    from clplatform.app import sweep
+    planned = []
+    monkeypatch.setattr(sweep, "run_sweep",
+                        lambda cells, out, options: (planned.extend(cells) or cells, None,
+                                                     None))
+    result = invoke("sweep", "--preset", "sema-cifar100", "--strategies", "sema,aper",
+                    "--streams", "glyphs", "--set", "functional_epochs=2",
+                    "--out", str(tmp_path / "s"))
+    assert result.exit_code == 0, result.output
+    specs = {(c.spec.strategy, c.spec.train["seed"]): c.spec for c in planned}
+    assert sorted(specs) == sorted((s, seed) for s in ("sema", "aper")
+                                   for seed in range(1993, 1998))
+    sema, aper = specs["sema", 1993], specs["aper", 1993]
+    assert sema.strategy_options["lr"] == 0.005 and sema.strategy_options["threshold"] == 2.0
+    assert sema.strategy_options["functional_epochs"] == "2"  # --set wins (raw, as given)
+    assert "lr" not in aper.strategy_options and "batch_size" not in aper.strategy_options
+    assert aper.backbone == "timm:vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    assert aper.backbone_options["normalize"] is False and aper.stream_options == {}
 
 
 # ------------------------------------------------------------------ 224-px ViT-B/16
