@@ -6,7 +6,11 @@ component package :mod:`clplatform.models` (``vit-glyphs`` is pre-trained on a s
 
 A :class:`Backbone` maps stream images (float tensors in [0, 1], any channel count and size)
 to feature vectors: it adapts channels and size to the model's input and normalises with the
-model's mean/std.
+model's mean/std, unless built with ``normalize=False`` (the backbone option
+``normalize=false``): then the [0, 1] pixels reach the model as they are, as the official
+PILOT/RevisitingCIL/SEMA codes feed their ViTs. That option is the one place deciding it: a
+strategy's ``input_norm=unit`` (prompt methods) can only turn normalisation off, and its
+``input_norm=backbone`` follows the backbone.
 """
 from __future__ import annotations
 
@@ -26,13 +30,15 @@ class Backbone(nn.Module):
     """Stream images -> features, around a timm model built with ``num_classes=0``."""
 
     def __init__(self, model: nn.Module, *, name: str, in_chans: int, img_size: int,
-                 mean: tuple[float, ...], std: tuple[float, ...]):
+                 mean: tuple[float, ...], std: tuple[float, ...], normalize: bool = True):
         super().__init__()
         self.model = model
         self.name = name
         self.in_chans = in_chans
         self.img_size = img_size
         self.num_features = int(model.num_features)
+        #: False: inputs stay in [0, 1] (no mean/std normalisation), whatever a caller asks
+        self.normalize = normalize
         # oneDNN's CPU convolutions (a conv stem, a patch embedding) run faster on
         # channels-last inputs (measured: +6 % per training step of vit-glyphs). Weights stay
         # contiguous: code that flattens gradients with .view(-1) (Avalanche's A-GEM, GSS,
@@ -42,8 +48,10 @@ class Backbone(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def prepare(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Match channels and size of the model's input, then normalise (``normalize=False``:
-        keep the stream's [0, 1] pixels, as the official prompt-method codes feed them)."""
+        """Match channels and size of the model's input, then normalise with the model's
+        mean/std when both ``normalize`` and the backbone's own :attr:`normalize` say so
+        (``normalize=False``: keep the stream's [0, 1] pixels, as the official prompt-method
+        codes feed them; a backbone built with ``normalize=False`` never normalises)."""
         if x.shape[1] != self.in_chans:
             if x.shape[1] == 1:
                 x = x.expand(-1, self.in_chans, -1, -1)
@@ -55,7 +63,7 @@ class Backbone(nn.Module):
         if x.shape[-2:] != (self.img_size, self.img_size):
             x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear",
                               align_corners=False, antialias=x.shape[-1] > self.img_size)
-        if normalize:
+        if normalize and self.normalize:
             x = (x - self.mean) / self.std
         if self.channels_last and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)

@@ -57,6 +57,15 @@ class TrainSettings:
     # 0: by device. 256 on a GPU; 128 on a CPU, where bigger batches outgrow the caches
     # (one evaluation pass of vit-glyphs over 992 test images: 0.28 s at 128, 0.49 s at 256)
     eval_batch_size: int = 0
+    #: fp32, bf16 or fp16: autocast on the device, fp32 master weights (clplatform.precision)
+    precision: str = "fp32"
+    #: GiB of frozen activations (tokens, features) a strategy may cache per experience on its
+    #: device; beyond it the frozen part is recomputed per batch (same records)
+    cache_gib: float = 4.0
+
+    @property
+    def cache_bytes(self) -> int:
+        return int(self.cache_gib * 2 ** 30)
 
     def __post_init__(self) -> None:
         if not self.eval_batch_size:

@@ -78,18 +78,23 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int,
     """
     was_training = model.training
     model.eval()
-    logits = torch.empty(len(x), num_classes)
-    selected: torch.Tensor | None = torch.empty(len(x), dtype=torch.long)
+    outs: list[torch.Tensor] = []
+    chosen_all: list[torch.Tensor] | None = []
     for start in range(0, len(x), batch_size):
+        # non_blocking: asynchronous when x is pinned (the evaluator pins it on CUDA); the
+        # outputs stay on the device until the end, so the device never waits for the host
         out = model(x[start:start + batch_size].to(device, non_blocking=True)).float()
         if out.shape[1] < num_classes:
             out = F.pad(out, (0, num_classes - out.shape[1]), value=MASK_VALUE)
-        logits[start:start + len(out)] = out.cpu()
+        outs.append(out)
         chosen = selection() if selection is not None else None
-        if chosen is None or selected is None:
-            selected = None
+        if chosen is None or chosen_all is None:
+            chosen_all = None
         else:
-            selected[start:start + len(out)] = chosen.cpu()
+            chosen_all.append(chosen)
+    logits = torch.cat(outs).cpu() if outs else torch.empty(0, num_classes)
+    selected = (torch.cat(chosen_all).cpu().long() if chosen_all else
+                None if chosen_all is None else torch.empty(0, dtype=torch.long))
     model.train(was_training)
     return logits, selected
 
@@ -198,6 +203,8 @@ class Evaluator(_plugin_base()):
 
     # ------------------------------------------------------------------ Avalanche hooks
     def before_training(self, strategy, **kwargs):
+        if torch.device(strategy.device).type == "cuda" and not self.test_x.is_pinned():
+            self.test_x = self.test_x.pin_memory()  # asynchronous host-to-device copies
         if self._params_at_start is None:
             strategy.model.to(strategy.device)
             self._params_at_start = count_parameters(strategy.model)["params_total"]

@@ -30,7 +30,16 @@ _training_options = _options(
     click.option("--epochs", metavar="N", help=f"training epochs per experience {_TRAIN_HELP}"),
     click.option("--batch-size", metavar="N", help=f"training mini-batch size {_TRAIN_HELP}"),
     click.option("--lr", metavar="X", help=f"learning rate {_TRAIN_HELP}"),
-    click.option("--device", metavar="auto|cpu|cuda", help="where to train (default: auto)"))
+    click.option("--device", metavar="auto|cpu|cuda", help="where to train (default: auto)"),
+    click.option("--precision", metavar="fp32|bf16|fp16",
+                 help="autocast to bf16/fp16 on the device, fp32 master weights; fp16 on CUDA "
+                      "scales the loss (default: fp32)"),
+    click.option("--cache-gib", metavar="X",
+                 help="GiB of frozen activations a strategy may cache per experience on its "
+                      "device; beyond, recomputed per batch, same records (default: 4)"))
+
+_RECIPES = ("sema-cifar100, sema-imagenet-r-5|10|20, sema-imagenet-a, sema-vtab, "
+            "lftl-office31-<s><t>, lftl-office-home-<s><t>, lftl-visda")
 
 
 # --log (run and sweep)
@@ -126,6 +135,10 @@ def cli(debug):
 
 
 @cli.command("run")
+@click.option("--preset", metavar="NAME",
+              help=f"a paper's benchmark recipe ({_RECIPES}): stream, backbone, "
+                   "hyper-parameters, seed; explicit options win; give the dataset with "
+                   "--stream-opt root=DIR")
 @click.option("--strategy", metavar="NAME", help="strategy to run (default: naive)")
 @click.option("--stream", metavar="NAME", help="stream to run on (default: glyphs)")
 @click.option("--backbone", metavar="NAME",
@@ -152,9 +165,9 @@ def cli(debug):
 @click.option("--keep-model", is_flag=True,
               help="keep the final model (RUN_DIR/checkpoint.pt) for `clplat compress` "
                    "(strategies that write checkpoints)")
-def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size, lr, seed,
-                device, out, sets, stream_opts, backbone_opts, config, loggers, as_json,
-                quiet, resume, dry_run, keep_model):
+def run_command(preset, strategy, stream, backbone, backbone_weights, epochs, batch_size, lr,
+                device, precision, cache_gib, seed, out, sets, stream_opts, backbone_opts,
+                config, loggers, as_json, quiet, resume, dry_run, keep_model):
     """Train a strategy on a stream, experience by experience, and record the results.
 
     After each experience the model is evaluated on every test experience. The run is
@@ -166,6 +179,7 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
       clplat run --strategy naive
       clplat run --strategy ewc --set ewc_lambda=0.5 --stream digits --epochs 3
       clplat run --config experiment.toml --seed 1 --json
+      clplat run --preset sema-cifar100 --stream-opt root=data --backbone-weights vit.pth
     """
     from ..options import parse_assignments
     from .runner import dry_run as check_only
@@ -174,8 +188,9 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
     from ..store import json_safe
 
     if resume:
-        given = [strategy, stream, backbone, backbone_weights, epochs, batch_size, lr, seed,
-                 device, out, config, *sets, *stream_opts, *backbone_opts, *loggers]
+        given = [preset, strategy, stream, backbone, backbone_weights, epochs, batch_size, lr,
+                 seed, device, precision, cache_gib, out, config, *sets, *stream_opts,
+                 *backbone_opts, *loggers]
         if any(v is not None and v != () for v in given) or dry_run or keep_model:
             raise UserError("--resume continues a run with its own configuration; give no "
                             "other run options")
@@ -185,12 +200,17 @@ def run_command(strategy, stream, backbone, backbone_weights, epochs, batch_size
     backbone_options = parse_assignments(backbone_opts, "--backbone-opt")
     if backbone_weights:
         backbone_options["weights"] = backbone_weights
-    spec = make_spec(config, strategy=strategy, stream=stream, backbone=backbone,
-                     strategy_options=parse_assignments(sets, "--set"),
+    spec = make_spec(config, preset=preset, strategy=strategy, stream=stream,
+                     backbone=backbone, strategy_options=parse_assignments(sets, "--set"),
                      stream_options=parse_assignments(stream_opts, "--stream-opt"),
                      backbone_options=backbone_options, epochs=epochs, batch_size=batch_size,
-                     lr=lr, seed=seed, device=device, out=out, loggers=loggers,
+                     lr=lr, seed=seed, device=device, precision=precision,
+                     cache_gib=cache_gib, out=out, loggers=loggers,
                      keep_model=keep_model or None)
+    if dry_run and preset:  # the recipe, without building the stream (its dataset)
+        from .runner import preset_recipe
+        click.echo(json.dumps(json_safe(preset_recipe(spec, preset))))
+        return
     if dry_run:
         click.echo(json.dumps(json_safe(check_only(spec))))
         return
@@ -337,13 +357,16 @@ def compare_command(runs, out, group_by, export, export_format, include_incomple
 
 @cli.command("sweep")
 @click.option("--strategies", metavar="A,B,...", help="strategies to run")
-@click.option("--preset", metavar="NAME",
+@click.option("--preset", "presets", metavar="NAME", multiple=True,
               help="the strategies of a paper's comparison instead of --strategies: "
                    "sema-table1 (L2P, DualPrompt, CODA-Prompt, SimpleCIL, APER, InfLoRA, "
-                   "SEMA) or sema-appendix (EASE, RanPAC, SimpleCIL, SEMA)")
-@click.option("--streams", default="glyphs", show_default=True, metavar="X,Y,...",
-              help="streams to run on")
-@click.option("--seeds", default="0", show_default=True, metavar="0,1,2", help="seeds")
+                   "SEMA) or sema-appendix (EASE, RanPAC, SimpleCIL, SEMA); and/or a "
+                   f"benchmark recipe ({_RECIPES}): its stream, backbone, seeds, and its "
+                   "strategy's hyper-parameters (its strategy alone unless --strategies or "
+                   "a comparison preset is given; explicit options win)")
+@click.option("--streams", metavar="X,Y,...", help="streams to run on (default: glyphs, or "
+                                                   "the recipe's)")
+@click.option("--seeds", metavar="0,1,2", help="seeds (default: 0, or the recipe's)")
 @click.option("--grid", multiple=True, metavar="KEY=V1,V2",
               help="values to cross: a hyper-parameter (applied to the strategies that have "
                    "it), epochs/batch_size/lr, stream.KEY or backbone.KEY (repeatable)")
@@ -367,9 +390,9 @@ def compare_command(runs, out, group_by, export, export_format, include_incomple
 @_component_options("hyper-parameter for the strategies that have it",
                     "option of every stream")
 @_log_option
-def sweep_command(strategies, preset, streams, seeds, grid, executor, workers, threads, gpus,
-                  address, retries, out, backbone, epochs, batch_size, lr, device, sets,
-                  stream_opts, backbone_opts, loggers):
+def sweep_command(strategies, presets, streams, seeds, grid, executor, workers, threads, gpus,
+                  address, retries, out, backbone, epochs, batch_size, lr, device, precision,
+                  cache_gib, sets, stream_opts, backbone_opts, loggers):
     """Run strategy x stream x seed x grid, each cell an ordinary run, then compare them.
 
     Every cell gets its run directory OUT/<strategy>-<stream>-s<seed>[-key=value...];
@@ -382,28 +405,50 @@ def sweep_command(strategies, preset, streams, seeds, grid, executor, workers, t
       clplat sweep --strategies ewc --grid ewc_lambda=0.1,1,10 --grid lr=0.01,0.001
       clplat sweep --strategies sema,simplecil --executor ray --address auto
       clplat sweep --preset sema-table1 --seeds 0,1,2
+      clplat sweep --preset sema-table1 --preset sema-cifar100 --stream-opt root=data
     """
     from ..options import parse_assignments
-    from .presets import preset_strategies
+    from .presets import get_preset
     from .spec import make_spec
     from .sweep import SweepOptions, _split, parse_grid, plan, run_sweep
+    chosen = [get_preset(name) for name in presets]
+    comparisons = [p for p in chosen if not p.is_recipe]
+    recipes = [p for p in chosen if p.is_recipe]
+    if len(comparisons) > 1 or len(recipes) > 1:
+        raise UserError("give at most one comparison preset and one recipe preset")
+    if strategies is not None and comparisons:
+        raise UserError("give either --strategies or a comparison preset")
+    recipe = recipes[0] if recipes else None
+    if strategies is None and not chosen:
+        raise UserError("give either --strategies or --preset")
     seed_values = []
-    for value in _split(seeds, "--seeds"):
+    for value in _split(seeds, "--seeds") if seeds is not None else (
+            recipe.seeds if recipe else ["0"]):
         try:
             seed_values.append(int(value))
         except ValueError:
             raise UserError(f"--seeds: {value!r} is not an integer") from None
-    base = make_spec(None, backbone=backbone,
-                     strategy_options=parse_assignments(sets, "--set"),
+    user_sets = parse_assignments(sets, "--set")
+    base = make_spec(None, preset=recipe.name if recipe else None, backbone=backbone,
+                     stream=streams.split(",")[0].strip() if streams else None,
+                     strategy_options=user_sets,
                      stream_options=parse_assignments(stream_opts, "--stream-opt"),
                      backbone_options=parse_assignments(backbone_opts, "--backbone-opt"),
-                     epochs=epochs, batch_size=batch_size, lr=lr, device=device, out=out,
-                     loggers=loggers)
-    if (strategies is None) == (preset is None):
-        raise UserError("give either --strategies or --preset")
-    names = preset_strategies(preset) if preset else _split(strategies, "--strategies")
-    cells = plan(names, _split(streams, "--streams"),
-                 seed_values, parse_grid(grid), base)
+                     epochs=epochs, batch_size=batch_size, lr=lr, device=device,
+                     precision=precision, cache_gib=cache_gib, out=out, loggers=loggers)
+    if comparisons:
+        names = list(comparisons[0].strategies)
+    elif strategies is not None:
+        names = _split(strategies, "--strategies")
+    else:
+        names = list(recipe.strategies)
+    own = {}
+    if recipe:  # the recipe's hyper-parameters belong to its strategy only
+        own = {recipe.strategies[0]: {k: v for k, v in base.strategy_options.items()
+                                      if k not in user_sets}}
+        base.strategy_options = user_sets
+    cells = plan(names, _split(streams, "--streams") if streams else [base.stream],
+                 seed_values, parse_grid(grid), base, own)
     cells, runs, report = run_sweep(cells, out, SweepOptions(executor, workers, threads,
                                                               gpus, address, retries))
     failed = [c for c in cells if c.status == "failed"]

@@ -32,6 +32,7 @@ class Prepared:
         from ..contract import StrategyContext
         from ..divergence import divergence_check
         from ..evaluator import Evaluator
+        from ..precision import MixedPrecision
         from ..progress import ProgressPlugin
         from ..seeding import seed_everything
         from clplatform.streams.common import validate_benchmark
@@ -60,8 +61,9 @@ class Prepared:
             strategy_entry.traits.varying_iteration_cost)
         self.progress = ProgressPlugin(enabled=progress)
         self.stop = StopRequest()
+        self.precision = MixedPrecision(settings.precision, settings.device)
         context = StrategyContext(self.backbone, self.info, settings,
-                                  plugins=[self.progress, self.evaluator,
+                                  plugins=[self.progress, self.evaluator, self.precision,
                                            safe_points(self.stop), divergence_check()],
                                   report_round=self.evaluator.record_round)
         seed_everything(settings.seed)  # same model initialisation whatever was built before
@@ -114,25 +116,26 @@ class Prepared:
         ``after_experience(i)`` when experience i is complete (trained and evaluated)."""
         stream = self.benchmark.train_stream
         try:
-            if self.joint:
-                self.evaluator.expect(len(stream) - 1,
-                                      sum(len(exp.dataset) for exp in stream))
-                self.progress.start_experience(0, 1, "joint")
-                self.strategy.train(list(stream), eval_streams=[])
-                after_experience(len(stream) - 1)
-                return
-            for i, experience in enumerate(stream):
-                if i < self.start:
-                    continue
-                self.evaluator.expect(i, len(experience.dataset))
-                extra = {}
-                if self.active and i > 0:  # labels only through the oracle
-                    experience, extra["oracle"] = masked_experience(
-                        experience, self.hparams.budget_per_round, self.hparams.rounds)
-                self.progress.start_experience(i, len(stream))
-                self.strategy.train(experience, eval_streams=[], **extra)
-                after_experience(i)
-                self.stop.check()
+            with self.precision.autocast():  # --precision: training and its evaluations
+                if self.joint:
+                    self.evaluator.expect(len(stream) - 1,
+                                          sum(len(exp.dataset) for exp in stream))
+                    self.progress.start_experience(0, 1, "joint")
+                    self.strategy.train(list(stream), eval_streams=[])
+                    after_experience(len(stream) - 1)
+                    return
+                for i, experience in enumerate(stream):
+                    if i < self.start:
+                        continue
+                    self.evaluator.expect(i, len(experience.dataset))
+                    extra = {}
+                    if self.active and i > 0:  # labels only through the oracle
+                        experience, extra["oracle"] = masked_experience(
+                            experience, self.hparams.budget_per_round, self.hparams.rounds)
+                    self.progress.start_experience(i, len(stream))
+                    self.strategy.train(experience, eval_streams=[], **extra)
+                    after_experience(i)
+                    self.stop.check()
         finally:
             self.progress.close()
 
@@ -282,6 +285,20 @@ def dry_run(spec: RunSpec) -> dict:
     """Validate and build everything a run needs (stream, backbone, strategy), train nothing,
     write nothing; returns the resolved configuration."""
     return Prepared(spec, progress=False).config
+
+
+def preset_recipe(spec: RunSpec, preset: str) -> dict:
+    """What ``--preset`` resolves to (``--dry-run`` with a preset): strategy, backbone and
+    training settings checked as a run checks them, the stream and its options as given
+    (not built: the dataset need not be at hand), and the preset's seeds."""
+    from .presets import get_preset
+    resolved = resolve(spec, check_stream=False)
+    return {"preset": preset,
+            "strategy": {"name": spec.strategy, **options_dict(resolved.hparams)},
+            "stream": {"name": spec.stream, **spec.stream_options},
+            "backbone": {"name": spec.backbone, **options_dict(resolved.backbone_options)},
+            "train": dataclasses.asdict(resolved.settings()),
+            "seeds": list(get_preset(preset).seeds)}
 
 
 def write_single_report(run_dir: Path) -> None:

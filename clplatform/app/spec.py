@@ -38,6 +38,12 @@ class TrainOptions:
     flops: str = opt("sampled", "training FLOP counting: each distinct iteration once "
                      "(sampled), every operation (full), or none (off)",
                      choices=("sampled", "full", "off"))
+    precision: str = opt("fp32", "training precision: fp32, or autocast to bf16/fp16 on the "
+                         "device with fp32 master weights (fp16 on CUDA: loss scaling)",
+                         choices=("fp32", "bf16", "fp16"))
+    cache_gib: float = opt(TrainSettings.cache_gib, "GiB of frozen activations a strategy may "
+                           "cache per experience on its device (beyond: recomputed per batch, "
+                           "same records)", min=0)
     keep_model: bool = opt(False, "keep the final model (RUN_DIR/checkpoint.pt, resumable "
                                   "strategies) for `clplat compress`")
 
@@ -88,17 +94,40 @@ def read_config_file(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     return data
 
 
-def make_spec(config: str | os.PathLike | None = None, *, strategy: str | None = None,
+def preset_tables(name: str, config: Mapping[str, dict] | None = None
+                  ) -> dict[str, dict[str, Any]]:
+    """The config tables of recipe preset ``name`` (:mod:`clplatform.app.presets`) with a
+    config file's tables over them: a file's value wins, and a file naming another component
+    than the preset drops the preset's options of that component."""
+    from .presets import get_preset
+    preset = get_preset(name)
+    if not preset.is_recipe:
+        raise UserError(f"preset {name!r} compares {len(preset.strategies)} strategies: "
+                        f"use clplat sweep --preset {name}")
+    merged = {}
+    for key in CONFIG_TABLES:
+        under, over = dict(preset.tables.get(key, {})), dict((config or {}).get(key, {}))
+        if "name" in over and "name" in under and over["name"] != under["name"]:
+            under = {}
+        merged[key] = {**under, **over}
+    return merged
+
+
+def make_spec(config: str | os.PathLike | None = None, *, preset: str | None = None,
+              strategy: str | None = None,
               stream: str | None = None, backbone: str | None = None,
               strategy_options: Mapping[str, Any] | None = None,
               stream_options: Mapping[str, Any] | None = None,
               backbone_options: Mapping[str, Any] | None = None,
               loggers: list[str] | tuple[str, ...] | str | None = None,
               **train: Any) -> RunSpec:
-    """Merge a config file with explicit values (explicit values win). ``loggers``:
-    ``--log`` values (names or comma lists, :func:`clplatform.app.loggers.parse_loggers`)."""
+    """Merge a recipe preset, a config file and explicit values (explicit values win, then
+    the file's). ``loggers``: ``--log`` values (names or comma lists,
+    :func:`clplatform.app.loggers.parse_loggers`)."""
     from .loggers import parse_loggers
     data = read_config_file(config) if config else {}
+    if preset is not None:
+        data = preset_tables(preset, data)
     tables = {k: dict(data.get(k, {})) for k in CONFIG_TABLES}
     names = {k: tables[k].pop("name", None) for k in ("strategy", "stream", "backbone")}
     for key, value in names.items():
@@ -168,7 +197,8 @@ class Resolved:
             epochs=train.epochs if train.epochs is not None else defaults.epochs,
             batch_size=train.batch_size or defaults.batch_size,
             lr=train.lr if train.lr is not None else defaults.lr,
-            seed=train.seed, device=resolve_device(train.device))
+            seed=train.seed, device=resolve_device(train.device), precision=train.precision,
+            cache_gib=train.cache_gib)
 
     @property
     def label(self) -> str:
@@ -176,15 +206,17 @@ class Resolved:
         return f"{self.spec.strategy}-{self.stream.label}-s{self.train.seed}"
 
 
-def resolve(spec: RunSpec) -> Resolved:
+def resolve(spec: RunSpec, check_stream: bool = True) -> Resolved:
     """Every name and option of ``spec`` checked (one line naming what is wrong), nothing
     built: strategy, stream (a name, ``avalanche:<Benchmark>``, a Python callable or a
     benchmark object) and backbone (a name or ``timm:<model-name>``) with their options, and
-    the ``[train]`` settings, and the loggers (known names, packages that import)."""
+    the ``[train]`` settings, and the loggers (known names, packages that import).
+    ``check_stream=False``: the stream is left as named (``Resolved.stream`` None), for a
+    preset's recipe shown without its dataset."""
     from clplatform.streams import StreamSource
     from .loggers import check_loggers
     strategy = STRATEGIES.get(spec.strategy)
-    stream = StreamSource(spec.stream, spec.stream_options)
+    stream = StreamSource(spec.stream, spec.stream_options) if check_stream else None
     backbone, backbone_values = BACKBONES.resolve(spec.backbone, spec.backbone_options)
     train, unused = train_options(spec, strategy)
     hparams = strategy.make_options(spec.strategy_options, f"strategy {spec.strategy!r}")
@@ -230,6 +262,9 @@ def spec_from_config(config: dict[str, Any]) -> RunSpec:
     unused = STRATEGIES.get(spec.strategy).traits.unused_train
     spec.train = {"seed": train["seed"], "device": train.get("device_requested", "auto"),
                   "flops": train.get("flops", "sampled"), "out": train["out"],
+                  # absent before --precision and the cache budget existed
+                  "precision": train.get("precision", "fp32"),
+                  "cache_gib": train.get("cache_gib", TrainSettings.cache_gib),
                   "keep_model": train.get("keep_model", False),
                   **{k: train[k] for k in ("epochs", "batch_size", "lr") if k not in unused}}
     return spec

@@ -88,12 +88,14 @@ def _cell_id(strategy: str, stream_label: str, seed: int, grid: dict[str, str]) 
 
 
 def plan(strategies: list[str], streams: list[str], seeds: list[int],
-         grid: dict[str, list[str]], base: RunSpec) -> list[Cell]:
+         grid: dict[str, list[str]], base: RunSpec,
+         own_options: dict[str, dict[str, Any]] | None = None) -> list[Cell]:
     """Every cell of the sweep, validated (names, option names and values, training
     settings, as a run validates them) without building anything. A grid key is a training
     setting (epochs, batch_size, lr), ``stream.KEY``, ``backbone.KEY``, or a strategy
     hyper-parameter — applied to the strategies that have it
-    (others run once per remaining combination)."""
+    (others run once per remaining combination). ``own_options``: hyper-parameters of one
+    strategy only (a recipe preset's), below ``--set`` and the grid."""
     import itertools
 
     from ..registry import STRATEGIES
@@ -118,7 +120,8 @@ def plan(strategies: list[str], streams: list[str], seeds: list[int],
             chosen = dict(zip(keys, values))
             spec = dataclasses.replace(
                 base, strategy=strategy, stream=stream,
-                strategy_options={**{k: v for k, v in base.strategy_options.items()
+                strategy_options={**(own_options or {}).get(strategy, {}),
+                                  **{k: v for k, v in base.strategy_options.items()
                                      if k in names},
                                   **{k: v for k, v in chosen.items() if k in names}},
                 stream_options={**base.stream_options,

@@ -4,8 +4,9 @@
   convolutional stem (timm's ``HybridEmbed``; :func:`clplatform.backbones.build_glyph_vit`),
   pre-trained by ``clplat pretrain`` on the stream ``glyphs-pretrain`` (Greek and Cyrillic
   characters, :mod:`clplatform.models.pretrain`) and cached; built on first use.
-- ``timm:<model-name>``: any timm model. Hub weights are downloaded only for these names and
-  only when no local file is given; ``--backbone-weights FILE`` loads a local state dict.
+- ``timm:<model-name>``: any timm model. Its hub weights come from the local Hugging Face
+  cache; they are downloaded only with ``download=true``, never implicitly;
+  ``--backbone-weights FILE`` loads a local state dict.
 """
 from __future__ import annotations
 
@@ -16,6 +17,14 @@ from clplatform.backbones import Backbone, GlyphViTArch, build_glyph_vit, load_w
 from clplatform.errors import UserError
 from clplatform.options import opt
 from clplatform.registry import register_backbone
+
+
+@dataclass
+class InputOptions:
+    """The options every built-in backbone has."""
+    normalize: bool = opt(True, "normalise inputs with the model's mean/std (false: the "
+                                "stream's [0, 1] pixels as they are, as the PILOT/SEMA codes "
+                                "feed their ViTs)")
 
 
 # --------------------------------------------------------------------------- token merging
@@ -63,7 +72,7 @@ def merging_backbone(backbone: Backbone, opts: TokenMergingOptions) -> Backbone:
 
 # --------------------------------------------------------------------------- vit-glyphs
 @dataclass
-class GlyphViTOptions(TokenMergingOptions):
+class GlyphViTOptions(InputOptions, TokenMergingOptions):
     pretrained: bool = opt(True, "use the pre-trained weights (false: random initialisation)")
     weights: Optional[str] = opt(None, "local weights file (default: the cached pre-trained "
                                        "backbone, built by `clplat pretrain` on first use)")
@@ -80,30 +89,64 @@ def vit_glyphs(opts: GlyphViTOptions) -> Backbone:
         load_weights(model, pretrained_glyph_vit_path())
     arch = GlyphViTArch()
     return merging_backbone(Backbone(model, name="vit-glyphs", in_chans=arch.in_chans,
-                                     img_size=arch.img_size, mean=(0.5,), std=(0.5,)), opts)
+                                     img_size=arch.img_size, mean=(0.5,), std=(0.5,),
+                                     normalize=opts.normalize), opts)
 
 
 # --------------------------------------------------------------------------- timm:<name>
 @dataclass
-class TimmOptions(TokenMergingOptions):
-    model_name: str = opt("vit_base_patch16_224", "timm model name (`timm:<model-name>`)")
-    pretrained: bool = opt(True, "download the hub's pre-trained weights (needs internet); "
-                                 "ignored when `weights` is given")
+class TimmOptions(InputOptions, TokenMergingOptions):
+    model_name: str = opt("vit_base_patch16_224", "timm model name (`timm:<model-name>`); "
+                                                  "a tag names the weights "
+                                                  "(vit_base_patch16_224.augreg2_in21k_ft_in1k)")
+    pretrained: bool = opt(True, "the hub's pre-trained weights, read from the local Hugging "
+                                 "Face cache (download=true fetches them); ignored when "
+                                 "`weights` is given; false: random initialisation")
+    download: bool = opt(False, "download the hub's weights when they are not in the local "
+                                "cache (needs internet); never implicit")
     weights: Optional[str] = opt(None, "local weights file (.pth/.pt/.safetensors): no download")
     img_size: Optional[int] = opt(None, "input size if the model allows another one", min=8)
 
 
+def _cached_hub_file(model_name: str) -> str | None:
+    """The model's default weights file in the local Hugging Face cache, or None."""
+    from timm.models import get_pretrained_cfg
+    cfg = get_pretrained_cfg(model_name)
+    repo = getattr(cfg, "hf_hub_id", None)
+    if not repo:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+    names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors",
+                                                               "pytorch_model.bin"]
+    for name in names:
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str):
+            return found
+    return None
+
+
 @register_backbone("timm", options=TimmOptions, display="timm:<model-name>",
                    suffix_option="model_name",
-                   help="any timm model as `timm:<model-name>`; hub weights or a local file")
+                   help="any timm model as `timm:<model-name>`; cached hub weights, a local "
+                        "file, or (download=true) the hub")
 def timm_backbone(opts: TimmOptions) -> Backbone:
     import timm
-    kwargs = {"num_classes": 0}
+    kwargs: dict = {"num_classes": 0}
     if opts.img_size:
         kwargs["img_size"] = opts.img_size
-    download = opts.pretrained and not opts.weights
+    hub = opts.pretrained and not opts.weights
+    if hub and not opts.download:  # offline: only what the local cache holds
+        if not timm.is_model(opts.model_name):
+            raise UserError(f"unknown timm model {opts.model_name!r} (see timm.list_models())")
+        cached = _cached_hub_file(opts.model_name)
+        if cached is None:
+            raise UserError(
+                f"no local weights for timm:{opts.model_name} (nothing is downloaded "
+                "implicitly): pass --backbone-weights FILE, --backbone-opt download=true "
+                "(needs internet) or --backbone-opt pretrained=false (random weights)")
+        kwargs["pretrained_cfg_overlay"] = {"file": cached}
     try:
-        model = timm.create_model(opts.model_name, pretrained=download, **kwargs)
+        model = timm.create_model(opts.model_name, pretrained=hub, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise UserError(f"unknown timm model {opts.model_name!r} "
@@ -112,9 +155,9 @@ def timm_backbone(opts: TimmOptions) -> Backbone:
     except TypeError as exc:
         raise UserError(f"timm model {opts.model_name!r} rejects these options: {exc}") from None
     except Exception as exc:  # hub download failed (offline, no such weights, ...)
-        if not download:
+        if not hub:
             raise
-        raise UserError(f"cannot download weights for {opts.model_name!r} "
+        raise UserError(f"cannot load hub weights for {opts.model_name!r} "
                         f"({type(exc).__name__}); pass a local file with --backbone-weights"
                         ) from None
     if opts.weights:
@@ -125,4 +168,4 @@ def timm_backbone(opts: TimmOptions) -> Backbone:
     return merging_backbone(Backbone(
         model, name=f"timm:{opts.model_name}", in_chans=in_chans, img_size=img_size,
         mean=tuple(cfg.get("mean", (0.5,) * in_chans)),
-        std=tuple(cfg.get("std", (0.5,) * in_chans))), opts)
+        std=tuple(cfg.get("std", (0.5,) * in_chans)), normalize=opts.normalize), opts)

@@ -45,6 +45,13 @@ class SimpleCIL(Strategy):
         super().__init__(context, options, model=model,
                          optimizer=torch.optim.SGD(model.parameters(), lr=0.0))
 
+    def train_dataset_adaptation(self, **kwargs):
+        """The prototype pass reads the experience with the eval transform, as the official
+        code (RevisitingCIL ``models/simplecil.py``: ``train_dataset_for_protonet`` is the
+        training split with ``mode="test"``): deterministic, no augmentation."""
+        super().train_dataset_adaptation(**kwargs)
+        self.adapted_dataset = self.adapted_dataset.eval()
+
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         self.model.eval()
         with torch.inference_mode():

@@ -6,7 +6,12 @@ pieces as timm's ``forward`` does (:meth:`~ViTPieces.embed`: patch embedding, cl
 tokens, ``norm_pre``; :meth:`~ViTPieces.run_blocks` from block i to j;
 :meth:`~ViTPieces.pool`: ``norm``, pooling and ``fc_norm``), keeps the frozen part of the
 backbone in eval mode whatever the model's mode, and :func:`map_batches` computes the frozen
-part once per experience.
+part once per experience; :func:`frozen_rows` does it within a memory budget (the training
+setting ``cache_gib``), beyond which the rows are recomputed whenever they are read.
+
+Caching is exact: the strategies read an experience's images into tensors once
+(``dataset_tensors``, one draw of the stream's transform per image), and the cached part is
+frozen and in eval mode, so a recomputed row equals the cached one.
 """
 from __future__ import annotations
 
@@ -35,7 +40,46 @@ def is_vit(backbone: Backbone) -> bool:
 def map_batches(fn, x: torch.Tensor, device, batch_size: int = 256) -> torch.Tensor:
     """``fn`` over ``x`` in batches on ``device``, concatenated (no gradients): for computing
     the frozen part of a network once per experience."""
-    return torch.cat([fn(x[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)])
+    return torch.cat([fn(x[i:i + batch_size].to(device, non_blocking=True))
+                      for i in range(0, len(x), batch_size)])
+
+
+class FrozenRows:
+    """``fn`` over the rows of ``x``, computed when read: stands in for the tensor
+    ``map_batches(fn, x, device)`` where a strategy indexes it (``rows[idx]`` with an index
+    tensor or a slice, ``len(rows)``: :class:`~clplatform.strategies.base.TensorBatches`,
+    :func:`map_batches`). ``fn`` must be frozen and deterministic (no dropout, no
+    augmentation). ``x`` is pinned on CUDA, so the copies are asynchronous."""
+
+    def __init__(self, fn, x: torch.Tensor, device):
+        self.fn, self.device = fn, torch.device(device)
+        self.x = x.pin_memory() if self.device.type == "cuda" and not x.is_pinned() else x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        if torch.is_tensor(idx):
+            idx = idx.cpu()
+        with torch.no_grad():
+            return self.fn(self.x[idx].to(self.device, non_blocking=True))
+
+
+def frozen_rows(fn, x: torch.Tensor, device, budget_bytes: int,
+                batch_size: int = 256) -> "torch.Tensor | FrozenRows":
+    """``map_batches(fn, x, device)`` when the result fits in ``budget_bytes`` (judged on
+    the first batch), else a :class:`FrozenRows` recomputing the rows when read (same
+    values)."""
+    if len(x) == 0:
+        return map_batches(fn, x, device, batch_size)
+    with torch.no_grad():
+        first = fn(x[:batch_size].to(device, non_blocking=True))
+    row_bytes = first[0].numel() * first.element_size()
+    if len(x) * row_bytes > budget_bytes:
+        return FrozenRows(fn, x, device)
+    if len(x) <= batch_size:
+        return first
+    return torch.cat([first, map_batches(fn, x[batch_size:], device, batch_size)])
 
 
 class ViTPieces(nn.Module):

@@ -66,7 +66,8 @@ class CODAPrompt(Strategy):
         params = model.add_experience(self.components_per_experience(experience))
         params += tome.pyra_to_train(model.vit, experience.current_experience)  # PYRA
         model.train()
-        tokens_of, queries = embedded_inputs(model, x, self.device)
+        tokens_of, queries = embedded_inputs(model, x, self.device,
+                                             self.context.train.cache_bytes)
         y = y.to(self.device)
 
         def loss(idx, labels):

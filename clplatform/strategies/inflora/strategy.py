@@ -25,7 +25,7 @@ from clplatform.data import dataset_tensors
 from clplatform.errors import UserError
 
 from ..base import Strategy, StrategyContext, TensorBatches, cosine_factor
-from ..vit import map_batches
+from ..vit import frozen_rows, map_batches
 from . import memory as gpm
 from .config import InfLoRAOptions
 from .model import InfLoRAModel
@@ -111,7 +111,7 @@ class InfLoRA(Strategy):
         labels = local[y].to(self.device)
         branches = model.add_experience(classes)
         model.eval()
-        tokens = map_batches(model.embed, x, self.device)
+        tokens = frozen_rows(model.embed, x, self.device, self.context.train.cache_bytes)
         self._design(branches, tokens)
 
         params = [b.up for b in branches] + list(model.heads[-1].parameters())

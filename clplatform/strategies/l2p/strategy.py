@@ -15,7 +15,7 @@ from clplatform.data import dataset_tensors
 from clplatform.models import tome
 
 from ..base import Strategy, StrategyContext, experience_classes, masked_cross_entropy
-from ..vit import map_batches
+from ..vit import frozen_rows, map_batches
 from .config import L2POptions
 from ..prompts.model import majority_ids
 from .model import L2PModel
@@ -44,7 +44,8 @@ class L2P(Strategy):
         x, y = dataset_tensors(experience.dataset)
         _, current = experience_classes(y, model.seen)
         model.train()
-        tokens = map_batches(model.frozen_tokens, x, self.device)
+        tokens = frozen_rows(model.frozen_tokens, x, self.device,
+                             self.context.train.cache_bytes)
         queries = map_batches(lambda t: model.query(t), tokens, self.device)
         y = y.to(self.device)
         batchwise = self.opts.batchwise_prompt in ("train", "both")

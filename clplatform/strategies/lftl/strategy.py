@@ -19,7 +19,7 @@ from clplatform.active import Oracle
 from clplatform.data import dataset_tensors
 
 from ..base import Strategy, StrategyContext
-from ..vit import map_batches
+from ..vit import frozen_rows, map_batches
 from . import sampling
 from .config import LFTLOptions
 from .model import LFTLModel
@@ -94,7 +94,7 @@ class LFTL(Strategy):
         order = torch.randperm(len(x), generator=self.generator)
         held = order[:int(o.holdout * len(x))]
         train = order[len(held):]
-        tokens = self._map(model.frozen, x)
+        tokens = frozen_rows(model.frozen, x, self.device, self.context.train.cache_bytes)
         y = y.to(self.device)
         optimizer = self._sgd(o.source_lr)
         steps = o.source_epochs * math.ceil(len(train) / self.opts.batch_size)
@@ -133,7 +133,7 @@ class LFTL(Strategy):
 
     def _adapt(self, x: torch.Tensor, oracle: Oracle) -> None:
         model, o = self.lftl, self.opts
-        tokens = self._map(model.frozen, x)
+        tokens = frozen_rows(model.frozen, x, self.device, self.context.train.cache_bytes)
         labelled = torch.zeros(0, dtype=torch.long)
         labels = torch.zeros(0, dtype=torch.long, device=self.device)
         memory = torch.zeros(0, o.bottleneck, device=self.device)

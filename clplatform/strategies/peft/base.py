@@ -30,7 +30,7 @@ from clplatform.evaluator import MASK_VALUE
 from ..base import Strategy, StrategyContext, experience_classes, masked_cross_entropy
 from ..prototype_head import PrototypeHead
 from ..reparam import ReparamLinear, deploy, ensure_bias, replace_module, wrappers
-from ..vit import ViTPieces, map_batches, require_vit
+from ..vit import ViTPieces, frozen_rows, map_batches, require_vit
 from .config import MergeableOptions
 
 PROBE = 16  # samples of the fixed probe batch (merge gap)
@@ -152,7 +152,7 @@ class MergeableStrategy(Strategy):
         _classes, current = experience_classes(y, model.seen)
         self.last = {}
         model.eval()
-        tokens = map_batches(model.embed, x, self.device)
+        tokens = frozen_rows(model.embed, x, self.device, self.context.train.cache_bytes)
         if o.adapt == "every" or self.experiences_seen == 0:
             self._adapt(tokens, y.to(self.device), current.to(self.device))
         if o.adapt == "first":

@@ -17,24 +17,21 @@ from clplatform.data import dataset_tensors
 from clplatform.models import tome
 
 from ..base import Strategy, StrategyContext, experience_classes, masked_cross_entropy
-from ..vit import map_batches
+from ..vit import frozen_rows, map_batches
 from .config import PromptOptions
 from .model import PromptModel
 
-TOKEN_CACHE_BYTES = 2 ** 30  # cache embedded tokens of an experience up to this size
-
-
-def embedded_inputs(model, x: torch.Tensor, device) -> tuple[Callable, torch.Tensor]:
+def embedded_inputs(model, x: torch.Tensor, device, budget_bytes: int
+                    ) -> tuple[Callable, torch.Tensor]:
     """For training a prompt model on the images ``x`` of an experience: a function giving
     the frozen embedding of the samples ``idx`` (cached for the experience when it fits in
-    :data:`TOKEN_CACHE_BYTES`, else recomputed per batch), and the un-prompted query of every
-    sample (exact to cache: no augmentation)."""
-    token_bytes = len(x) * 4 * model.dim * (model.embed(x[:1].to(device)).shape[1])
-    tokens = map_batches(model.embed, x, device) if token_bytes <= TOKEN_CACHE_BYTES else None
+    ``budget_bytes``, the ``cache_gib`` setting, else recomputed per batch: ``frozen_rows``),
+    and the un-prompted query of every sample (exact to cache: images read once)."""
+    tokens = frozen_rows(model.embed, x, device, budget_bytes)
     queries = map_batches(lambda b: model.query(model.embed(b)), x, device)
 
     def tokens_of(idx: torch.Tensor) -> torch.Tensor:
-        return tokens[idx] if tokens is not None else model.embed(x[idx.cpu()].to(device))
+        return tokens[idx]
     return tokens_of, queries
 
 
@@ -68,7 +65,8 @@ class PromptStrategy(Strategy):
         model.start_head_rows(classes)
         self._fits_before, self._refits_before = self._kmeans_counts()
         model.train()
-        tokens_of, queries = embedded_inputs(model, x, self.device)
+        tokens_of, queries = embedded_inputs(model, x, self.device,
+                                             self.context.train.cache_bytes)
         y = y.to(self.device)
 
         def loss(idx, labels):

@@ -1,5 +1,6 @@
 """What APER, EASE and RanPAC's strategies share: the embedded tokens of an experience cached
-once (the patch embedding is frozen and our streams have no augmentation, so this is exact),
+once within the ``cache_gib`` budget, else recomputed when read (the patch embedding is
+frozen and the experience's images are read once, so this is exact),
 adapter training with a temporary cosine head, and features computed under no_grad in eval
 mode (the test transform: the stream's images as they are)."""
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from clplatform.models import tome
 
 from ..base import Strategy, TensorBatches
-from ..vit import map_batches
+from ..vit import frozen_rows, map_batches
 from .config import AdapterTraining
 from .model import AdapterViT, CosineClassifier
 
@@ -43,7 +44,7 @@ class AdapterStrategy(Strategy):
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         model = self.vit_model
         model.eval()
-        return self._map(model.embed, x)
+        return frozen_rows(model.embed, x, self.device, self.context.train.cache_bytes)
 
     def _features(self, tokens: torch.Tensor, k: int | None) -> torch.Tensor:
         model = self.vit_model

@@ -24,7 +24,7 @@ from clplatform.data import dataset_tensors
 from clplatform.errors import UserError
 
 from ..base import Strategy, StrategyContext
-from ..vit import map_batches
+from ..vit import frozen_rows, map_batches
 from . import basis as rb
 from .config import RMMOptions
 from .model import RMMModel
@@ -67,7 +67,7 @@ class RMM(Strategy):
                             f"id per experience); this experience repeats class "
                             f"{repeated[0]} (a domain-incremental stream?)")
         model.eval()
-        tokens = map_batches(model.embed, x, self.device)
+        tokens = frozen_rows(model.embed, x, self.device, self.context.train.cache_bytes)
         with torch.no_grad():   # W_0 features -> prototypes (the routing)
             features = map_batches(model.features, tokens, self.device)
             model.prototypes.add(features, y.to(self.device))

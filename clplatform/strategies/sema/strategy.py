@@ -18,7 +18,7 @@ from clplatform.models import tome
 
 from ..base import (Strategy, StrategyContext, TensorBatches, experience_classes,
                     masked_cross_entropy)
-from ..vit import map_batches
+from ..vit import frozen_rows, map_batches
 from .config import SEMAOptions
 from .model import SEMAModel
 
@@ -84,7 +84,8 @@ class SEMA(Strategy):
                           x: torch.Tensor, y: torch.Tensor, current: torch.Tensor):
         """Train new adapters/router columns + head from cached tokens before ``start``."""
         model = self.sema
-        tokens = self._map(lambda b: model.run_blocks(model.embed(b), 0, start), x)
+        tokens = frozen_rows(lambda b: model.run_blocks(model.embed(b), 0, start), x,
+                             self.device, self.context.train.cache_bytes)
         # PYRA (token merging): its modulations in the blocks that run, per pyra_train
         params = params + tome.pyra_to_train(model.vit, self.experiences_seen,
                                              *model.blocks[start:])
