@@ -286,9 +286,111 @@ def test_ease_one_adapter_set_per_experience_t_plus_1_passes(pretrained_backbone
     assert len(calls) == 2                                      # t + 1 passes at t = 1
 
 
+def test_ease_init_ptm_subspace_and_beta_by_hand():
+    """use_init_ptm: a d-wide pre-trained block in front (real prototypes of every class,
+    never complemented); logit of a class of experience i = beta cos_ptm + cos_own +
+    (alpha / t) sum of the other adapter cosines (``linears.py`` forward_reweight)."""
+    from clplatform.strategies.ptm.ease import semantic_complement
+    torch.manual_seed(0)
+    model = _ease_model(use_init_ptm=True, beta=0.7, alpha=0.3)
+    assert model.protos.shape == (6, 1, 96)
+    for _ in range(2):
+        model.grow()
+    assert model.protos.shape == (6, 3, 96) and model.passes == [None, 0, 1]
+    model.class_exp.copy_(torch.tensor([0, 0, 1, 1, -1, -1]))
+    for c in range(4):
+        model.ptm_space.add(torch.randn(2, 96), torch.tensor([c, c]))
+        for j, space in enumerate(model.subspaces):
+            if model.class_exp[c] >= j:
+                space.add(torch.randn(2, 96), torch.tensor([c, c]))
+    model.rebuild_prototypes()
+    P = model.protos
+    assert torch.equal(P[:4, 0], model.ptm_space.prototypes[:4])       # real, all classes
+    sub = [s.prototypes for s in model.subspaces]
+    assert torch.allclose(P[0, 2], semantic_complement(sub[0][[0]], sub[0][[2, 3]],
+                                                       sub[1][[2, 3]])[0])
+    features = torch.randn(3, 3, 96)
+    logits = model.logits(features)
+
+    def cos(b, c, s):
+        return float(F.cosine_similarity(features[b, s], P[c, s], dim=0))
+    for b in range(3):
+        for c in range(4):
+            own = 1 + int(model.class_exp[c])
+            other = 3 - own                       # the other adapter subspace (t = 1)
+            expected = 0.7 * cos(b, c, 0) + cos(b, c, own) + 0.3 / 1 * cos(b, c, other)
+            assert float(logits[b, c]) == pytest.approx(expected, abs=1e-5)
+    assert (logits[:, 4:] == -1000.0).all()
+    # beta 0: the pre-trained block no longer counts
+    model.beta = 0.0
+    only = model.logits(features)
+    assert float(only[0, 2]) == pytest.approx(cos(0, 2, 2) + 0.3 * cos(0, 2, 1), abs=1e-5)
+    # reweight false / moni_adam: one cosine over the concatenation
+    model.plain_cosine = True
+    flat = F.normalize(features.flatten(1), dim=1) @ F.normalize(P.flatten(1), dim=1).T
+    assert torch.allclose(model.logits(features)[:, :4], flat[:, :4], atol=1e-6)
+
+
+def test_ease_adapter_num_1_keeps_one_set_and_scores_like_aper(pretrained_backbone):
+    """adapter_num = 1 (the code's moni_adam): one adapter set, trained in experience 1
+    only; the pre-trained subspace in front; a class's score is the cosine between
+    [pre-trained || adapted] and the class mean of those features, as APER's."""
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    strategy = _strategy("ease", bm, epochs=1, adapter_num=1)
+    model = strategy.model
+    trained = []
+    for exp in bm.train_stream:
+        strategy.train(exp, eval_streams=[])
+        trained.append(strategy.experience_extras()["trained_params"])
+    assert model.num_sets == 1 and model.passes == [None, 0]
+    assert trained[0] > 0 and trained[1:] == [0, 0]
+    assert strategy.experience_extras()["backbone_passes"] == 2
+    x, y = dataset_tensors(bm.train_stream[2].dataset)
+    xt, _ = dataset_tensors(bm.test_stream[2].dataset)
+    with torch.no_grad():
+        def concat(images):
+            tokens = model.embed(images)
+            return torch.cat([model.features_from_tokens(tokens, None),
+                              model.features_from_tokens(tokens, 0)], dim=1)
+        c = int(y[0])
+        assert torch.allclose(model.protos[c].flatten(), concat(x[y == c]).mean(0), atol=1e-5)
+        logits, feats = model(xt[:6]), concat(xt[:6])
+    seen = model.class_exp >= 0
+    expected = F.normalize(feats, dim=1) @ F.normalize(model.protos.flatten(1), dim=1).T
+    assert torch.allclose(logits[:, seen], expected[:, seen], atol=1e-5)
+    assert (logits[:, ~seen] == -1000.0).all()
+
+
+def test_ease_adapter_num_run_records_and_resumes(runs_dir, pretrained_backbone):
+    """Records follow the cap (2 passes, no training after experience 1, constant FLOPs);
+    stopped after experience 1 and resumed, the records are the uninterrupted ones."""
+    import numpy as np
+
+    import clplatform
+    from conftest import stopped_after
+    options = {"epochs": 1, "adapter_num": 1}
+    reference = clplatform.run("ease", "glyphs", stream_options=TINY_GLYPHS, seed=0,
+                               out=runs_dir / "ref", strategy_options=options)
+    exps = reference.experiences
+    assert list(exps["ease.backbone_passes"]) == [2, 2, 2]
+    assert list(exps["ease.adapter_sets"]) == [1, 1, 1]
+    assert list(exps["ease.trained_params"])[1:] == [0, 0]
+    flops = list(exps["inference_flops_per_sample"])
+    assert flops[0] == flops[-1]
+    with stopped_after(0):
+        clplatform.run("ease", "glyphs", stream_options=TINY_GLYPHS, seed=0,
+                       out=runs_dir / "cut", strategy_options=options)
+    (run_dir,) = (runs_dir / "cut").iterdir()
+    resumed = clplatform.resume(run_dir)
+    assert resumed.status == "complete"
+    assert np.array_equal(resumed.accuracy["accuracy"], reference.accuracy["accuracy"])
+    assert list(resumed.experiences["ease.feature_dim"]) == list(exps["ease.feature_dim"])
+
+
 # ----------------------------------------------------------------------------- end to end
 @pytest.mark.parametrize("strategy, options", [
-    ("aper", {"epochs": 2}), ("ranpac", {"epochs": 2, "M": 500}), ("ease", {"epochs": 2})])
+    ("aper", {"epochs": 2}), ("ranpac", {"epochs": 2, "M": 500}), ("ease", {"epochs": 2}),
+    ("ease", {"epochs": 1, "use_init_ptm": True})])
 def test_end_to_end_on_a_tiny_stream(strategy, options, runs_dir, pretrained_backbone):
     import clplatform
     run = clplatform.run(strategy, "glyphs", stream_options=TINY_GLYPHS, seed=0, out=runs_dir,
@@ -298,9 +400,11 @@ def test_end_to_end_on_a_tiny_stream(strategy, options, runs_dir, pretrained_bac
     assert (exps["stored_bytes"] > 0).all() and (exps["params_added"] > 0).all()
     flops = list(exps["inference_flops_per_sample"])
     if strategy == "ease":   # t + 1 passes: one more ViT pass per experience
-        assert list(exps["ease.backbone_passes"]) == [1, 2, 3]
+        ptm = int(options.get("use_init_ptm", False))   # and the pre-trained one in front
+        assert list(exps["ease.backbone_passes"]) == [1 + ptm, 2 + ptm, 3 + ptm]
+        assert list(exps["ease.feature_dim"]) == [96 * (t + ptm) for t in (1, 2, 3)]
         assert flops[2] - flops[1] == pytest.approx(flops[1] - flops[0], rel=1e-3)
-        assert flops[1] - flops[0] > 0.5 * flops[0]
+        assert (1 + ptm) * (flops[1] - flops[0]) > 0.5 * flops[0]
     else:
         assert flops[0] == flops[-1]
     if strategy == "aper":   # two passes of the blocks from one embedding (the frozen conv

@@ -84,10 +84,26 @@ class EASEOptions(AdapterTraining):
     lr: float = opt(0.025, "SGD learning rate (cosine to 0, stepped once per epoch)", min=0)
     alpha: float = opt(0.1, "weight of the other subspaces' cosines (divided by t)", min=0)
     reweight: bool = opt(True, "weight 1 for a class's own subspace and alpha / t for the "
-                               "others; false: every subspace weight 1")
+                               "others; false: one cosine over the whole concatenated "
+                               "feature (the code's use_reweight false)")
     complement: str = opt("semantic", "prototypes of old classes in newer subspaces: "
                           "semantic (similarity-weighted new-class prototypes, EASE) or zeros",
                           choices=("semantic", "zeros"))
+    use_init_ptm: bool = opt(False, "a pre-trained-only subspace in front of the adapter "
+                                    "subspaces (one more ViT pass; real prototypes for every "
+                                    "class, its cosine weighted by beta). Code: off for "
+                                    "CIFAR, IN-R, IN-A, ObjectNet, VTAB; on for CUB, "
+                                    "OmniBenchmark")
+    beta: float = opt(1.0, "weight of the pre-trained subspace's cosine when use_init_ptm "
+                           "(the configs that turn it on set 1)", min=0)
+    adapter_num: Optional[int] = opt(None, "cap on adapter sets: only the first N "
+                                           "experiences train one (the code's moni_adam "
+                                           "mode: it also turns use_init_ptm on and scores "
+                                           "a class by one cosine over the whole "
+                                           "concatenated feature, alpha and beta unused; 1: "
+                                           "APER with adapters); default: a set per "
+                                           "experience", min=1)
 
     def parameters_added(self, width: int, depth: int, classes: int) -> int:
-        return self._adapters(width, depth) + width * classes
+        subspaces = 1 + bool(self.use_init_ptm or self.adapter_num)
+        return self._adapters(width, depth) + subspaces * width * classes
