@@ -195,6 +195,99 @@ def test_ranpac_backbone_and_projection_fixed_after_phase_1(pretrained_backbone)
     assert strategy.experience_extras()["projection_width"] == 300
 
 
+def test_ranpac_ncm_head_is_the_class_means_argmax(pretrained_backbone):
+    """head=ncm (the code's use_RP false), phase1 false (its 'ncm' row): no projection, no
+    G; a class's score is the cosine to the mean of its training features."""
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    strategy = _strategy("ranpac", bm, head="ncm", phase1=False)
+    model = strategy.model
+    for exp in bm.train_stream[:2]:
+        strategy.train(exp, eval_streams=[])
+    assert model.M == 0 and model.G.numel() == 0 and model.W.numel() == 0
+    assert not any(p.requires_grad for p in model.parameters())
+    feats, labels = [], []
+    with torch.no_grad():
+        for exp in bm.train_stream[:2]:
+            x, y = dataset_tensors(exp.dataset)
+            feats.append(model.vit_features(x))       # phase1 false: the pre-trained ViT
+            labels.append(y)
+        feats, labels = torch.cat(feats), torch.cat(labels)
+        classes = sorted(set(labels.tolist()))
+        means = torch.stack([feats[labels == c].mean(0) for c in classes])
+        xt, yt = dataset_tensors(bm.test_stream[1].dataset)
+        logits = model(xt)
+        query = model.vit_features(xt)
+    expected = F.normalize(query, dim=1) @ F.normalize(means, dim=1).T
+    assert torch.allclose(logits[:, classes], expected, atol=1e-5)
+    assert torch.equal(logits.argmax(1), torch.tensor(classes)[expected.argmax(1)])
+    assert (logits[:, [c for c in range(logits.shape[1]) if c not in classes]]
+            == -1000.0).all()
+    extras = strategy.experience_extras()
+    assert extras["projection_width"] == 0 and "ridge" not in extras
+    # a hand-sized problem through the same head: means (2, 0) and (0, 3)
+    from clplatform.strategies.prototype_head import PrototypeHead
+    head = PrototypeHead(2, 3)
+    head.add(torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 4.0]]),
+             torch.tensor([0, 0, 1, 1]))
+    assert torch.equal(head.prototypes[:2], torch.tensor([[2.0, 0.0], [0.0, 3.0]]))
+    out = head(torch.tensor([[1.0, 1.1], [2.0, 0.5]]))
+    assert out.argmax(1).tolist() == [1, 0] and float(out[0, 2]) == -1000.0
+
+
+def test_ssf_at_init_std_0_is_the_identity_and_counts_its_parameters():
+    from clplatform.strategies.ssf import ScaleShift, add_scale_shift, scale_shift_parameters
+    backbone = create_backbone("vit-glyphs", pretrained=False).eval()
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        before = backbone(x)
+        added = add_scale_shift(backbone.model, init_std=0.0)
+        assert torch.equal(backbone(x), before)                 # exact identity
+        vit = backbone.model
+        assert len(added) == 2 + 6 * len(vit.blocks)
+        ratio = vit.blocks[0].mlp.fc1.out_features / 96
+        assert sum(p.numel() for m in added for p in m.parameters()) == \
+            scale_shift_parameters(96, len(vit.blocks), ratio)
+        assert vit.blocks[0].attn.qkv.ssf.scale.shape == (3 * 96,)
+        assert vit.blocks[0].mlp.fc1.ssf.scale.shape == (vit.blocks[0].mlp.fc1.out_features,)
+        assert vit.patch_embed.grid_size == vit.patch_embed.module.grid_size
+        # shifting the final norm's output moves the features by exactly that shift
+        vit.norm.ssf.shift.fill_(0.5)
+        assert torch.allclose(backbone(x), before + 0.5, atol=1e-6)
+    torch.manual_seed(0)
+    near = ScaleShift(4000).requires_grad_(False)              # the code's N(1, .02) init
+    assert abs(float(near.scale.mean()) - 1) < 2e-3 and abs(float(near.scale.std()) - 0.02) < 2e-3
+    assert abs(float(near.shift.mean())) < 2e-3 and abs(float(near.shift.std()) - 0.02) < 2e-3
+    assert scale_shift_parameters(768, 12) == 205824           # ViT-B/16
+
+
+def test_ranpac_ssf_phase1_trains_only_the_scale_shift_parameters(pretrained_backbone):
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    strategy = _strategy("ranpac", bm, petl="ssf", M=200, epochs=2)
+    model = strategy.model
+    assert model.num_sets == 0 and len(model.ssf) == 2 + 6 * len(model.blocks)
+    ssf_names = {n for n, _ in model.named_parameters() if ".ssf." in n}
+    assert ssf_names and {n for n, p in model.named_parameters() if p.requires_grad} == \
+        ssf_names
+    before = _digest(model)
+    strategy.train(bm.train_stream[0], eval_streams=[])
+    after = _digest(model)
+    params = {n for n, _ in model.named_parameters()}
+    changed = {n for n in params if before[n] != after[n]}
+    assert changed == ssf_names                   # every SSF site trained (the patch one too,
+    assert "backbone.model.patch_embed.ssf.scale" in changed   # through the cached tokens)
+    assert strategy.experience_extras()["trained_params"] == \
+        sum(p.numel() for p in model.ssf.parameters())
+    for exp in bm.train_stream[1:]:
+        strategy.train(exp, eval_streams=[])
+    assert {n: v for n, v in _digest(model).items() if n in params} == \
+        {n: v for n, v in after.items() if n in params}        # frozen after phase 1
+    x, _ = dataset_tensors(bm.test_stream[0].dataset)
+    with torch.no_grad():                       # the cached path is the plain forward
+        plain = model.backbone.model.forward_features(model.backbone.prepare(x))
+        assert torch.allclose(model.backbone_features(model.embed(x)),
+                              model.vit.forward_head(plain, pre_logits=True), atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- EASE
 def test_ease_semantic_complement_by_hand():
     from clplatform.strategies.ptm.ease import semantic_complement
@@ -390,6 +483,7 @@ def test_ease_adapter_num_run_records_and_resumes(runs_dir, pretrained_backbone)
 # ----------------------------------------------------------------------------- end to end
 @pytest.mark.parametrize("strategy, options", [
     ("aper", {"epochs": 2}), ("ranpac", {"epochs": 2, "M": 500}), ("ease", {"epochs": 2}),
+    ("ranpac", {"epochs": 1, "M": 500, "petl": "ssf"}),
     ("ease", {"epochs": 1, "use_init_ptm": True})])
 def test_end_to_end_on_a_tiny_stream(strategy, options, runs_dir, pretrained_backbone):
     import clplatform
