@@ -131,7 +131,8 @@ class InfLoRA(Strategy):
         eps = gpm.threshold(self.experiences_seen, len(stream), o.eps_base, o.eps_end)
         if o.design == "projected":
             covs = self.covariances(tokens)
-            self.memory = [gpm.update(c, m, eps) for c, m in zip(covs, self.memory)]
+            dual = o.resolved_memory() == "dualgpm"
+            self.memory = [gpm.update(c, m, eps, dual) for c, m in zip(covs, self.memory)]
         self.trained_params += sum(b.up.numel() for b in branches)
         self.designed_params += sum(b.down.numel() for b in branches)
         model.finish_experience(o.merge)
