@@ -509,3 +509,40 @@ def test_end_to_end_on_a_tiny_stream(strategy, options, runs_dir, pretrained_bac
         assert list(exps["aper.trained_params"])[1:] == [0, 0]
     if strategy == "ranpac":  # the projection is counted: d x M MACs more than the ViT
         assert list(exps["ranpac.projection_width"]) == [500] * 3
+
+
+# ----------------------------------------------------------------------------- CPU preset
+def test_sema_table1_cpu_preset_sets_5_epochs_for_the_slow_comparators_only():
+    from clplatform.app.presets import PRESETS, preset_overrides, preset_strategies
+    from clplatform.app.spec import make_spec, resolve
+    from clplatform.app.sweep import plan
+    from clplatform.errors import UserError
+    assert preset_strategies("sema-table1-cpu") == preset_strategies("sema-table1")
+    assert preset_strategies("sema-appendix-cpu") == preset_strategies("sema-appendix")
+    assert preset_overrides(None) == {} and PRESETS["sema-table1"].overrides == {}
+    names = preset_strategies("sema-table1-cpu")
+
+    def epochs(cells):
+        out = {}
+        for cell in cells:
+            resolved = resolve(cell.spec)
+            hparams = getattr(resolved.hparams, "epochs", None)
+            out[cell.spec.strategy] = hparams if hparams is not None else \
+                resolved.settings().epochs
+        return out
+    cpu = epochs(plan(names, ["glyphs"], [0], {}, make_spec(),
+                      preset_overrides("sema-table1-cpu")))
+    official = epochs(plan(names, ["glyphs"], [0], {}, make_spec()))
+    assert official["coda-prompt"] == official["inflora"] == official["aper"] == 20
+    assert {k for k in names if cpu[k] != official[k]} == {"coda-prompt", "inflora", "aper"}
+    assert cpu["coda-prompt"] == cpu["inflora"] == cpu["aper"] == 5
+    # the command line wins over the preset: --epochs (training setting), --set (aper's)
+    mine = epochs(plan(names, ["glyphs"], [0], {},
+                       make_spec(epochs="3", strategy_options={"epochs": "2"}),
+                       preset_overrides("sema-table1-cpu")))
+    assert mine["inflora"] == 3 and mine["aper"] == 2
+    appendix = epochs(plan(preset_strategies("sema-appendix-cpu"), ["glyphs"], [0], {},
+                           make_spec(), preset_overrides("sema-appendix-cpu")))
+    assert appendix["ease"] == appendix["ranpac"] == 5
+    with pytest.raises(UserError, match="unknown preset"):
+        preset_overrides("sema-table1-gpu")
