@@ -244,6 +244,48 @@ def test_inflora_b5_trains_and_remembers_the_first_5_blocks_only(pretrained_back
     assert extras["trained_params"] == 2 * 5 * (2 * 96 * 2)
 
 
+def test_classifier_alignment_keeps_class_statistics_and_retrains_only_the_heads(
+        pretrained_backbone):
+    """InfLoRA+CA: per class the mean and covariance + 1e-4 I of its features; after the
+    second experience every head (the first one's too) moves, nothing else does; the
+    alignment logits are divided by the mean per-head norm and by 0.1."""
+    from clplatform.data import dataset_tensors
+    from clplatform.strategies.inflora.strategy import aligned_logits
+    outs = [torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 1.0, 0.0]])]   # norms 5 and 1
+    assert torch.allclose(aligned_logits(outs, 0.1),
+                          torch.tensor([[3.0, 4.0, 0.0, 1.0, 0.0]]) / 3.0 / 0.1, atol=1e-6)
+    assert torch.equal(aligned_logits(outs, 0.0), torch.cat(outs, dim=1))
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    strategy = _strategy(bm, epochs=1, classifier_alignment=True, ca_epochs=2,
+                         ca_samples=16)
+    model = strategy.model
+    strategy.train(bm.train_stream[0], eval_streams=[])
+    x, y = dataset_tensors(bm.train_stream[0].dataset)
+    with torch.no_grad():
+        f = model.features(x).double()
+    c = int(y[0])
+    mean, cov = strategy.class_stats[c]
+    assert torch.allclose(mean, f[y == c].mean(0), atol=1e-5)
+    hand = torch.cov(f[y == c].T) + 1e-4 * torch.eye(96, dtype=torch.float64)
+    assert torch.allclose(cov.double(), hand, atol=1e-5)
+    assert set(strategy.class_stats) == set(y.tolist())
+    calls = []
+    original = strategy.align_classifiers
+
+    def spy():
+        before = {n: _digest(p) for n, p in model.named_parameters()}
+        original()
+        after = {n: _digest(p) for n, p in model.named_parameters()}
+        calls.append({n for n in before if before[n] != after[n]})
+    strategy.align_classifiers = spy
+    strategy.train(bm.train_stream[1], eval_streams=[])
+    (moved,) = calls
+    assert moved == {n for n, _ in model.named_parameters() if n.startswith("heads.")}
+    assert {"heads.0.weight", "heads.1.weight"} <= moved
+    assert not any(p.requires_grad for p in model.parameters())
+    assert len(strategy.class_stats) == len(model.head_classes[0]) + len(model.head_classes[1])
+
+
 def test_merged_equals_unmerged(pretrained_backbone):
     bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
     runs = {}

@@ -42,6 +42,17 @@ class InfLoRAOptions:
                            "(e' = e, the last at 0.016 lr), constant",
                            choices=("code", "formula", "constant"))
     weight_decay: float = opt(0.0, "Adam weight decay (code: 0)", min=0)
+    classifier_alignment: bool = opt(False, "InfLoRA+CA (methods/inflora_ca.py): keep each "
+                                     "class's feature mean and covariance; after every "
+                                     "experience but the first, retrain all heads on "
+                                     "Gaussian samples of every class seen")
+    ca_epochs: int = opt(5, "classifier-alignment epochs (SGD 0.01, momentum 0.9, wd 5e-4, "
+                            "cosine to 0)", min=1)
+    ca_samples: int = opt(256, "Gaussian samples per class and epoch (also the batch size)",
+                          min=1)
+    ca_logit_norm: float = opt(0.1, "alignment logits divided by their mean per-head norm "
+                                    "and by this temperature (0: plain logits, the code's "
+                                    "CIFAR-100 branch of inflora_ca.py)", min=0)
 
     def resolved_memory(self) -> str:
         return self.memory or ("gpm" if self.blocks else "dualgpm")
