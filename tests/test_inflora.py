@@ -335,3 +335,26 @@ def test_repeated_classes_are_refused(pretrained_backbone):
     strategy.train(bm.train_stream[0], eval_streams=[])
     with pytest.raises(UserError, match="repeats class"):
         strategy.train(bm.train_stream[1], eval_streams=[])
+
+
+@pytest.mark.slow  # two runs and a resume: about 25 s on 2 idle cores
+def test_classifier_alignment_resumes_to_the_same_records(runs_dir, pretrained_backbone):
+    """The class statistics are checkpoint state: stopped after experience 1 and resumed,
+    the run's records are the uninterrupted run's."""
+    import numpy as np
+
+    import clplatform
+    from conftest import stopped_after
+    kwargs = dict(stream_options=TINY_GLYPHS, seed=0, epochs=1, lr=0.005,
+                  strategy_options={"classifier_alignment": True, "ca_epochs": 1,
+                                    "ca_samples": 8})
+    reference = clplatform.run("inflora", "glyphs", out=runs_dir / "ref", **kwargs)
+    with stopped_after(1):
+        clplatform.run("inflora", "glyphs", out=runs_dir / "cut", **kwargs)
+    (run_dir,) = (runs_dir / "cut").iterdir()
+    resumed = clplatform.resume(run_dir)
+    assert resumed.status == "complete"
+    assert np.array_equal(resumed.accuracy["accuracy"], reference.accuracy["accuracy"])
+    stored = list(reference.experiences["stored_bytes"])
+    assert list(resumed.experiences["stored_bytes"]) == stored
+    assert stored[1] - stored[0] > 4 * 96 * 96 * 10            # a covariance per class
