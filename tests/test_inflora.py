@@ -133,6 +133,34 @@ def test_memory_grows_then_flips_to_the_complement_past_half_the_width():
     assert torch.equal(same.basis, old_basis)
 
 
+def test_gpm_memory_of_inflora_b5_keeps_the_basis_past_half_the_width():
+    """dual=False (methods/inflorab5.py update_GPM): the same growth, never the complement;
+    the basis is capped at d columns."""
+    d = 16
+    g = torch.Generator().manual_seed(6)
+    first = _cov_with_spectrum([10.0] * 5 + [1e-3] * 11, seed=7)
+    mem = gpm.update(first, None, 0.99, dual=False)
+    assert mem.kind == gpm.BASIS and mem.dim == 4
+    fresh = torch.randn(d, d, generator=g, dtype=torch.float64)
+    q, _ = torch.linalg.qr(fresh - mem.projector() @ fresh)
+    new_dirs = q[:, :6]
+    cov = mem.basis @ mem.basis.T * 10 + new_dirs @ new_dirs.T * 10 + 1e-6 * torch.eye(d)
+    grown = gpm.update(cov, mem, 0.99, dual=False)
+    assert grown.kind == gpm.BASIS and grown.basis.shape == (d, 10)     # > d/2, kept
+    assert torch.equal(grown.basis[:, :4], mem.basis)                    # appended
+    assert torch.allclose(grown.basis.T @ grown.basis, torch.eye(10, dtype=torch.float64),
+                          atol=1e-8)
+    dual = gpm.update(cov, mem, 0.99)
+    assert dual.kind == gpm.COMPLEMENT and dual.dim == grown.dim == 10  # same subspace
+    assert torch.allclose(dual.basis.T @ grown.basis, torch.zeros(6, 10, dtype=torch.float64),
+                          atol=1e-8)
+    full = gpm.update(torch.eye(d, dtype=torch.float64), grown, 1.0, dual=False)
+    assert full.basis.shape == (d, d)                                    # capped at d
+    opts = InfLoRAOptions(blocks=5)
+    assert opts.resolved_memory() == "gpm" and InfLoRAOptions().resolved_memory() == "dualgpm"
+    assert InfLoRAOptions(blocks=5, memory="dualgpm").resolved_memory() == "dualgpm"
+
+
 def test_eps_schedule_is_linear_and_the_lr_factor_follows_the_code():
     assert [gpm.threshold(t, 10, 0.95) for t in (0, 5, 10)] == pytest.approx([0.95, 0.975, 1])
     assert gpm.threshold(3, 4, 0.98, 0.98) == 0.98                  # constant (paper)
@@ -163,6 +191,11 @@ def test_model_wraps_every_qkv_and_new_branches_leave_outputs_unchanged(pretrain
     assert (logits[:, [3, 5, 7]] > -1000).all() and (logits[:, 0] == -1000).all()
     b5 = InfLoRAModel(create_backbone("vit-glyphs"), 62, InfLoRAOptions(blocks=5))
     assert len(b5.wrappers) == 5
+    # exactly the first 5 blocks: the 6th keeps its plain qkv Linear
+    assert [isinstance(b.attn.qkv, LoRALinear) for b in b5.blocks] == [True] * 5 + [False]
+    b5.add_experience([3, 5, 7])
+    assert sum(p.numel() for p in b5.parameters() if p.requires_grad) == \
+        5 * (2 * 96 * 2) + 97 * 3                      # U_k, U_v (r = 2) in 5 blocks + head
 
 
 def _strategy(bm, epochs=4, lr=0.005, **opts):
@@ -195,6 +228,62 @@ def test_updates_lie_outside_the_old_subspace_and_old_parts_keep_their_hashes(
         delta = w.branches[1].delta_weight().double()
         assert delta.abs().max() > 0                                 # it did train
         assert torch.linalg.norm(delta @ m.basis) < 1e-5 * max(1.0, float(delta.norm()))
+
+
+def test_inflora_b5_trains_and_remembers_the_first_5_blocks_only(pretrained_backbone):
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    strategy = _strategy(bm, epochs=1, blocks=5)
+    model = strategy.model
+    last = _digest(model.blocks[5].attn.qkv.weight)
+    for exp in bm.train_stream[:2]:
+        strategy.train(exp, eval_streams=[])
+    assert len(strategy.memory) == 5 and all(m.kind == gpm.BASIS for m in strategy.memory)
+    assert _digest(model.blocks[5].attn.qkv.weight) == last
+    extras = strategy.experience_extras()
+    assert len(extras["subspace_dims"].split(";")) == 5
+    assert extras["trained_params"] == 2 * 5 * (2 * 96 * 2)
+
+
+def test_classifier_alignment_keeps_class_statistics_and_retrains_only_the_heads(
+        pretrained_backbone):
+    """InfLoRA+CA: per class the mean and covariance + 1e-4 I of its features; after the
+    second experience every head (the first one's too) moves, nothing else does; the
+    alignment logits are divided by the mean per-head norm and by 0.1."""
+    from clplatform.data import dataset_tensors
+    from clplatform.strategies.inflora.strategy import aligned_logits
+    outs = [torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 1.0, 0.0]])]   # norms 5 and 1
+    assert torch.allclose(aligned_logits(outs, 0.1),
+                          torch.tensor([[3.0, 4.0, 0.0, 1.0, 0.0]]) / 3.0 / 0.1, atol=1e-6)
+    assert torch.equal(aligned_logits(outs, 0.0), torch.cat(outs, dim=1))
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    strategy = _strategy(bm, epochs=1, classifier_alignment=True, ca_epochs=2,
+                         ca_samples=16)
+    model = strategy.model
+    strategy.train(bm.train_stream[0], eval_streams=[])
+    x, y = dataset_tensors(bm.train_stream[0].dataset)
+    with torch.no_grad():
+        f = model.features(x).double()
+    c = int(y[0])
+    mean, cov = strategy.class_stats[c]
+    assert torch.allclose(mean, f[y == c].mean(0), atol=1e-5)
+    hand = torch.cov(f[y == c].T) + 1e-4 * torch.eye(96, dtype=torch.float64)
+    assert torch.allclose(cov.double(), hand, atol=1e-5)
+    assert set(strategy.class_stats) == set(y.tolist())
+    calls = []
+    original = strategy.align_classifiers
+
+    def spy():
+        before = {n: _digest(p) for n, p in model.named_parameters()}
+        original()
+        after = {n: _digest(p) for n, p in model.named_parameters()}
+        calls.append({n for n in before if before[n] != after[n]})
+    strategy.align_classifiers = spy
+    strategy.train(bm.train_stream[1], eval_streams=[])
+    (moved,) = calls
+    assert moved == {n for n, _ in model.named_parameters() if n.startswith("heads.")}
+    assert {"heads.0.weight", "heads.1.weight"} <= moved
+    assert not any(p.requires_grad for p in model.parameters())
+    assert len(strategy.class_stats) == len(model.head_classes[0]) + len(model.head_classes[1])
 
 
 def test_merged_equals_unmerged(pretrained_backbone):
@@ -246,3 +335,26 @@ def test_repeated_classes_are_refused(pretrained_backbone):
     strategy.train(bm.train_stream[0], eval_streams=[])
     with pytest.raises(UserError, match="repeats class"):
         strategy.train(bm.train_stream[1], eval_streams=[])
+
+
+@pytest.mark.slow  # two runs and a resume: about 25 s on 2 idle cores
+def test_classifier_alignment_resumes_to_the_same_records(runs_dir, pretrained_backbone):
+    """The class statistics are checkpoint state: stopped after experience 1 and resumed,
+    the run's records are the uninterrupted run's."""
+    import numpy as np
+
+    import clplatform
+    from conftest import stopped_after
+    kwargs = dict(stream_options=TINY_GLYPHS, seed=0, epochs=1, lr=0.005,
+                  strategy_options={"classifier_alignment": True, "ca_epochs": 1,
+                                    "ca_samples": 8})
+    reference = clplatform.run("inflora", "glyphs", out=runs_dir / "ref", **kwargs)
+    with stopped_after(1):
+        clplatform.run("inflora", "glyphs", out=runs_dir / "cut", **kwargs)
+    (run_dir,) = (runs_dir / "cut").iterdir()
+    resumed = clplatform.resume(run_dir)
+    assert resumed.status == "complete"
+    assert np.array_equal(resumed.accuracy["accuracy"], reference.accuracy["accuracy"])
+    stored = list(reference.experiences["stored_bytes"])
+    assert list(resumed.experiences["stored_bytes"]) == stored
+    assert stored[1] - stored[0] > 4 * 96 * 96 * 10            # a covariance per class

@@ -195,6 +195,99 @@ def test_ranpac_backbone_and_projection_fixed_after_phase_1(pretrained_backbone)
     assert strategy.experience_extras()["projection_width"] == 300
 
 
+def test_ranpac_ncm_head_is_the_class_means_argmax(pretrained_backbone):
+    """head=ncm (the code's use_RP false), phase1 false (its 'ncm' row): no projection, no
+    G; a class's score is the cosine to the mean of its training features."""
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    strategy = _strategy("ranpac", bm, head="ncm", phase1=False)
+    model = strategy.model
+    for exp in bm.train_stream[:2]:
+        strategy.train(exp, eval_streams=[])
+    assert model.M == 0 and model.G.numel() == 0 and model.W.numel() == 0
+    assert not any(p.requires_grad for p in model.parameters())
+    feats, labels = [], []
+    with torch.no_grad():
+        for exp in bm.train_stream[:2]:
+            x, y = dataset_tensors(exp.dataset)
+            feats.append(model.vit_features(x))       # phase1 false: the pre-trained ViT
+            labels.append(y)
+        feats, labels = torch.cat(feats), torch.cat(labels)
+        classes = sorted(set(labels.tolist()))
+        means = torch.stack([feats[labels == c].mean(0) for c in classes])
+        xt, yt = dataset_tensors(bm.test_stream[1].dataset)
+        logits = model(xt)
+        query = model.vit_features(xt)
+    expected = F.normalize(query, dim=1) @ F.normalize(means, dim=1).T
+    assert torch.allclose(logits[:, classes], expected, atol=1e-5)
+    assert torch.equal(logits.argmax(1), torch.tensor(classes)[expected.argmax(1)])
+    assert (logits[:, [c for c in range(logits.shape[1]) if c not in classes]]
+            == -1000.0).all()
+    extras = strategy.experience_extras()
+    assert extras["projection_width"] == 0 and "ridge" not in extras
+    # a hand-sized problem through the same head: means (2, 0) and (0, 3)
+    from clplatform.strategies.prototype_head import PrototypeHead
+    head = PrototypeHead(2, 3)
+    head.add(torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 4.0]]),
+             torch.tensor([0, 0, 1, 1]))
+    assert torch.equal(head.prototypes[:2], torch.tensor([[2.0, 0.0], [0.0, 3.0]]))
+    out = head(torch.tensor([[1.0, 1.1], [2.0, 0.5]]))
+    assert out.argmax(1).tolist() == [1, 0] and float(out[0, 2]) == -1000.0
+
+
+def test_ssf_at_init_std_0_is_the_identity_and_counts_its_parameters():
+    from clplatform.strategies.ssf import ScaleShift, add_scale_shift, scale_shift_parameters
+    backbone = create_backbone("vit-glyphs", pretrained=False).eval()
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        before = backbone(x)
+        added = add_scale_shift(backbone.model, init_std=0.0)
+        assert torch.equal(backbone(x), before)                 # exact identity
+        vit = backbone.model
+        assert len(added) == 2 + 6 * len(vit.blocks)
+        ratio = vit.blocks[0].mlp.fc1.out_features / 96
+        assert sum(p.numel() for m in added for p in m.parameters()) == \
+            scale_shift_parameters(96, len(vit.blocks), ratio)
+        assert vit.blocks[0].attn.qkv.ssf.scale.shape == (3 * 96,)
+        assert vit.blocks[0].mlp.fc1.ssf.scale.shape == (vit.blocks[0].mlp.fc1.out_features,)
+        assert vit.patch_embed.grid_size == vit.patch_embed.module.grid_size
+        # shifting the final norm's output moves the features by exactly that shift
+        vit.norm.ssf.shift.fill_(0.5)
+        assert torch.allclose(backbone(x), before + 0.5, atol=1e-6)
+    torch.manual_seed(0)
+    near = ScaleShift(4000).requires_grad_(False)              # the code's N(1, .02) init
+    assert abs(float(near.scale.mean()) - 1) < 2e-3 and abs(float(near.scale.std()) - 0.02) < 2e-3
+    assert abs(float(near.shift.mean())) < 2e-3 and abs(float(near.shift.std()) - 0.02) < 2e-3
+    assert scale_shift_parameters(768, 12) == 205824           # ViT-B/16
+
+
+def test_ranpac_ssf_phase1_trains_only_the_scale_shift_parameters(pretrained_backbone):
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    strategy = _strategy("ranpac", bm, petl="ssf", M=200, epochs=2)
+    model = strategy.model
+    assert model.num_sets == 0 and len(model.ssf) == 2 + 6 * len(model.blocks)
+    ssf_names = {n for n, _ in model.named_parameters() if ".ssf." in n}
+    assert ssf_names and {n for n, p in model.named_parameters() if p.requires_grad} == \
+        ssf_names
+    before = _digest(model)
+    strategy.train(bm.train_stream[0], eval_streams=[])
+    after = _digest(model)
+    params = {n for n, _ in model.named_parameters()}
+    changed = {n for n in params if before[n] != after[n]}
+    assert changed == ssf_names                   # every SSF site trained (the patch one too,
+    assert "backbone.model.patch_embed.ssf.scale" in changed   # through the cached tokens)
+    assert strategy.experience_extras()["trained_params"] == \
+        sum(p.numel() for p in model.ssf.parameters())
+    for exp in bm.train_stream[1:]:
+        strategy.train(exp, eval_streams=[])
+    assert {n: v for n, v in _digest(model).items() if n in params} == \
+        {n: v for n, v in after.items() if n in params}        # frozen after phase 1
+    x, _ = dataset_tensors(bm.test_stream[0].dataset)
+    with torch.no_grad():                       # the cached path is the plain forward
+        plain = model.backbone.model.forward_features(model.backbone.prepare(x))
+        assert torch.allclose(model.backbone_features(model.embed(x)),
+                              model.vit.forward_head(plain, pre_logits=True), atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- EASE
 def test_ease_semantic_complement_by_hand():
     from clplatform.strategies.ptm.ease import semantic_complement
@@ -286,9 +379,112 @@ def test_ease_one_adapter_set_per_experience_t_plus_1_passes(pretrained_backbone
     assert len(calls) == 2                                      # t + 1 passes at t = 1
 
 
+def test_ease_init_ptm_subspace_and_beta_by_hand():
+    """use_init_ptm: a d-wide pre-trained block in front (real prototypes of every class,
+    never complemented); logit of a class of experience i = beta cos_ptm + cos_own +
+    (alpha / t) sum of the other adapter cosines (``linears.py`` forward_reweight)."""
+    from clplatform.strategies.ptm.ease import semantic_complement
+    torch.manual_seed(0)
+    model = _ease_model(use_init_ptm=True, beta=0.7, alpha=0.3)
+    assert model.protos.shape == (6, 1, 96)
+    for _ in range(2):
+        model.grow()
+    assert model.protos.shape == (6, 3, 96) and model.passes == [None, 0, 1]
+    model.class_exp.copy_(torch.tensor([0, 0, 1, 1, -1, -1]))
+    for c in range(4):
+        model.ptm_space.add(torch.randn(2, 96), torch.tensor([c, c]))
+        for j, space in enumerate(model.subspaces):
+            if model.class_exp[c] >= j:
+                space.add(torch.randn(2, 96), torch.tensor([c, c]))
+    model.rebuild_prototypes()
+    P = model.protos
+    assert torch.equal(P[:4, 0], model.ptm_space.prototypes[:4])       # real, all classes
+    sub = [s.prototypes for s in model.subspaces]
+    assert torch.allclose(P[0, 2], semantic_complement(sub[0][[0]], sub[0][[2, 3]],
+                                                       sub[1][[2, 3]])[0])
+    features = torch.randn(3, 3, 96)
+    logits = model.logits(features)
+
+    def cos(b, c, s):
+        return float(F.cosine_similarity(features[b, s], P[c, s], dim=0))
+    for b in range(3):
+        for c in range(4):
+            own = 1 + int(model.class_exp[c])
+            other = 3 - own                       # the other adapter subspace (t = 1)
+            expected = 0.7 * cos(b, c, 0) + cos(b, c, own) + 0.3 / 1 * cos(b, c, other)
+            assert float(logits[b, c]) == pytest.approx(expected, abs=1e-5)
+    assert (logits[:, 4:] == -1000.0).all()
+    # beta 0: the pre-trained block no longer counts
+    model.beta = 0.0
+    only = model.logits(features)
+    assert float(only[0, 2]) == pytest.approx(cos(0, 2, 2) + 0.3 * cos(0, 2, 1), abs=1e-5)
+    # reweight false / moni_adam: one cosine over the concatenation
+    model.plain_cosine = True
+    flat = F.normalize(features.flatten(1), dim=1) @ F.normalize(P.flatten(1), dim=1).T
+    assert torch.allclose(model.logits(features)[:, :4], flat[:, :4], atol=1e-6)
+
+
+def test_ease_adapter_num_1_keeps_one_set_and_scores_like_aper(pretrained_backbone):
+    """adapter_num = 1 (the code's moni_adam): one adapter set, trained in experience 1
+    only; the pre-trained subspace in front; a class's score is the cosine between
+    [pre-trained || adapted] and the class mean of those features, as APER's."""
+    bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
+    strategy = _strategy("ease", bm, epochs=1, adapter_num=1)
+    model = strategy.model
+    trained = []
+    for exp in bm.train_stream:
+        strategy.train(exp, eval_streams=[])
+        trained.append(strategy.experience_extras()["trained_params"])
+    assert model.num_sets == 1 and model.passes == [None, 0]
+    assert trained[0] > 0 and trained[1:] == [0, 0]
+    assert strategy.experience_extras()["backbone_passes"] == 2
+    x, y = dataset_tensors(bm.train_stream[2].dataset)
+    xt, _ = dataset_tensors(bm.test_stream[2].dataset)
+    with torch.no_grad():
+        def concat(images):
+            tokens = model.embed(images)
+            return torch.cat([model.features_from_tokens(tokens, None),
+                              model.features_from_tokens(tokens, 0)], dim=1)
+        c = int(y[0])
+        assert torch.allclose(model.protos[c].flatten(), concat(x[y == c]).mean(0), atol=1e-5)
+        logits, feats = model(xt[:6]), concat(xt[:6])
+    seen = model.class_exp >= 0
+    expected = F.normalize(feats, dim=1) @ F.normalize(model.protos.flatten(1), dim=1).T
+    assert torch.allclose(logits[:, seen], expected[:, seen], atol=1e-5)
+    assert (logits[:, ~seen] == -1000.0).all()
+
+
+def test_ease_adapter_num_run_records_and_resumes(runs_dir, pretrained_backbone):
+    """Records follow the cap (2 passes, no training after experience 1, constant FLOPs);
+    stopped after experience 1 and resumed, the records are the uninterrupted ones."""
+    import numpy as np
+
+    import clplatform
+    from conftest import stopped_after
+    options = {"epochs": 1, "adapter_num": 1}
+    reference = clplatform.run("ease", "glyphs", stream_options=TINY_GLYPHS, seed=0,
+                               out=runs_dir / "ref", strategy_options=options)
+    exps = reference.experiences
+    assert list(exps["ease.backbone_passes"]) == [2, 2, 2]
+    assert list(exps["ease.adapter_sets"]) == [1, 1, 1]
+    assert list(exps["ease.trained_params"])[1:] == [0, 0]
+    flops = list(exps["inference_flops_per_sample"])
+    assert flops[0] == flops[-1]
+    with stopped_after(0):
+        clplatform.run("ease", "glyphs", stream_options=TINY_GLYPHS, seed=0,
+                       out=runs_dir / "cut", strategy_options=options)
+    (run_dir,) = (runs_dir / "cut").iterdir()
+    resumed = clplatform.resume(run_dir)
+    assert resumed.status == "complete"
+    assert np.array_equal(resumed.accuracy["accuracy"], reference.accuracy["accuracy"])
+    assert list(resumed.experiences["ease.feature_dim"]) == list(exps["ease.feature_dim"])
+
+
 # ----------------------------------------------------------------------------- end to end
 @pytest.mark.parametrize("strategy, options", [
-    ("aper", {"epochs": 2}), ("ranpac", {"epochs": 2, "M": 500}), ("ease", {"epochs": 2})])
+    ("aper", {"epochs": 2}), ("ranpac", {"epochs": 2, "M": 500}), ("ease", {"epochs": 2}),
+    ("ranpac", {"epochs": 1, "M": 500, "petl": "ssf"}),
+    ("ease", {"epochs": 1, "use_init_ptm": True})])
 def test_end_to_end_on_a_tiny_stream(strategy, options, runs_dir, pretrained_backbone):
     import clplatform
     run = clplatform.run(strategy, "glyphs", stream_options=TINY_GLYPHS, seed=0, out=runs_dir,
@@ -298,9 +494,11 @@ def test_end_to_end_on_a_tiny_stream(strategy, options, runs_dir, pretrained_bac
     assert (exps["stored_bytes"] > 0).all() and (exps["params_added"] > 0).all()
     flops = list(exps["inference_flops_per_sample"])
     if strategy == "ease":   # t + 1 passes: one more ViT pass per experience
-        assert list(exps["ease.backbone_passes"]) == [1, 2, 3]
+        ptm = int(options.get("use_init_ptm", False))   # and the pre-trained one in front
+        assert list(exps["ease.backbone_passes"]) == [1 + ptm, 2 + ptm, 3 + ptm]
+        assert list(exps["ease.feature_dim"]) == [96 * (t + ptm) for t in (1, 2, 3)]
         assert flops[2] - flops[1] == pytest.approx(flops[1] - flops[0], rel=1e-3)
-        assert flops[1] - flops[0] > 0.5 * flops[0]
+        assert (1 + ptm) * (flops[1] - flops[0]) > 0.5 * flops[0]
     else:
         assert flops[0] == flops[-1]
     if strategy == "aper":   # two passes of the blocks from one embedding (the frozen conv
@@ -311,3 +509,40 @@ def test_end_to_end_on_a_tiny_stream(strategy, options, runs_dir, pretrained_bac
         assert list(exps["aper.trained_params"])[1:] == [0, 0]
     if strategy == "ranpac":  # the projection is counted: d x M MACs more than the ViT
         assert list(exps["ranpac.projection_width"]) == [500] * 3
+
+
+# ----------------------------------------------------------------------------- CPU preset
+def test_sema_table1_cpu_preset_sets_5_epochs_for_the_slow_comparators_only():
+    from clplatform.app.presets import PRESETS, preset_overrides, preset_strategies
+    from clplatform.app.spec import make_spec, resolve
+    from clplatform.app.sweep import plan
+    from clplatform.errors import UserError
+    assert preset_strategies("sema-table1-cpu") == preset_strategies("sema-table1")
+    assert preset_strategies("sema-appendix-cpu") == preset_strategies("sema-appendix")
+    assert preset_overrides(None) == {} and PRESETS["sema-table1"].overrides == {}
+    names = preset_strategies("sema-table1-cpu")
+
+    def epochs(cells):
+        out = {}
+        for cell in cells:
+            resolved = resolve(cell.spec)
+            hparams = getattr(resolved.hparams, "epochs", None)
+            out[cell.spec.strategy] = hparams if hparams is not None else \
+                resolved.settings().epochs
+        return out
+    cpu = epochs(plan(names, ["glyphs"], [0], {}, make_spec(),
+                      preset_overrides("sema-table1-cpu")))
+    official = epochs(plan(names, ["glyphs"], [0], {}, make_spec()))
+    assert official["coda-prompt"] == official["inflora"] == official["aper"] == 20
+    assert {k for k in names if cpu[k] != official[k]} == {"coda-prompt", "inflora", "aper"}
+    assert cpu["coda-prompt"] == cpu["inflora"] == cpu["aper"] == 5
+    # the command line wins over the preset: --epochs (training setting), --set (aper's)
+    mine = epochs(plan(names, ["glyphs"], [0], {},
+                       make_spec(epochs="3", strategy_options={"epochs": "2"}),
+                       preset_overrides("sema-table1-cpu")))
+    assert mine["inflora"] == 3 and mine["aper"] == 2
+    appendix = epochs(plan(preset_strategies("sema-appendix-cpu"), ["glyphs"], [0], {},
+                           make_spec(), preset_overrides("sema-appendix-cpu")))
+    assert appendix["ease"] == appendix["ranpac"] == 5
+    with pytest.raises(UserError, match="unknown preset"):
+        preset_overrides("sema-table1-gpu")

@@ -360,7 +360,8 @@ def compare_command(runs, out, group_by, export, export_format, include_incomple
 @click.option("--preset", "presets", metavar="NAME", multiple=True,
               help="the strategies of a paper's comparison instead of --strategies: "
                    "sema-table1 (L2P, DualPrompt, CODA-Prompt, SimpleCIL, APER, InfLoRA, "
-                   "SEMA) or sema-appendix (EASE, RanPAC, SimpleCIL, SEMA); and/or a "
+                   "SEMA) or sema-appendix (EASE, RanPAC, SimpleCIL, SEMA) (with -cpu: 5 "
+                   "epochs for the comparators whose 20 take over 90 s on a CPU); and/or a "
                    f"benchmark recipe ({_RECIPES}): its stream, backbone, seeds, and its "
                    "strategy's hyper-parameters (its strategy alone unless --strategies or "
                    "a comparison preset is given; explicit options win)")
@@ -408,7 +409,7 @@ def sweep_command(strategies, presets, streams, seeds, grid, executor, workers, 
       clplat sweep --preset sema-table1 --preset sema-cifar100 --stream-opt root=data
     """
     from ..options import parse_assignments
-    from .presets import get_preset
+    from .presets import get_preset, preset_overrides
     from .spec import make_spec
     from .sweep import SweepOptions, _split, parse_grid, plan, run_sweep
     chosen = [get_preset(name) for name in presets]
@@ -442,13 +443,17 @@ def sweep_command(strategies, presets, streams, seeds, grid, executor, workers, 
         names = _split(strategies, "--strategies")
     else:
         names = list(recipe.strategies)
-    own = {}
-    if recipe:  # the recipe's hyper-parameters belong to its strategy only
-        own = {recipe.strategies[0]: {k: v for k, v in base.strategy_options.items()
-                                      if k not in user_sets}}
+    # per strategy: a comparison preset's values, and a recipe's hyper-parameters (which
+    # belong to its strategy only)
+    overrides = preset_overrides(comparisons[0].name) if comparisons else {}
+    if recipe:
+        own = recipe.strategies[0]
+        overrides[own] = {**overrides.get(own, {}),
+                          **{k: v for k, v in base.strategy_options.items()
+                             if k not in user_sets}}
         base.strategy_options = user_sets
     cells = plan(names, _split(streams, "--streams") if streams else [base.stream],
-                 seed_values, parse_grid(grid), base, own)
+                 seed_values, parse_grid(grid), base, overrides)
     cells, runs, report = run_sweep(cells, out, SweepOptions(executor, workers, threads,
                                                               gpus, address, retries))
     failed = [c for c in cells if c.status == "failed"]

@@ -89,13 +89,14 @@ def _cell_id(strategy: str, stream_label: str, seed: int, grid: dict[str, str]) 
 
 def plan(strategies: list[str], streams: list[str], seeds: list[int],
          grid: dict[str, list[str]], base: RunSpec,
-         own_options: dict[str, dict[str, Any]] | None = None) -> list[Cell]:
+         overrides: dict[str, dict[str, Any]] | None = None) -> list[Cell]:
     """Every cell of the sweep, validated (names, option names and values, training
     settings, as a run validates them) without building anything. A grid key is a training
     setting (epochs, batch_size, lr), ``stream.KEY``, ``backbone.KEY``, or a strategy
     hyper-parameter — applied to the strategies that have it
-    (others run once per remaining combination). ``own_options``: hyper-parameters of one
-    strategy only (a recipe preset's), below ``--set`` and the grid."""
+    (others run once per remaining combination). ``overrides``: per strategy, a preset's
+    values (a hyper-parameter of that name, else a training setting) under ``base`` and
+    the grid."""
     import itertools
 
     from ..registry import STRATEGIES
@@ -116,11 +117,12 @@ def plan(strategies: list[str], streams: list[str], seeds: list[int],
     for strategy, stream, seed in itertools.product(strategies, streams, seeds):
         names = _option_names(entries[strategy])
         keys = [k for k in grid if k not in strategy_keys or k in names]
+        preset = (overrides or {}).get(strategy, {})
         for values in itertools.product(*(grid[k] for k in keys)):
             chosen = dict(zip(keys, values))
             spec = dataclasses.replace(
                 base, strategy=strategy, stream=stream,
-                strategy_options={**(own_options or {}).get(strategy, {}),
+                strategy_options={**{k: v for k, v in preset.items() if k in names},
                                   **{k: v for k, v in base.strategy_options.items()
                                      if k in names},
                                   **{k: v for k, v in chosen.items() if k in names}},
@@ -130,7 +132,8 @@ def plan(strategies: list[str], streams: list[str], seeds: list[int],
                 backbone_options={**base.backbone_options,
                                   **{k[9:]: v for k, v in chosen.items()
                                      if k.startswith("backbone.")}},
-                train={**base.train, "seed": seed,
+                train={**{k: v for k, v in preset.items() if k not in names},
+                       **base.train, "seed": seed,
                        **{k: v for k, v in chosen.items() if k in TRAIN_KEYS}})
             resolved = resolve(spec)  # the checks a run makes first
             cells.append(Cell(_cell_id(strategy, resolved.stream.label, seed, chosen), spec,

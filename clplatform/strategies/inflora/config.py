@@ -27,7 +27,13 @@ class InfLoRAOptions:
                       "vectors of the input covariance with the old subspace projected away, "
                       "InfLoRA), unprojected (no projection) or random (Kaiming-uniform, as "
                       "sequential LoRA)", choices=("projected", "unprojected", "random"))
-    blocks: int = opt(0, "the first N blocks get branches (0: all; 5: InfLoRA-b5)", min=0)
+    blocks: int = opt(0, "the first N blocks get branches (0: all; 5: InfLoRA-b5, whose "
+                         "code also uses the gpm memory and, on CIFAR-100, lr 1e-3)", min=0)
+    memory: Optional[str] = opt(None, "memory of old input subspaces: dualgpm (the basis or "
+                                "its complement, whichever is at most d/2 wide: "
+                                "methods/inflora.py) or gpm (the basis only, up to d wide: "
+                                "methods/inflorab5.py); default: gpm when blocks is set, "
+                                "else dualgpm", choices=("dualgpm", "gpm"))
     merge: bool = opt(True, "fold finished branches into W_k, W_v (zero inference cost); "
                             "false: keep every branch and run it at inference")
     lr_schedule: str = opt("code", "per-epoch lr factor cos(99 pi e' / (200 (E - 1))): code "
@@ -36,6 +42,20 @@ class InfLoRAOptions:
                            "(e' = e, the last at 0.016 lr), constant",
                            choices=("code", "formula", "constant"))
     weight_decay: float = opt(0.0, "Adam weight decay (code: 0)", min=0)
+    classifier_alignment: bool = opt(False, "InfLoRA+CA (methods/inflora_ca.py): keep each "
+                                     "class's feature mean and covariance; after every "
+                                     "experience but the first, retrain all heads on "
+                                     "Gaussian samples of every class seen")
+    ca_epochs: int = opt(5, "classifier-alignment epochs (SGD 0.01, momentum 0.9, wd 5e-4, "
+                            "cosine to 0)", min=1)
+    ca_samples: int = opt(256, "Gaussian samples per class and epoch (also the batch size)",
+                          min=1)
+    ca_logit_norm: float = opt(0.1, "alignment logits divided by their mean per-head norm "
+                                    "and by this temperature (0: plain logits, the code's "
+                                    "CIFAR-100 branch of inflora_ca.py)", min=0)
+
+    def resolved_memory(self) -> str:
+        return self.memory or ("gpm" if self.blocks else "dualgpm")
 
     def resolved_rank(self, width: int) -> int:
         return self.rank or max(2, round(10 * width / 768))

@@ -1,6 +1,6 @@
 """InfLoRA's subspace design and its DualGPM memory of old input subspaces (liangyanshuo/InfLoRA
-``methods/inflora.py``: the design in ``_train``, the memory in ``update_DualGPM``), on plain
-tensors, in float64.
+``methods/inflora.py``: the design in ``_train``, the memory in ``update_DualGPM``; plain GPM as
+``methods/inflorab5.py`` ``update_GPM``), on plain tensors, in float64.
 
 Per adapted layer the memory holds an orthonormal basis ``B`` (d x k) of either the old
 inputs' subspace M (``kind = "basis"``, the code's ``remove``) or of its orthogonal complement
@@ -53,8 +53,11 @@ def design_down(cov: torch.Tensor, memory: LayerMemory | None, rank: int,
     return u[:, :rank].T * scale
 
 
-def update(cov: torch.Tensor, memory: LayerMemory | None, eps: float) -> LayerMemory | None:
+def update(cov: torch.Tensor, memory: LayerMemory | None, eps: float,
+           dual: bool = True) -> LayerMemory | None:
     """The memory after an experience whose (trained-model) input covariance is ``cov``.
+    ``dual=False``: plain GPM (``methods/inflorab5.py`` ``update_GPM``), the basis only,
+    never its complement, at most d wide.
 
     First experience: the top-k singular vectors with cumulative energy (squared singular
     values) below eps, at least one. Later, storing M: add the top residual directions of
@@ -103,6 +106,8 @@ def update(cov: torch.Tensor, memory: LayerMemory | None, eps: float) -> LayerMe
             residual = b - u[:, :r] @ (u[:, :r].T @ b)
             ui, _, _ = torch.linalg.svd(residual)
             memory = LayerMemory(ui[:, :b.shape[1] - r].contiguous(), COMPLEMENT)
+    if not dual:
+        return memory
     if memory.kind == BASIS and memory.basis.shape[1] > d / 2:
         k = memory.basis.shape[1]
         u, _, _ = torch.linalg.svd(memory.basis)  # full: the last d - k span the complement

@@ -9,6 +9,13 @@ starts at zero. Adam trains the U_t and the head on cross-entropy over the curre
 After training the covariance is taken again (trained branch in place) and the memory
 updated with eps_t; the branches are folded into W_k, W_v (``merge``).
 
+``classifier_alignment`` (InfLoRA+CA, ``methods/inflora_ca.py``): after each experience the
+mean and covariance (+1e-4 I) of each new class's features are kept; from the second
+experience on, every head is retrained for ``ca_epochs`` epochs of SGD (0.01, momentum 0.9,
+wd 5e-4, cosine per epoch to 0) on ``ca_samples`` Gaussian samples per seen class, drawn
+afresh each epoch, an older experience's mean scaled by 0.9 + 0.1 (i + 1) / (t + 1); logits
+divided by their mean per-head norm and by ``ca_logit_norm``.
+
 The frozen patch/position embedding of every training sample is computed once per
 experience (exact: frozen, no augmentation on these streams); the covariance passes run
 without gradients. Training iterations go through Avalanche's plugin hooks (the evaluator
@@ -25,12 +32,21 @@ from clplatform.data import dataset_tensors
 from clplatform.errors import UserError
 
 from ..base import Strategy, StrategyContext, TensorBatches, cosine_factor
+from ..ptm.common import epoch_cosine
 from ..vit import frozen_rows, map_batches
 from . import memory as gpm
 from .config import InfLoRAOptions
 from .model import InfLoRAModel
 
 
+def aligned_logits(outs: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """The heads' logits concatenated, divided by the mean over heads of each head's logit
+    norm (+1e-7) and by ``temperature`` (0: as they are) — the code's ``logit_norm``."""
+    logits = torch.cat(outs, dim=1)
+    if not temperature:
+        return logits
+    norms = torch.cat([out.norm(dim=-1, keepdim=True) + 1e-7 for out in outs], dim=-1)
+    return logits / norms.mean(dim=-1, keepdim=True) / temperature
 
 
 class InfLoRA(Strategy):
@@ -49,6 +65,8 @@ class InfLoRA(Strategy):
         self.trained_params = 0
         self.designed_params = 0
         self._record: dict = {}
+        #: classifier alignment: per class seen, its feature mean (float64) and covariance
+        self.class_stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def inflora(self) -> InfLoRAModel:
@@ -92,6 +110,54 @@ class InfLoRA(Strategy):
             with torch.no_grad():
                 branch.down.copy_(down.to(branch.down))
 
+    @torch.no_grad()
+    def store_class_statistics(self, tokens: torch.Tensor, y: torch.Tensor) -> None:
+        """Mean and covariance + 1e-4 I (``torch.cov``, float64) of each class's features,
+        the model as trained (the code's ``_compute_class_mean``)."""
+        model = self.inflora
+        model.eval()
+        features = map_batches(lambda t: model.pool(model.run_blocks(t)), tokens,
+                               self.device).double().cpu()
+        for c in sorted(set(y.tolist())):
+            f = features[y == c]
+            cov = torch.cov(f.T) + 1e-4 * torch.eye(f.shape[1], dtype=torch.float64)
+            self.class_stats[c] = (f.mean(0), cov.float())
+
+    def align_classifiers(self) -> None:
+        """Every head retrained on Gaussian samples of the classes seen (the code's
+        ``_stage2_compact_classifier``), through the template's epoch loop."""
+        model, o = self.inflora, self.opts
+        order = [c for cls in model.head_classes for c in cls]   # the heads' output order
+        experience = [i for i, cls in enumerate(model.head_classes) for _ in cls]
+        t = len(model.head_classes) - 1
+        normals = []
+        for c, i in zip(order, experience):
+            mean, cov = self.class_stats[c]
+            mean = (mean * (0.9 + (i + 1) / (t + 1) * 0.1)).float()
+            jitter = torch.zeros_like(cov)
+            while torch.linalg.cholesky_ex(cov + jitter).info != 0:  # the code's IN-A fix
+                jitter += 1e-4 * torch.eye(len(cov))
+            normals.append(torch.distributions.MultivariateNormal(mean, cov + jitter))
+        params = list(model.heads.parameters())
+        model.heads.requires_grad_(True)
+        optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
+        scheduler = epoch_cosine(optimizer, o.ca_epochs, len(order))
+        targets = torch.arange(len(order)).repeat_interleave(o.ca_samples).to(self.device)
+
+        def loss(x, target):
+            return F.cross_entropy(
+                aligned_logits([head(x) for head in model.heads], o.ca_logit_norm), target)
+        model.eval()
+        try:
+            for _ in range(o.ca_epochs):  # fresh samples every epoch
+                samples = torch.cat([n.sample((o.ca_samples,)) for n in normals])
+                self.fit_tensors(optimizer, samples.to(self.device), targets, loss, 1,
+                                 o.ca_samples, scheduler)
+        finally:
+            model.heads.requires_grad_(False)
+            for p in params:
+                p.grad = None
+
     # ----------------------------------------------------------------- Avalanche
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         model, o, settings = self.inflora, self.opts, self.settings
@@ -131,11 +197,16 @@ class InfLoRA(Strategy):
         eps = gpm.threshold(self.experiences_seen, len(stream), o.eps_base, o.eps_end)
         if o.design == "projected":
             covs = self.covariances(tokens)
-            self.memory = [gpm.update(c, m, eps) for c, m in zip(covs, self.memory)]
+            dual = o.resolved_memory() == "dualgpm"
+            self.memory = [gpm.update(c, m, eps, dual) for c, m in zip(covs, self.memory)]
         self.trained_params += sum(b.up.numel() for b in branches)
         self.designed_params += sum(b.down.numel() for b in branches)
         model.finish_experience(o.merge)
         model.eval()
+        if o.classifier_alignment:
+            self.store_class_statistics(tokens, y)
+            if self.experiences_seen > 0:
+                self.align_classifiers()
         self.experiences_seen += 1
         self._record = {"eps": round(eps, 6)}
 
@@ -146,11 +217,13 @@ class InfLoRA(Strategy):
         live = sum(p.numel() for w in model.wrappers for p in w.branches.parameters())
         memory = sum(m.basis.numel() for m in self.memory if m is not None)
         branches = self.trained_params + self.designed_params
+        # classifier alignment: a mean (float64) and a covariance per class seen
+        stats = sum(2 * m.numel() + c.numel() for m, c in self.class_stats.values())
         return {
             "params_added": branches + heads,
-            # branches (merged or not: they rebuild the merged weights), heads, and the
-            # DualGPM bases the next experience needs
-            "stored_bytes": 4 * (branches + heads + memory),
+            # branches (merged or not: they rebuild the merged weights), heads, the DualGPM
+            # bases the next experience needs and the class statistics
+            "stored_bytes": 4 * (branches + heads + memory + stats),
             "rank": model.rank,
             "trained_params": self.trained_params, "designed_params": self.designed_params,
             "head_params": heads, "live_branch_params": live, "memory_floats": memory,
@@ -167,7 +240,8 @@ class InfLoRA(Strategy):
                 "memory": [None if m is None else {"basis": m.basis, "kind": m.kind}
                            for m in self.memory],
                 "trained_params": self.trained_params,
-                "designed_params": self.designed_params}
+                "designed_params": self.designed_params,
+                "class_stats": {c: list(v) for c, v in self.class_stats.items()}}
 
     def restore_checkpoint_state(self, state: dict, experiences: list) -> None:
         """Heads and live (unmerged) branches of the finished experiences, frozen; their
@@ -186,3 +260,4 @@ class InfLoRA(Strategy):
         self.experiences_seen = state["experiences_seen"]
         self.trained_params = state["trained_params"]
         self.designed_params = state["designed_params"]
+        self.class_stats = {int(c): tuple(v) for c, v in state.get("class_stats", {}).items()}

@@ -60,8 +60,8 @@ class RanPACOptions(AdapterTraining):
     M: Optional[int] = opt(None, "random projection width (default: 10000 x d / 768, i.e. "
                                  "the official 10000 on ViT-B, 1250 on vit-glyphs; 0: no "
                                  "projection, ridge on the features)", min=0)
-    phase1: bool = opt(True, "train adapters on the first experience (phase 1); false: the "
-                             "pre-trained backbone as it is")
+    phase1: bool = opt(True, "train the petl modules on the first experience (phase 1); "
+                             "false: the pre-trained backbone as it is")
     lambda_search: str = opt("primal", "ridge search over 10^-8..10^8 on the current "
                              "experience (80/20): primal (the official 17 M x M float32 "
                              "solves) or dual (the same ridge solutions through the n x n "
@@ -69,14 +69,30 @@ class RanPACOptions(AdapterTraining):
                              choices=("primal", "dual"))
     ridge: Optional[float] = opt(None, "fixed ridge lambda (default: searched every "
                                        "experience)", min=0)
+    petl: str = opt("adapter", "what phase 1 trains: adapter (AdaptFormer in every block: "
+                    "the code's CIFAR-100 choice) or ssf (scale-and-shift of every block's "
+                    "norms and linear outputs, the patch embedding and the final norm: its "
+                    "ImageNet-R choice)", choices=("adapter", "ssf"))
+    head: str = opt("ridge", "ridge (random projection and the ridge head, RanPAC) or ncm "
+                    "(no projection: cosine to the class means of the features, the code's "
+                    "use_RP false; with phase1 false: its 'ncm' baseline)",
+                    choices=("ridge", "ncm"))
 
     def projection(self, width: int) -> int:
-        """M: as set, else 10000 x d / 768 (the official 10000 on ViT-B)."""
+        """M: as set, else 10000 x d / 768 (the official 10000 on ViT-B); 0 for the NCM
+        head (no projection)."""
+        if self.head == "ncm":
+            return 0
         return self.M if self.M is not None else round(10000 * width / 768)
 
     def parameters_added(self, width: int, depth: int, classes: int) -> int:
+        from ..ssf import scale_shift_parameters
+        phase1 = 0 if not self.phase1 else scale_shift_parameters(width, depth) \
+            if self.petl == "ssf" else self._adapters(width, depth)
+        if self.head == "ncm":
+            return phase1 + width * classes
         m = self.projection(width) or width
-        return (self._adapters(width, depth) if self.phase1 else 0) + m * m + 2 * m * classes
+        return phase1 + m * m + 2 * m * classes
 
 
 @dataclass
@@ -84,10 +100,26 @@ class EASEOptions(AdapterTraining):
     lr: float = opt(0.025, "SGD learning rate (cosine to 0, stepped once per epoch)", min=0)
     alpha: float = opt(0.1, "weight of the other subspaces' cosines (divided by t)", min=0)
     reweight: bool = opt(True, "weight 1 for a class's own subspace and alpha / t for the "
-                               "others; false: every subspace weight 1")
+                               "others; false: one cosine over the whole concatenated "
+                               "feature (the code's use_reweight false)")
     complement: str = opt("semantic", "prototypes of old classes in newer subspaces: "
                           "semantic (similarity-weighted new-class prototypes, EASE) or zeros",
                           choices=("semantic", "zeros"))
+    use_init_ptm: bool = opt(False, "a pre-trained-only subspace in front of the adapter "
+                                    "subspaces (one more ViT pass; real prototypes for every "
+                                    "class, its cosine weighted by beta). Code: off for "
+                                    "CIFAR, IN-R, IN-A, ObjectNet, VTAB; on for CUB, "
+                                    "OmniBenchmark")
+    beta: float = opt(1.0, "weight of the pre-trained subspace's cosine when use_init_ptm "
+                           "(the configs that turn it on set 1)", min=0)
+    adapter_num: Optional[int] = opt(None, "cap on adapter sets: only the first N "
+                                           "experiences train one (the code's moni_adam "
+                                           "mode: it also turns use_init_ptm on and scores "
+                                           "a class by one cosine over the whole "
+                                           "concatenated feature, alpha and beta unused; 1: "
+                                           "APER with adapters); default: a set per "
+                                           "experience", min=1)
 
     def parameters_added(self, width: int, depth: int, classes: int) -> int:
-        return self._adapters(width, depth) + width * classes
+        subspaces = 1 + bool(self.use_init_ptm or self.adapter_num)
+        return self._adapters(width, depth) + subspaces * width * classes

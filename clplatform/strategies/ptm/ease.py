@@ -9,6 +9,18 @@ newer subspace j gets the semantic-guided complement (softmax over cosines, in s
 the classes learned in experiences j..t, weighting their prototypes in subspace j), recomputed
 for every (i, j) each experience. Logit of a class of experience i: sum over subspaces of the
 cosine, weight 1 in subspace i and alpha / t elsewhere.
+
+Options of the code (``models/ease.py``, ``backbone/linears.py`` ``forward_reweight``):
+``use_init_ptm`` puts a subspace of the pre-trained network (no adapter) in front: real
+prototypes for every class, never complemented, its cosine weighted by beta in every class's
+logit (one more ViT pass). ``adapter_num`` (the code's ``moni_adam``): only the first N
+experiences add and train an adapter set; it turns ``use_init_ptm`` on and scores a class by
+one cosine between the concatenated feature and the concatenated prototypes (alpha, beta
+unused), as ``reweight=false`` does; the complement stays within the N adapter subspaces.
+With N = 1 this is APER with adapters. The code still runs a pass for every untrained
+(no-op) set it appends after the N-th, each giving the pre-trained feature again: that
+scales all of a sample's logits by one factor (same prediction); here those passes are not
+run, nor counted.
 """
 from __future__ import annotations
 
@@ -38,64 +50,100 @@ def semantic_complement(a_hat: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -
 
 
 class EASEModel(AdapterViT):
-    """``forward(x)``: one ViT pass per adapter set, the reweighted prototype logits."""
+    """``forward(x)``: one ViT pass per subspace (the pre-trained network first when
+    ``use_init_ptm``, then one per adapter set), the reweighted prototype logits.
+
+    Subspace s of ``protos[:, s]`` is the pass ``passes[s]`` (None: the pre-trained
+    network, k: adapter set k)."""
 
     def __init__(self, backbone: Backbone, num_classes: int, opts: EASEOptions):
         super().__init__(backbone, opts, "ease")
         self.num_classes = num_classes
-        self.alpha, self.reweight, self.complement = opts.alpha, opts.reweight, opts.complement
+        self.alpha, self.beta, self.complement = opts.alpha, opts.beta, opts.complement
+        self.adapter_num = opts.adapter_num
+        # the code's moni_adam (adapter_num set): the pre-trained subspace and one cosine over
+        # the concatenation; use_reweight false: that cosine too
+        self.use_init_ptm = opts.use_init_ptm or opts.adapter_num is not None
+        self.plain_cosine = not opts.reweight or opts.adapter_num is not None
+        self.ptm_space = PrototypeHead(self.dim, num_classes) if self.use_init_ptm else None
         self.subspaces = nn.ModuleList()  # real prototypes (sums, counts) per adapter set
         self.register_buffer("class_exp", torch.full((num_classes,), -1, dtype=torch.long))
-        self.register_buffer("protos", torch.zeros(num_classes, 0, self.dim))
+        self.register_buffer("protos", torch.zeros(num_classes, self.offset, self.dim))
+
+    @property
+    def offset(self) -> int:
+        """Index of adapter set 0's subspace (1 behind the pre-trained one)."""
+        return int(self.use_init_ptm)
+
+    @property
+    def passes(self) -> list[int | None]:
+        return [None] * self.offset + list(range(self.num_sets))
+
+    @property
+    def spaces(self) -> list[PrototypeHead]:
+        return [self.ptm_space] * self.offset + list(self.subspaces)
+
+    def can_grow(self) -> bool:
+        return self.adapter_num is None or self.num_sets < self.adapter_num
 
     def grow(self) -> list[nn.Parameter]:
         """A new adapter set and its (empty) prototype subspace."""
         params = self.add_adapter_set()
         self.subspaces.append(PrototypeHead(self.dim, self.num_classes).to(self.protos.device))
-        self.protos = torch.zeros(self.num_classes, self.num_sets, self.dim,
+        self.protos = torch.zeros(self.num_classes, len(self.passes), self.dim,
                                   device=self.protos.device)
         return params
 
     @torch.no_grad()
     def rebuild_prototypes(self) -> None:
-        """Real prototypes where they exist, the complement where they do not."""
-        T = self.num_sets
-        protos = torch.zeros(self.num_classes, T, self.dim, device=self.protos.device)
-        for j, space in enumerate(self.subspaces):
+        """Real prototypes where they exist, the complement where they do not (adapter
+        subspaces only: the pre-trained one has every class's real prototype)."""
+        T, o = self.num_sets, self.offset
+        protos = torch.zeros(self.num_classes, o + T, self.dim, device=self.protos.device)
+        for s, space in enumerate(self.spaces):
             real = space.counts > 0
-            protos[real, j] = space.prototypes[real]
+            protos[real, s] = space.prototypes[real]
         if self.complement == "semantic":
             for i in range(T):
                 old = (self.class_exp == i).nonzero().squeeze(1)
                 for j in range(i + 1, T):
                     newer = (self.class_exp >= j).nonzero().squeeze(1)
-                    protos[old, j] = semantic_complement(protos[old, i], protos[newer, i],
-                                                         protos[newer, j])
+                    protos[old, o + j] = semantic_complement(
+                        protos[old, o + i], protos[newer, o + i], protos[newer, o + j])
         self.protos = protos
 
     def subspace_weights(self) -> torch.Tensor:
-        """[C, T]: 1 in a class's own subspace, alpha / t in the others (t = T - 1)."""
-        T = self.num_sets
-        own = F.one_hot(self.class_exp.clamp(min=0), T).bool() if T else \
-            torch.zeros(self.num_classes, 0, dtype=torch.bool)
-        if not self.reweight or T == 1:
-            return torch.ones(self.num_classes, T, device=self.protos.device)
-        other = self.alpha / (T - 1)
-        return torch.where(own.to(self.protos.device), 1.0, other)
+        """[C, S]: beta for the pre-trained subspace; among the adapter subspaces 1 for a
+        class's own and alpha / t for the others (t = the experience index: the code
+        divides by its ``_cur_task``; every weight 1 at t = 0)."""
+        T, device = self.num_sets, self.protos.device
+        own = F.one_hot(self.class_exp.clamp(min=0), T).bool().to(device)
+        t = int(self.class_exp.max())
+        weights = torch.where(own, 1.0, self.alpha / t) if t > 0 else \
+            torch.ones(self.num_classes, T, device=device)
+        if self.use_init_ptm:
+            weights = torch.cat([torch.full((self.num_classes, 1), self.beta, device=device),
+                                 weights], dim=1)
+        return weights
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """``features``: [B, T, d] (one block per subspace) -> [B, C]."""
-        cos = torch.einsum("btd,ctd->bct", F.normalize(features, dim=2),
-                           F.normalize(self.protos, dim=2))
-        logits = (cos * self.subspace_weights()[None]).sum(-1)
+        """``features``: [B, S, d] (one block per subspace) -> [B, C]: the weighted sum of
+        the per-subspace cosines, or (``plain_cosine``) one cosine over the concatenation."""
+        if self.plain_cosine:
+            logits = F.normalize(features.flatten(1), dim=1) @ \
+                F.normalize(self.protos.flatten(1), dim=1).T
+        else:
+            cos = torch.einsum("btd,ctd->bct", F.normalize(features, dim=2),
+                               F.normalize(self.protos, dim=2))
+            logits = (cos * self.subspace_weights()[None]).sum(-1)
         return logits.masked_fill(self.class_exp < 0, MASK_VALUE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.num_sets:
             return x.new_full((len(x), self.num_classes), MASK_VALUE)
         tokens = self.embed(x)
-        features = torch.stack([self.features_from_tokens(tokens, k)
-                                for k in range(self.num_sets)], dim=1)
+        features = torch.stack([self.features_from_tokens(tokens, k) for k in self.passes],
+                               dim=1)
         return self.logits(features)
 
 
@@ -116,16 +164,18 @@ class EASE(AdapterStrategy):
         x, y = dataset_tensors(experience.dataset)
         classes = sorted(set(y.tolist()))
         tokens = self._tokens(x)
-        params = model.grow()
-        k = model.num_sets - 1
-        self._train_adapters(k, params, tokens, y, classes)
-        self._trained = sum(p.numel() for p in params)
+        self._trained = 0
+        if model.can_grow():  # past adapter_num: no new set, no training (the code)
+            params = model.grow()
+            self._train_adapters(model.num_sets - 1, params, tokens, y, classes)
+            self._trained = sum(p.numel() for p in params)
         model.freeze_adapters()
         model.eval()
         labels = y.to(self.device)
-        for j in range(model.num_sets):  # real prototypes of the new classes, every subspace
-            model.subspaces[j].add(self._features(tokens, j), labels)
-        model.class_exp[torch.as_tensor(classes, device=model.class_exp.device)] = k
+        for space, k in zip(model.spaces, model.passes):  # the new classes, every subspace
+            space.add(self._features(tokens, k), labels)
+        model.class_exp[torch.as_tensor(classes, device=model.class_exp.device)] = \
+            int(model.class_exp.max()) + 1
         model.rebuild_prototypes()
 
     def checkpoint_state(self) -> dict:
@@ -140,10 +190,11 @@ class EASE(AdapterStrategy):
         model = self.ease
         seen = int((model.class_exp >= 0).sum())
         adapters = model.adapter_params()
-        prototypes = seen * model.num_sets * model.dim
+        subspaces = len(model.passes)
+        prototypes = seen * subspaces * model.dim
         return {"modules_added": model.num_sets,
                 "params_added": adapters + prototypes,
                 "stored_bytes": 4 * (adapters + prototypes),
                 "adapter_sets": model.num_sets, "adapter_params": adapters,
-                "trained_params": self._trained, "backbone_passes": model.num_sets,
-                "feature_dim": model.num_sets * model.dim}
+                "trained_params": self._trained, "backbone_passes": subspaces,
+                "feature_dim": subspaces * model.dim}

@@ -7,11 +7,18 @@ uncentred; Q is the class sums of h: the prototype head's ``sums``); the ridge l
 searched over 10^-8..10^8 on the current experience (first 80 % of a shuffled order fit,
 last 20 % scored by mean squared error); the head is ((G + lambda I)^-1 Q)^T, a float32
 ``linalg.solve``. ``forward`` runs the ViT, the projection and the head.
+
+``petl=ssf``: phase 1 trains SSF scale-and-shift parameters (:mod:`..ssf`) instead of
+adapters, the code's ImageNet-R choice; the frozen patch projection is still computed once
+per experience (its SSF runs with the blocks). ``head=ncm``: no projection, no ridge; the
+prototype head (cosine to the class means of the features) as the code does with
+``use_RP`` false.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from clplatform.backbones import Backbone
 from clplatform.data import dataset_tensors
@@ -19,6 +26,7 @@ from clplatform.evaluator import MASK_VALUE
 
 from ..base import StrategyContext
 from ..prototype_head import PrototypeHead
+from ..ssf import add_scale_shift
 from .common import AdapterStrategy
 from .config import RanPACOptions
 from .model import AdapterViT
@@ -67,14 +75,36 @@ class RanPACModel(AdapterViT):
 
     def __init__(self, backbone: Backbone, num_classes: int, opts: RanPACOptions):
         super().__init__(backbone, opts, "ranpac")
-        if opts.phase1:
+        self.ncm = opts.head == "ncm"
+        self.ssf = nn.ModuleList()
+        if opts.phase1 and opts.petl == "adapter":
             self.add_adapter_set()
+        elif opts.phase1:
+            self.ssf.extend(add_scale_shift(self.vit))
         self.M = opts.projection(self.dim)
         width = self.M or self.dim
         self.register_buffer("W", torch.zeros(self.dim, self.M))
-        self.register_buffer("G", torch.zeros(width, width))
+        # ncm: the prototype head is the head, there is no ridge
+        self.register_buffer("G", torch.zeros((0, 0) if self.ncm else (width, width)))
         self.stats = PrototypeHead(width, num_classes)  # sums = Q^T, counts: classes seen
-        self.register_buffer("weight", torch.zeros(num_classes, width))
+        self.register_buffer("weight", torch.zeros(0 if self.ncm else num_classes, width))
+
+    def phase1_parameters(self) -> list[nn.Parameter]:
+        return [p for b in self.blocks for p in b.adapters.parameters()] + \
+            list(self.ssf.parameters())
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """With SSF: the patch projection only (frozen, cacheable); the rest of the
+        embedding runs in :meth:`features_from_tokens`."""
+        if not len(self.ssf):
+            return super().embed(x)
+        return self.vit.patch_embed.module(self.backbone.prepare(x, self.normalize_input))
+
+    def features_from_tokens(self, tokens: torch.Tensor, k: int | None) -> torch.Tensor:
+        if len(self.ssf):
+            vit = self.vit
+            tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed.ssf(tokens))))
+        return super().features_from_tokens(tokens, k)
 
     def backbone_features(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.features_from_tokens(tokens, 0 if self.num_sets else None)
@@ -95,6 +125,8 @@ class RanPACModel(AdapterViT):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.project(self.backbone_features(self.embed(x)))
+        if self.ncm:
+            return self.stats(h)
         return (h @ self.weight.T).masked_fill(self.stats.counts == 0, MASK_VALUE)
 
 
@@ -118,10 +150,11 @@ class RanPAC(AdapterStrategy):
         trained = 0
         if self.experiences_seen == 0:
             if o.phase1:
-                params = [p for b in model.blocks for p in b.adapters.parameters()]
-                self._train_adapters(0, params, tokens, y, sorted(set(y.tolist())))
+                params = model.phase1_parameters()
+                self._train_adapters(0 if model.num_sets else None, params, tokens, y,
+                                     sorted(set(y.tolist())))
                 trained = sum(p.numel() for p in params)
-            model.freeze_adapters()
+            model.requires_grad_(False)
             if model.M:  # drawn once, after phase 1 (as the code draws it), fixed forever
                 model.W.copy_(torch.randn(model.dim, model.M).to(model.W))
         model.eval()
@@ -131,12 +164,16 @@ class RanPAC(AdapterStrategy):
         H = torch.cat([model.project(features[i:i + 256])
                        for i in range(0, len(features), 256)])[order.to(features.device)]
         labels = y.to(self.device)[order.to(self.device)]
+        self.experiences_seen += 1
+        self._record = {"trained_params": trained}
+        if model.ncm:  # class means of the features, nothing to solve
+            model.stats.add(H, labels)
+            return
         Y = F.one_hot(labels, model.weight.shape[0]).to(H.dtype)
         model.accumulate(H, labels)
         ridge = o.ridge if o.ridge is not None else search_ridge(H, Y, o.lambda_search)[0]
         model.solve(ridge)
-        self.experiences_seen += 1
-        self._record = {"ridge": ridge, "trained_params": trained}
+        self._record["ridge"] = ridge
 
     def checkpoint_state(self) -> dict:
         return {"experiences_seen": self.experiences_seen}
@@ -144,15 +181,19 @@ class RanPAC(AdapterStrategy):
     def restore_checkpoint_state(self, state: dict, experiences: list) -> None:
         self.experiences_seen = state["experiences_seen"]
         if self.experiences_seen:
-            self.ranpac.freeze_adapters()
+            self.ranpac.requires_grad_(False)
 
     def experience_extras(self) -> dict:
         model = self.ranpac
         seen = int((model.stats.counts > 0).sum())
-        width = model.G.shape[0]
+        width = model.stats.sums.shape[1]
         adapters = model.adapter_params()
+        ssf = sum(p.numel() for p in model.ssf.parameters())
         head = seen * width
-        # kept: adapters, W (regenerable from a seed, counted), G, Q and the head rows
-        stored = adapters + model.W.numel() + width * width + 2 * head
-        return {"params_added": adapters + head, "stored_bytes": 4 * stored,
-                "projection_width": model.M, "adapter_params": adapters, **self._record}
+        # kept: adapters or SSF, W (regenerable from a seed, counted), G, Q and the head
+        # rows (ncm: the class means)
+        stored = adapters + ssf + model.W.numel() + model.G.numel() + \
+            (head if model.ncm else 2 * head)
+        return {"params_added": adapters + ssf + head, "stored_bytes": 4 * stored,
+                "projection_width": model.M, "adapter_params": adapters, "ssf_params": ssf,
+                **self._record}
