@@ -62,6 +62,9 @@ class TrainSettings:
     #: GiB of frozen activations (tokens, features) a strategy may cache per experience on its
     #: device; beyond it the frozen part is recomputed per batch (same records)
     cache_gib: float = 4.0
+    #: worker processes that decode and transform images (DataLoader num_workers) for the
+    #: training loader and for reading experiences into tensors; 0: the main process
+    data_workers: int = 0
 
     @property
     def cache_bytes(self) -> int:

@@ -3,15 +3,33 @@ data, SEMA's caches) and images (tensors, or any indexable source read per item)
 Avalanche classification dataset."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Callable, Mapping
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
 
+_READ_WORKERS = [0]
+
+
+@contextmanager
+def reading_workers(workers: int):
+    """Within the block, :func:`dataset_tensors` reads with ``workers`` processes
+    (``--data-workers``; the runner sets it for a run)."""
+    before = _READ_WORKERS[0]
+    _READ_WORKERS[0] = workers
+    try:
+        yield
+    finally:
+        _READ_WORKERS[0] = before
+
+
 def dataset_tensors(dataset, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """All (x, y) of an Avalanche/torch dataset as two tensors, read once in order."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    """All (x, y) of an Avalanche/torch dataset as two tensors, read once in order (by
+    :func:`reading_workers` processes: images of file-backed streams decode in parallel)."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         num_workers=_READ_WORKERS[0])
     xs, ys = [], []
     for batch in loader:
         xs.append(batch[0])

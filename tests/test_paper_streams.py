@@ -317,3 +317,25 @@ def test_domain_incremental_over_files(fakes):
     assert [len(e.dataset) for e in bm.train_stream] == [50, 50]
     x, label = bm.test_stream[1].dataset[0][:2]
     assert torch.equal(x, transforms["eval"](F.read_rgb(test_paths[0]))) and label == 0
+
+
+@pytest.mark.parametrize("strategy", ["naive", "simplecil"])
+def test_data_workers_decode_in_parallel_with_the_same_records(fakes, runs_dir, strategy):
+    """--data-workers: the training DataLoader (naive) and the reading of experiences into
+    tensors (simplecil's prototypes, the evaluator's test sets) use worker processes; with
+    a deterministic transform the records equal the main process's."""
+    root = fakes("imagenet-r")
+    runs = []
+    for workers in ("0", "2"):
+        result = invoke("run", "--stream", "imagenet-r", "--stream-opt", f"root={root}",
+                        "--stream-opt", "image_size=16", "--stream-opt", "tasks=2",
+                        "--stream-opt", "transform=none", "--strategy", strategy,
+                        "--epochs", "1", "--data-workers", workers, "--out", runs_dir,
+                        "--quiet", "--json")
+        assert result.exit_code == 0, result.stderr
+        runs.append(Path(json.loads(result.stdout)["run_dir"]))
+    configs = [json.loads((r / "config.json").read_text())["train"] for r in runs]
+    assert [c["data_workers"] for c in configs] == [0, 2]
+    accuracy = [(r / "accuracy.csv").read_text() for r in runs]
+    assert accuracy[0] == accuracy[1]
+    assert len(accuracy[0].splitlines()) == 1 + 3 * 2

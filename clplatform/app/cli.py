@@ -36,7 +36,10 @@ _training_options = _options(
                       "scales the loss (default: fp32)"),
     click.option("--cache-gib", metavar="X",
                  help="GiB of frozen activations a strategy may cache per experience on its "
-                      "device; beyond, recomputed per batch, same records (default: 4)"))
+                      "device; beyond, recomputed per batch, same records (default: 4)"),
+    click.option("--data-workers", metavar="N",
+                 help="processes decoding and transforming images of file-backed streams "
+                      "(default: 0, the main process)"))
 
 _RECIPES = ("sema-cifar100, sema-imagenet-r-5|10|20, sema-imagenet-a, sema-vtab, "
             "lftl-office31-<s><t>, lftl-office-home-<s><t>, lftl-visda")
@@ -166,7 +169,7 @@ def cli(debug):
               help="keep the final model (RUN_DIR/checkpoint.pt) for `clplat compress` "
                    "(strategies that write checkpoints)")
 def run_command(preset, strategy, stream, backbone, backbone_weights, epochs, batch_size, lr,
-                device, precision, cache_gib, seed, out, sets, stream_opts, backbone_opts,
+                device, precision, cache_gib, data_workers, seed, out, sets, stream_opts, backbone_opts,
                 config, loggers, as_json, quiet, resume, dry_run, keep_model):
     """Train a strategy on a stream, experience by experience, and record the results.
 
@@ -189,7 +192,7 @@ def run_command(preset, strategy, stream, backbone, backbone_weights, epochs, ba
 
     if resume:
         given = [preset, strategy, stream, backbone, backbone_weights, epochs, batch_size, lr,
-                 seed, device, precision, cache_gib, out, config, *sets, *stream_opts,
+                 seed, device, precision, cache_gib, data_workers, out, config, *sets, *stream_opts,
                  *backbone_opts, *loggers]
         if any(v is not None and v != () for v in given) or dry_run or keep_model:
             raise UserError("--resume continues a run with its own configuration; give no "
@@ -205,8 +208,8 @@ def run_command(preset, strategy, stream, backbone, backbone_weights, epochs, ba
                      stream_options=parse_assignments(stream_opts, "--stream-opt"),
                      backbone_options=backbone_options, epochs=epochs, batch_size=batch_size,
                      lr=lr, seed=seed, device=device, precision=precision,
-                     cache_gib=cache_gib, out=out, loggers=loggers,
-                     keep_model=keep_model or None)
+                     cache_gib=cache_gib, data_workers=data_workers, out=out,
+                     loggers=loggers, keep_model=keep_model or None)
     if dry_run and preset:  # the recipe, without building the stream (its dataset)
         from .runner import preset_recipe
         click.echo(json.dumps(json_safe(preset_recipe(spec, preset))))
@@ -393,7 +396,7 @@ def compare_command(runs, out, group_by, export, export_format, include_incomple
 @_log_option
 def sweep_command(strategies, presets, streams, seeds, grid, executor, workers, threads, gpus,
                   address, retries, out, backbone, epochs, batch_size, lr, device, precision,
-                  cache_gib, sets, stream_opts, backbone_opts, loggers):
+                  cache_gib, data_workers, sets, stream_opts, backbone_opts, loggers):
     """Run strategy x stream x seed x grid, each cell an ordinary run, then compare them.
 
     Every cell gets its run directory OUT/<strategy>-<stream>-s<seed>[-key=value...];
@@ -436,7 +439,8 @@ def sweep_command(strategies, presets, streams, seeds, grid, executor, workers, 
                      stream_options=parse_assignments(stream_opts, "--stream-opt"),
                      backbone_options=parse_assignments(backbone_opts, "--backbone-opt"),
                      epochs=epochs, batch_size=batch_size, lr=lr, device=device,
-                     precision=precision, cache_gib=cache_gib, out=out, loggers=loggers)
+                     precision=precision, cache_gib=cache_gib, data_workers=data_workers,
+                     out=out, loggers=loggers)
     if comparisons:
         names = list(comparisons[0].strategies)
     elif strategies is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..active import check_budget, masked_experience
+from ..data import reading_workers
 from ..errors import UserError
 from ..interrupt import RunInterrupted, StopRequest, safe_points
 from ..options import options_dict
@@ -116,7 +117,9 @@ class Prepared:
         ``after_experience(i)`` when experience i is complete (trained and evaluated)."""
         stream = self.benchmark.train_stream
         try:
-            with self.precision.autocast():  # --precision: training and its evaluations
+            workers = self.settings.data_workers
+            # --precision: training and its evaluations; --data-workers: reading images
+            with self.precision.autocast(), reading_workers(workers):
                 if self.joint:
                     self.evaluator.expect(len(stream) - 1,
                                           sum(len(exp.dataset) for exp in stream))
@@ -133,6 +136,8 @@ class Prepared:
                         experience, extra["oracle"] = masked_experience(
                             experience, self.hparams.budget_per_round, self.hparams.rounds)
                     self.progress.start_experience(i, len(stream))
+                    if workers:  # the training template's DataLoader
+                        extra["num_workers"] = workers
                     self.strategy.train(experience, eval_streams=[], **extra)
                     after_experience(i)
                     self.stop.check()

@@ -44,6 +44,10 @@ class TrainOptions:
     cache_gib: float = opt(TrainSettings.cache_gib, "GiB of frozen activations a strategy may "
                            "cache per experience on its device (beyond: recomputed per batch, "
                            "same records)", min=0)
+    data_workers: int = opt(0, "processes that decode and transform images (file-backed "
+                                "streams); 0: the main process. A stream with random "
+                                "augmentation draws differently with another count",
+                            min=0, max=64)
     keep_model: bool = opt(False, "keep the final model (RUN_DIR/checkpoint.pt, resumable "
                                   "strategies) for `clplat compress`")
 
@@ -198,7 +202,7 @@ class Resolved:
             batch_size=train.batch_size or defaults.batch_size,
             lr=train.lr if train.lr is not None else defaults.lr,
             seed=train.seed, device=resolve_device(train.device), precision=train.precision,
-            cache_gib=train.cache_gib)
+            cache_gib=train.cache_gib, data_workers=train.data_workers)
 
     @property
     def label(self) -> str:
@@ -265,6 +269,7 @@ def spec_from_config(config: dict[str, Any]) -> RunSpec:
                   # absent before --precision and the cache budget existed
                   "precision": train.get("precision", "fp32"),
                   "cache_gib": train.get("cache_gib", TrainSettings.cache_gib),
+                  "data_workers": train.get("data_workers", 0),
                   "keep_model": train.get("keep_model", False),
                   **{k: train[k] for k in ("epochs", "batch_size", "lr") if k not in unused}}
     return spec
