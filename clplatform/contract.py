@@ -178,6 +178,9 @@ class StrategyTraits(ComponentTraits):
     varying_iteration_cost: bool = False
     #: the section the strategy adds to reports, drawn from its records
     report: ReportSection | None = None
+    #: trains PYRA's token-merging modulation (backbone option ``pyra=true``) with its
+    #: adapters or prompts (:func:`clplatform.models.tome.pyra_to_train`)
+    trains_pyra: bool = False
 
 
 def make_traits(cls: type, kind: str, name: str, values: Mapping[str, Any]):

@@ -296,6 +296,10 @@ def test_sema_with_pyra_trains_it_in_the_first_experience_only():
     (["--backbone-opt", "merge_tokens=2,2", "--backbone-opt", "merge_schedule=decreasing"],
      "merge_schedule=decreasing takes one merge_tokens value"),
     (["--backbone-opt", "pyra=true"], "pyra=true needs merge_tokens > 0"),
+    # a strategy that trains no adapters or prompts would silently run plain ToMe
+    (["--backbone-opt", "merge_tokens=2", "--backbone-opt", "pyra=true"],
+     "strategy 'simplecil' does not train PYRA (backbone option pyra=true); the strategies "
+     "that do: aper, coda-prompt, dualprompt, ease, l2p, prompt, qprompt, ranpac, rlp, sema"),
     (["--backbone-opt", "merge_tokens=1,1,1,1,1,1,1"], "merge_tokens lists 7 blocks but the "
                                                        "backbone has 6"),
     (["--backbone", "timm:resnet18", "--backbone-opt", "pretrained=false",

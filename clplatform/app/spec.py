@@ -225,6 +225,11 @@ def resolve(spec: RunSpec, check_stream: bool = True) -> Resolved:
     train, unused = train_options(spec, strategy)
     hparams = strategy.make_options(spec.strategy_options, f"strategy {spec.strategy!r}")
     backbone_options = backbone.make_options(backbone_values, f"backbone {spec.backbone!r}")
+    if getattr(backbone_options, "pyra", False) and not strategy.traits.trains_pyra:
+        able = [n for n in STRATEGIES.names() if STRATEGIES.get(n).traits.trains_pyra]
+        raise UserError(f"strategy {spec.strategy!r} does not train PYRA (backbone option "
+                        f"pyra=true); the strategies that do: {', '.join(able)}; without "
+                        "pyra, merge_tokens alone is ToMe")
     loggers = check_loggers(spec.loggers)
     return Resolved(spec, strategy, hparams, stream, backbone, backbone_options, train, unused,
                     loggers)

@@ -17,7 +17,8 @@ __getattr__ = lazy_exports(__name__, {
 CODA_TRAIN_DEFAULTS = {"epochs": 20, "batch_size": 128, "lr": 1e-3}
 
 
-@register_strategy("coda-prompt", options=CODAOptions, train_defaults=CODA_TRAIN_DEFAULTS,
+@register_strategy("coda-prompt", trains_pyra=True,
+                   options=CODAOptions, train_defaults=CODA_TRAIN_DEFAULTS,
                    resumable=True, report=PROMPT_SECTION,
                    help="CODA-Prompt: attention-weighted prompt components in blocks 0-4, "
                         "new orthogonal components per experience, old ones frozen "

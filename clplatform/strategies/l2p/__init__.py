@@ -15,7 +15,8 @@ __getattr__ = lazy_exports(__name__, {"L2P": ".strategy", "L2PModel": ".model"})
 L2P_TRAIN_DEFAULTS = {"epochs": 5, "batch_size": 16, "lr": 0.03 * 16 / 256}
 
 
-@register_strategy("l2p", options=L2POptions, train_defaults=L2P_TRAIN_DEFAULTS,
+@register_strategy("l2p", trains_pyra=True,
+                   options=L2POptions, train_defaults=L2P_TRAIN_DEFAULTS,
                    resumable=True, report=PROMPT_SECTION,
                    help="L2P: a shared pool of input prompts, top-N chosen per sample by key "
                         "(Wang et al. 2022)")

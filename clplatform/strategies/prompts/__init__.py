@@ -30,7 +30,8 @@ def _build(ctx, opts):
     return PromptStrategy(ctx, opts)
 
 
-@register_strategy("prompt", options=PromptOptions, train_defaults=PROMPT_TRAIN_DEFAULTS,
+@register_strategy("prompt", trains_pyra=True,
+                   options=PromptOptions, train_defaults=PROMPT_TRAIN_DEFAULTS,
                    resumable=True, report=SECTION,
                    help="DualPrompt-style prefix tuning: shared G-prompt, per-experience "
                         "E-prompts chosen by key matching (full precision)")
@@ -38,7 +39,8 @@ def prompt(ctx, opts: PromptOptions):
     return _build(ctx, opts)
 
 
-@register_strategy("dualprompt", options=DualPromptOptions,
+@register_strategy("dualprompt", trains_pyra=True,
+                   options=DualPromptOptions,
                    train_defaults=DUALPROMPT_TRAIN_DEFAULTS, resumable=True, report=SECTION,
                    help="DualPrompt (Wang et al. 2022) as its official code: G-prompt in blocks "
                         "0-1, per-experience E-prompts (copied from the previous one) in 2-4 "
@@ -47,7 +49,8 @@ def dualprompt(ctx, opts: DualPromptOptions):
     return _build(ctx, opts)
 
 
-@register_strategy("qprompt", options=QPromptOptions, train_defaults=PROMPT_TRAIN_DEFAULTS,
+@register_strategy("qprompt", trains_pyra=True,
+                   options=QPromptOptions, train_defaults=PROMPT_TRAIN_DEFAULTS,
                    resumable=True, report=SECTION,
                    help="prompt with quantization-aware prompt training: k-means codebooks, "
                         "straight-through gradient, constrained adaptive re-clustering "
@@ -56,7 +59,8 @@ def qprompt(ctx, opts: QPromptOptions):
     return _build(ctx, opts)
 
 
-@register_strategy("rlp", options=RLPOptions, train_defaults=PROMPT_TRAIN_DEFAULTS,
+@register_strategy("rlp", trains_pyra=True,
+                   options=RLPOptions, train_defaults=PROMPT_TRAIN_DEFAULTS,
                    resumable=True, report=SECTION,
                    help="prompt with re-parameterised low-rank prompts: each prefix tensor "
                         "trained and stored as rank-r factors A.B, multiplied out for "

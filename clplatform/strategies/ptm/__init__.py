@@ -14,7 +14,8 @@ __getattr__ = lazy_exports(__name__, {
 _UNUSED = ("epochs", "batch_size", "lr")
 
 
-@register_strategy("aper", options=APEROptions, unused_train=_UNUSED, resumable=True,
+@register_strategy("aper", trains_pyra=True,
+                   options=APEROptions, unused_train=_UNUSED, resumable=True,
                    help="APER with adapters: adapters trained on the first experience, then "
                         "prototypes of [pre-trained || adapted] features (Zhou et al. 2023)")
 def aper(ctx, opts: APEROptions):
@@ -22,7 +23,8 @@ def aper(ctx, opts: APEROptions):
     return APER(ctx, opts)
 
 
-@register_strategy("ranpac", options=RanPACOptions, unused_train=_UNUSED, resumable=True,
+@register_strategy("ranpac", trains_pyra=True,
+                   options=RanPACOptions, unused_train=_UNUSED, resumable=True,
                    help="RanPAC: adapters trained on the first experience, ReLU random "
                         "projection and a ridge-regression head from accumulated statistics "
                         "(McDonnell et al. 2023)")
@@ -31,7 +33,8 @@ def ranpac(ctx, opts: RanPACOptions):
     return RanPAC(ctx, opts)
 
 
-@register_strategy("ease", options=EASEOptions, unused_train=_UNUSED, resumable=True,
+@register_strategy("ease", trains_pyra=True,
+                   options=EASEOptions, unused_train=_UNUSED, resumable=True,
                    help="EASE: one adapter set per experience, prototypes per subspace with "
                         "a semantic-guided complement for old classes (Zhou et al. 2024)")
 def ease(ctx, opts: EASEOptions):

@@ -13,7 +13,8 @@ __getattr__ = lazy_exports(__name__, {
         ".layer")})
 
 
-@register_strategy("sema", options=SEMAOptions, unused_train=("epochs", "batch_size", "lr"),
+@register_strategy("sema", trains_pyra=True,
+                   options=SEMAOptions, unused_train=("epochs", "batch_size", "lr"),
                    resumable=True, report=SECTION,
                    help="self-expanding mixture of adapters with representation descriptors "
                         "(Wang et al. 2025)")
