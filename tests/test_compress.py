@@ -215,6 +215,7 @@ def sema_run(tmp_path_factory, private_cache):
             json.loads(plain.output.splitlines()[-1])["run_dir"])
 
 
+@pytest.mark.slow
 def test_compress_child_run_records_before_and_after(sema_run, tmp_path):
     """Spec test 11, and a compressed SEMA run's FLOPs and parameters fall as requested."""
     import pandas as pd

@@ -313,6 +313,7 @@ def test_cli_list_label_disagreement_is_one_line(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_cli_lftl_run_on_office_home(tmp_path):
     """The SFADA path end to end: source Art (experience 0), target Clipart, LFTL's query
     rounds through the oracle, records per domain."""

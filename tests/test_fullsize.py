@@ -66,6 +66,7 @@ def test_timm_weights_come_from_the_local_cache_never_downloaded(tmp_path, monke
 
 
 # ------------------------------------------------------------------ precision
+@pytest.mark.slow
 def test_bf16_records_close_to_fp32_flops_identical(runs_dir, pretrained_backbone):
     """Tolerance: SimpleCIL's accuracies under bf16 autocast within 0.05 of fp32 (about 3
     of the 63 test images of an experience; measured: identical); FLOP counts identical,
@@ -116,7 +117,8 @@ def test_fp16_loss_scaling_skips_non_finite_updates():
 
 
 # ------------------------------------------------------------------ frozen caches
-@pytest.mark.parametrize("strategy", ["sema", pytest.param("aper", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("strategy", [pytest.param("sema", marks=pytest.mark.slow),
+                                      pytest.param("aper", marks=pytest.mark.slow)])
 def test_cache_over_budget_recomputes_with_identical_records(strategy, runs_dir,
                                                              pretrained_backbone):
     stream = {**TINY_GLYPHS, "experiences": 2}
@@ -259,6 +261,7 @@ VIT_B = {"backbone": "timm:vit_base_patch16_224",
          "backbone_options": {"pretrained": False, "normalize": False}}
 
 
+@pytest.mark.slow
 def test_vit_b_224_simplecil_one_backbone_forward_per_image(runs_dir):
     """SimpleCIL's training FLOPs are exactly one backbone forward per training image: the
     evaluation forward of one image less the cosine head's product (2 x 768 x 1 class)."""

@@ -319,7 +319,8 @@ def test_domain_incremental_over_files(fakes):
     assert torch.equal(x, transforms["eval"](F.read_rgb(test_paths[0]))) and label == 0
 
 
-@pytest.mark.parametrize("strategy", ["naive", "simplecil"])
+@pytest.mark.parametrize("strategy", [pytest.param("naive", marks=pytest.mark.slow),
+                                      "simplecil"])
 def test_data_workers_decode_in_parallel_with_the_same_records(fakes, runs_dir, strategy):
     """--data-workers: the training DataLoader (naive) and the reading of experiences into
     tensors (simplecil's prototypes, the evaluator's test sets) use worker processes; with

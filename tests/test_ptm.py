@@ -454,6 +454,7 @@ def test_ease_adapter_num_1_keeps_one_set_and_scores_like_aper(pretrained_backbo
     assert (logits[:, ~seen] == -1000.0).all()
 
 
+@pytest.mark.slow
 def test_ease_adapter_num_run_records_and_resumes(runs_dir, pretrained_backbone):
     """Records follow the cap (2 passes, no training after experience 1, constant FLOPs);
     stopped after experience 1 and resumed, the records are the uninterrupted ones."""

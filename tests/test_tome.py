@@ -321,6 +321,7 @@ def test_bad_merge_options_one_line_exit_2(args, message, runs_dir):
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
 
 
+@pytest.mark.slow
 def test_run_with_merged_tokens_records_lower_inference_flops(runs_dir):
     from click.testing import CliRunner
 
