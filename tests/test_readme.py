@@ -37,6 +37,10 @@ ELSEWHERE = {
     "clplat compare": "test_reports",
     "clplat report": "test_reports",
     "clplat pretrain": "test_cli::test_pretrain_command_reports_and_copies_weights",
+    "clplat compress": "test_compress",
+    # a paper recipe: ViT-B/16 at 224 px on the dataset's files (not CI material)
+    "--preset sema-cifar100": "test_fullsize::test_preset_resolves_to_the_published_recipe, "
+                              "test_preset_streams",
 }
 
 
@@ -47,7 +51,8 @@ NO_ACCURACY_CLAIM = ("root=DIR", "root=~/data", "my_stream.py", "pretrained=fals
 
 # README commands whose full run takes longer than CI can give (they resolve in the default
 # suite): LFTL's paper recipe fine-tunes the whole network for 10 epochs a round (> 15 min)
-TOO_LONG_FOR_CI = ("tune_blocks=-1",)
+# and a 224-px ViT-Ti over the default stream (token merging's cost example)
+TOO_LONG_FOR_CI = ("tune_blocks=-1", "merge_tokens=13")
 
 
 def readme_commands() -> list[str]:
