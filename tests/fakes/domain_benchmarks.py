@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from .paper_benchmarks import Images, write_strays
 
 OFFICE31_DOMAINS = ("amazon", "dslr", "webcam")
 OFFICE31_CLASSES = (
@@ -42,33 +43,15 @@ def domainnet_label_order(name: str) -> str:
     return "".join(c for c in name.lower() if c.isalnum())
 
 
-def _image(path: Path, rng: np.random.Generator, size: int, mode: str = "RGB") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
-    pixels = rng.integers(0, 256, (size, size, channels), dtype=np.uint8)
-    Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode).save(path)
-
-
-def _strays(root: Path) -> None:
-    (root / "README.txt").write_text("not an image folder\n")
-    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
-
-
 def _domain(folder: Path, classes, per_class: int, rng, size: int, name, suffix=".jpg"
             ) -> list[tuple[str, int]]:
     """Writes ``per_class`` images per class; the first one of the domain grayscale PNG,
     the second RGBA PNG. Returns (path relative to ``folder``, label) in sorted order."""
-    written = []
+    images, written = Images(size, rng, suffix), []
     for label, cls in enumerate(sorted(classes)):
         for i in range(per_class):
-            file = name(cls, label, i) + suffix
-            mode = "RGB"
-            if not written:
-                file, mode = name(cls, label, i) + ".png", "L"
-            elif len(written) == 1:
-                file, mode = name(cls, label, i) + ".png", "RGBA"
-            _image(folder / cls / file, rng, size, mode)
-            written.append((f"{cls}/{file}", label))
+            path = images.write(folder / cls, name(cls, label, i))
+            written.append((f"{cls}/{path.name}", label))
     return written
 
 
@@ -86,7 +69,7 @@ def make_office31(root: Path, per_class: int = 3, size: int = 8, seed: int = 0,
             prefix = f"/data/office/domain_adaptation_images/{domain}/images/"
             (top / f"{domain}_list.txt").write_text(
                 "".join(f"{prefix}{p} {label}\n" for p, label in written))
-    _strays(Path(root))
+    write_strays(Path(root))
     return Path(root)
 
 
@@ -101,7 +84,7 @@ def make_office_home(root: Path, per_class: int = 3, size: int = 8, seed: int = 
         _domain(folder, OFFICE_HOME_CLASSES, per_class, rng, size,
                 lambda c, k, i: f"{i + 1:05d}")
     (top / "ImageInfo.csv").write_text("image,source\n")
-    _strays(Path(root))
+    write_strays(Path(root))
     return Path(root)
 
 
@@ -115,7 +98,7 @@ def make_visda(root: Path, per_class: int = 3, size: int = 8, seed: int = 0) -> 
                           else f"val_{k}_{i:06d}", suffix)
         (Path(root) / domain / "image_list.txt").write_text(
             "".join(f"{p} {label}\n" for p, label in written))
-    _strays(Path(root))
+    write_strays(Path(root))
     return Path(root)
 
 
@@ -129,19 +112,14 @@ def make_domainnet(root: Path, domains=("clipart", "sketch"), train: int = 2, te
     label = {c: k for k, c in enumerate(order)}
     for domain in domains:
         lines = {"train": [], "test": []}
-        first = True
+        images = Images(size, rng)
         for cls in sorted(DOMAINNET_CLASSES):
             for i in range(train + test):
-                file = f"{domain}_{label[cls] + 1:03d}_{i + 1:06d}.jpg"
-                mode = "RGB"
-                if first:
-                    file, mode, first = file[:-4] + ".png", "L", False
-                elif i == 1 and cls == sorted(DOMAINNET_CLASSES)[0]:
-                    file, mode = file[:-4] + ".png", "RGBA"
-                _image(Path(root) / domain / cls / file, rng, size, mode)
+                file = images.write(Path(root) / domain / cls,
+                                    f"{domain}_{label[cls] + 1:03d}_{i + 1:06d}").name
                 lines["train" if i < train else "test"].append(
                     f"{domain}/{cls}/{file} {label[cls]}\n")
         for part, text in lines.items():
             (Path(root) / f"{domain}_{part}.txt").write_text("".join(text))
-    _strays(Path(root))
+    write_strays(Path(root))
     return Path(root)

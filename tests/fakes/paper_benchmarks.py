@@ -32,9 +32,14 @@ def make_fake(name: str, root, train: int = 2, test: int = 1, size: int = 8, see
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     WRITERS[name](root=root, train=train, test=test, size=size, rng=rng, variant=variant)
+    write_strays(root)
+    return root
+
+
+def write_strays(root: Path) -> None:
+    """The stray files a dataset folder holds beside its images (to be ignored)."""
     (root / "README.txt").write_text("fake dataset for tests\n")
     (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
-    return root
 
 
 # ------------------------------------------------------------------------------- images
