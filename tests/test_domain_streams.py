@@ -335,3 +335,58 @@ def test_cli_lftl_run_on_office_home(tmp_path):
     assert len(accuracy) == 6  # before training and after 2 experiences x 2 domains
     samples = accuracy.groupby("eval_exp")["n_samples"].unique().to_dict()
     assert {k: list(v) for k, v in samples.items()} == {0: [20], 1: [195]}  # hold-out; all
+
+
+# ------------------------------------------------------------------ transform=shot
+def _shot_reference(path, size):
+    """SHOT's ``image_test`` without Normalize, written with PIL: the image squashed to
+    r x r (r = 256 size / 224, bilinear, aspect ratio not kept), the centre size x size."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    r = int(256 / 224 * size)
+    with Image.open(path) as img:
+        resized = np.asarray(img.convert("RGB").resize((r, r), Image.BILINEAR))
+    return torch.from_numpy(resized.copy()).permute(2, 0, 1).float() / 255, r
+
+
+def test_shot_transform_squashes_then_crops(tmp_path):
+    """resize to (r, r) whatever the aspect ratio, then centre crop (eval) or a random crop,
+    maybe flipped (train); [0, 1] pixels, no normalisation."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from clplatform.streams.files import image_transforms
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 45, 3), dtype=np.uint8)
+                    ).save(path)
+    groups = image_transforms("shot", 16)
+    full, r = _shot_reference(path, 16)
+    assert r == 18 and full.shape == (3, 18, 18)
+    with Image.open(path) as img:
+        image = img.convert("RGB")
+    assert torch.allclose(groups["eval"](image), full[:, 1:17, 1:17], atol=1e-6)
+    crops = {(i, j, flip) for i in range(3) for j in range(3) for flip in (False, True)}
+    seen = set()
+    for _ in range(60):
+        out = groups["train"](image)
+        match = [(i, j, f) for i, j, f in crops if torch.allclose(
+            out, (full.flip(2) if f else full)[:, i:i + 16, j:j + 16], atol=1e-6)]
+        assert match, "a train item is not a crop of the squashed image"
+        seen.add(match[0])
+    assert len(seen) > 4  # random positions and flips
+
+
+def test_domain_stream_with_shot_transform(tmp_path):
+    import torch
+
+    from clplatform import create_stream
+    make_office31(tmp_path)
+    bm = create_stream("office31", root=str(tmp_path), targets="dslr", transform="shot",
+                       image_size=16, seed=0)
+    path = office_lists(dom.OFFICE31, tmp_path, targets="dslr").test[1][0][0]
+    full, _ = _shot_reference(path, 16)  # the target's first test image, centre-cropped
+    assert torch.allclose(bm.test_stream[1].dataset[0][0], full[:, 1:17, 1:17], atol=1e-6)
+    x = bm.train_stream[1].dataset[0][0]
+    assert x.shape == (3, 16, 16) and 0 <= float(x.min()) and float(x.max()) <= 1

@@ -176,7 +176,7 @@ def test_preset_resolves_to_the_published_recipe():
     assert _recipe("--preset", "sema-imagenet-r-20")["stream"]["tasks"] == "20"
     lftl = _recipe("--preset", "lftl-office-home-rc")
     assert lftl["stream"] == {"name": "office-home", "source": "Real World",
-                              "targets": "Clipart"}
+                              "targets": "Clipart", "transform": "shot"}
     assert lftl["backbone"]["name"] == "timm:resnet50.tv_in1k"
     assert lftl["backbone"]["normalize"] is True
     assert (lftl["strategy"]["budget_per_round"], lftl["strategy"]["round_epochs"],

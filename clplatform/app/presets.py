@@ -89,7 +89,8 @@ def _sema(name: str, stream: str, tasks: int, order_seed: str, epochs: int,
 
 
 # LFTL (spec §5 and specs/lftl.md): 10 rounds, seeds 2023-2025; SHOT fine-tunes the whole
-# backbone (tune_blocks=-1); the ImageNet mean/std normalisation of the SHOT code (default)
+# backbone (tune_blocks=-1); SHOT/LFTL's preprocessing (transform=shot: resize 256x256, random
+# / centre crop 224) and the ImageNet mean/std normalisation of their code (the backbone's)
 LFTL_SEEDS = (2023, 2024, 2025)
 OFFICE31 = {"a": "amazon", "d": "dslr", "w": "webcam"}
 OFFICE_HOME = {"a": "Art", "c": "Clipart", "p": "Product", "r": "Real World"}
@@ -101,7 +102,7 @@ def _lftl(name: str, stream: str, source: str, target: str, backbone: str,
         "strategy": {"name": "lftl", "rounds": 10, "budget_per_round": budget,
                      "round_epochs": epochs, "kappa": kappa, "vpa_weight": vpa,
                      "tune_blocks": -1},
-        "stream": {"name": stream, "source": source, "targets": target},
+        "stream": {"name": stream, "source": source, "targets": target, "transform": "shot"},
         "backbone": {"name": backbone},
         "train": {"seed": LFTL_SEEDS[0]},
     }, LFTL_SEEDS)

@@ -250,8 +250,8 @@ def domain_experiences(pools: list[list[Item]], split: str, test_fraction: float
                        source_val: float, seed: int
                        ) -> tuple[list[list[Item]], list[list[Item]]]:
     """(train lists, test lists), one per domain; ``pools[0]`` is the source (a random
-    ``source_val`` hold-out, :func:`source_holdout`), the rest targets (``transductive``: test = train, the same files;
-    ``holdout``: a seeded ``test_fraction`` of every class)."""
+    ``source_val`` hold-out, :func:`source_holdout`), the rest targets (``transductive``:
+    test = train, the same files; ``holdout``: a seeded ``test_fraction`` of every class)."""
     train, test = [], []
     for i, pool in enumerate(pools):
         if i == 0:
@@ -268,9 +268,11 @@ def domain_experiences(pools: list[list[Item]], split: str, test_fraction: float
 # ------------------------------------------------------------------------------- options
 def _transform_option():
     return opt("none", "none (default): resize to image_size only, for training and testing "
-               "(deterministic: LFTL computes its frozen features once); pilot: PILOT's "
-               "random-resized-crop + flip / resize + centre-crop; coda: CODA-Prompt's. No "
-               "mean/std normalisation (a backbone option)", choices=TRANSFORMS)
+               "(deterministic: LFTL computes its frozen features once); shot: SHOT/LFTL's "
+               "resize to 256x256 + random crop 224 + flip / centre crop 224 (the lftl "
+               "presets); pilot: PILOT's random-resized-crop + flip / resize + centre-crop; "
+               "coda: CODA-Prompt's. No mean/std normalisation (a backbone option)",
+               choices=TRANSFORMS)
 
 
 @dataclass

@@ -8,7 +8,8 @@ of the folders (names, sizes, mtimes, and which files are not images), never pix
 The small interface (used by the paper streams and the domain streams):
 
 - :class:`ImageOptions`: ``transform=``, ``image_size=``, ``skip_bad=`` for a stream's options.
-- :func:`image_transforms` (``pilot`` | ``coda`` | ``none``) -> ``{"train": ..., "eval": ...}``.
+- :func:`image_transforms` (``pilot`` | ``coda`` | ``shot`` | ``none``) ->
+  ``{"train": ..., "eval": ...}``.
 - :func:`scan_class_folders` (``DIR/<class>/<image>``, cached) and :func:`check_images`
   (unreadable files: one line naming the file, or skipped with ``skip_bad``).
 - :func:`label_by_name`: train and test classes matched by folder *name* (sorted index).
@@ -36,7 +37,7 @@ from .common import (StreamInfo, cached_arrays, class_incremental, classificatio
 # torchvision's ImageFolder extensions, and GIF
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                   ".pgm"}
-TRANSFORMS = ("pilot", "coda", "none")
+TRANSFORMS = ("pilot", "coda", "shot", "none")
 SKIP_HINT = "--stream-opt skip_bad=true skips unreadable images"
 
 
@@ -95,7 +96,8 @@ class ImageOptions:
     """Options of every stream read from image files (add to a stream's options)."""
     transform: str = opt("pilot", "pilot: random-resized-crop (scale 0.05-1) + flip for "
                          "training, resize 256 + centre-crop 224 for testing (PILOT/APER/"
-                         "SEMA); coda: CODA-Prompt's; none: resize only. No mean/std "
+                         "SEMA); coda: CODA-Prompt's; shot: SHOT/LFTL's resize to 256x256 + "
+                         "random/centre crop 224 (+ flip); none: resize only. No mean/std "
                          "normalisation (a backbone option)", choices=TRANSFORMS)
     image_size: int = opt(224, "side of the crops (test resize scales with it: 256/224)",
                           min=8, max=1024)
@@ -114,6 +116,11 @@ def image_transforms(kind: str = "pilot", image_size: int = 224,
       scale), flip; eval as ``pilot`` with the default (bilinear) resize when ``eval_crop``
       (ImageNet-*), else ``Resize(s)`` + ``CenterCrop(s)`` (= CODA's ``Resize(s)`` on square
       images; the crop keeps batches square on others).
+    - ``shot`` (SHOT ``object/image_source.py``/``image_target.py``, LFTL ``train_source.py``/
+      ``adapt_target.py``: ``image_train``/``image_test``): train ``Resize((r, r))`` (square,
+      the aspect ratio is not kept; bilinear), ``RandomCrop(s)``, ``RandomHorizontalFlip``,
+      ``ToTensor``; eval ``Resize((r, r))``, ``CenterCrop(s)``, ``ToTensor``; r = 256 s/224.
+      Their ``Normalize`` (ImageNet mean/std) is the backbone's ``normalize=``.
     - ``none``: ``Resize((s, s))``, ``ToTensor`` for both.
     """
     from torchvision import transforms as T
@@ -129,6 +136,11 @@ def image_transforms(kind: str = "pilot", image_size: int = 224,
                            T.RandomHorizontalFlip(0.5), T.ToTensor()])
         test = T.Compose([T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
                           T.CenterCrop(s), T.ToTensor()])
+        return {"train": train, "eval": test}
+    if kind == "shot":
+        train = T.Compose([T.Resize((resize, resize)), T.RandomCrop(s),
+                           T.RandomHorizontalFlip(), T.ToTensor()])
+        test = T.Compose([T.Resize((resize, resize)), T.CenterCrop(s), T.ToTensor()])
         return {"train": train, "eval": test}
     train = T.Compose([T.RandomResizedCrop(s), T.RandomHorizontalFlip(), T.ToTensor()])
     test = T.Compose([T.Resize(resize if eval_crop else s), T.CenterCrop(s), T.ToTensor()])
