@@ -235,3 +235,38 @@ def test_budget_past_the_target_is_refused_before_the_run(budget, runs_dir):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "target experience 1 has 248 samples" in lines[0], lines
     assert not runs_dir.exists()
+
+
+def test_source_trains_on_the_stream_source_train_set(runs_dir, pretrained_backbone,
+                                                      monkeypatch):
+    """One hold-out only: the source model trains on exactly the source experience's
+    training images (all of them, every epoch) and is picked on the source experience's
+    test set, the stream's hold-out; the record is that set's accuracy of the kept model."""
+    import clplatform
+    from clplatform.strategies.lftl import strategy as lftl_strategy
+    seen = {"frozen": [], "batches": []}
+    frozen_rows = lftl_strategy.frozen_rows
+    monkeypatch.setattr(lftl_strategy, "frozen_rows",
+                        lambda part, x, *a: seen["frozen"].append(x) or frozen_rows(part, x, *a))
+    fit = lftl_strategy.LFTL.fit_tensors
+
+    def spy(self, optimizer, inputs, labels, *args, **kwargs):
+        if self.experiences_seen == 0:
+            seen["batches"].append((inputs.clone(), labels.clone()))
+        return fit(self, optimizer, inputs, labels, *args, **kwargs)
+    monkeypatch.setattr(lftl_strategy.LFTL, "fit_tensors", spy)
+    opts = {**FAST, "source_epochs": 3}
+    run = clplatform.run("lftl", "glyphs-domains", stream_options=TINY_DOMAINS, seed=0,
+                         out=runs_dir, strategy_options=opts)
+    bm = create_stream("glyphs-domains", **TINY_DOMAINS, seed=0)
+    train_x, train_y = dataset_tensors(bm.train_stream[0].dataset)
+    test_x, test_y = dataset_tensors(bm.test_stream[0].dataset)
+    assert torch.equal(seen["frozen"][0], train_x) and torch.equal(seen["frozen"][1], test_x)
+    assert len(seen["batches"]) == 3  # one pass over all 248 source images per epoch
+    for inputs, labels in seen["batches"]:
+        assert torch.equal(inputs, torch.arange(len(train_x)))
+        assert torch.equal(labels.cpu(), train_y)
+    held = run.experiences["lftl.source_holdout_accuracy"].iloc[0]
+    acc = run.accuracy.set_index(["train_exp", "eval_exp"])["accuracy"]
+    assert 0.3 < held <= 1 and held == pytest.approx(acc[(0, 0)], abs=1.01 / len(test_y))
+    assert len(test_y) == 62 * 2

@@ -138,7 +138,10 @@ class Prepared:
                     self.progress.start_experience(i, len(stream))
                     if workers:  # the training template's DataLoader
                         extra["num_workers"] = workers
-                    self.strategy.train(experience, eval_streams=[], **extra)
+                    # an active strategy's source (experience 0) picks its model on the
+                    # source's test set, the stream's hold-out (LFTL, SHOT's trte=val)
+                    held = [self.benchmark.test_stream[0]] if self.active and i == 0 else []
+                    self.strategy.train(experience, eval_streams=held, **extra)
                     after_experience(i)
                     self.stop.check()
         finally:

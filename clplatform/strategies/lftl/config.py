@@ -43,8 +43,6 @@ class LFTLOptions:
                                  "(backbone: 0.1x)", min=0)
     label_smoothing: float = opt(0.1, "label smoothing of the source cross-entropy", min=0,
                                  max=1)
-    holdout: float = opt(0.1, "held-out source fraction that picks the best source epoch",
-                         min=0, max=0.5)
     bottleneck: int = opt(256, "bottleneck width", min=1)
     tune_blocks: int = opt(1, "last transformer blocks fine-tuned with the head (-1: the "
                               "whole backbone)", min=-1)

@@ -1,5 +1,7 @@
 """LFTL as an Avalanche template: source training on experience 0, then R query-and-adapt
 rounds on every target experience, labels only through the oracle the runner hands over.
+The source model is picked on the source experience's test set (the stream's hold-out, e.g.
+``source_val``), which the runner hands over as ``eval_streams``: no second split here.
 
 The frozen part of the network is computed once per experience (exact: eval mode, no
 augmentation). Every training iteration runs through Avalanche's plugin hooks; after each
@@ -89,37 +91,52 @@ class LFTL(Strategy):
             self.context.report_round(self, round=round_, labels_used=labels_used)
 
     # ------------------------------------------------------------ source
-    def _train_source(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _train_source(self, x: torch.Tensor, y: torch.Tensor,
+                      held: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Source training on every image of ``x``; ``held``: the source experience's test
+        set (the stream's hold-out, SHOT's ``trte=val`` 10 %), on which the best epoch is
+        picked (ties: the later epoch, as SHOT's ``>=``); None: the last epoch is kept."""
         model, o = self.lftl, self.opts
-        order = torch.randperm(len(x), generator=self.generator)
-        held = order[:int(o.holdout * len(x))]
-        train = order[len(held):]
         tokens = frozen_rows(model.frozen, x, self.device, self.context.train.cache_bytes)
         y = y.to(self.device)
+        if held is not None:
+            held_tokens = frozen_rows(model.frozen, held[0], self.device,
+                                      self.context.train.cache_bytes)
+            held_y = held[1].to(self.device)
         optimizer = self._sgd(o.source_lr)
-        steps = o.source_epochs * math.ceil(len(train) / self.opts.batch_size)
+        steps = o.source_epochs * math.ceil(len(x) / self.opts.batch_size)
         schedule = poly_schedule(optimizer, steps)
-        best, best_state = -1.0, None
+        best, best_state = float("nan"), None
 
         def loss(idx, labels):
-            logits = model.classifier(model.features(tokens[train[idx.cpu()]]))
+            logits = model.classifier(model.features(tokens[idx.cpu()]))
             return F.cross_entropy(logits, labels, label_smoothing=o.label_smoothing)
         for _epoch in range(o.source_epochs):
             model.train()
-            self.fit_tensors(optimizer, torch.arange(len(train)), y[train], loss, 1,
-                             o.batch_size, schedule)
-            if not len(held):
+            self.fit_tensors(optimizer, torch.arange(len(x)), y, loss, 1, o.batch_size,
+                             schedule)
+            if held is None:
                 continue
             model.eval()
             with torch.no_grad():
                 predicted = self._map(lambda t: model.classifier(model.features(t)),
-                                      tokens[held]).argmax(1)
-            accuracy = float((predicted == y[held]).float().mean())
-            if accuracy > best:
+                                      held_tokens).argmax(1)
+            accuracy = float((predicted == held_y).float().mean())
+            if best_state is None or accuracy >= best:
                 best, best_state = accuracy, copy.deepcopy(model.state_dict())
         if best_state is not None:
             model.load_state_dict(best_state)
         self._record = {"source_holdout_accuracy": best}
+
+    @staticmethod
+    def _source_holdout(experience, eval_streams) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(x, y) of the first experience of ``eval_streams`` (streams or experiences) that
+        is not ``experience`` itself: the runner hands the source experience's test set."""
+        for item in eval_streams or ():
+            for candidate in ([item] if hasattr(item, "dataset") else item):
+                if candidate is not experience:
+                    return dataset_tensors(candidate.dataset)
+        return None
 
     # ------------------------------------------------------------ target
     def _scores(self, p: torch.Tensor, p_prev: torch.Tensor | None) -> torch.Tensor:
@@ -221,7 +238,7 @@ class LFTL(Strategy):
         x, y = dataset_tensors(experience.dataset)
         self._record = {}
         if self.experiences_seen == 0:
-            self._train_source(x, y)
+            self._train_source(x, y, self._source_holdout(experience, eval_streams))
         elif self.opts.adapt == "full":
             if oracle is None:
                 raise RuntimeError("lftl needs the label oracle of a target experience: "
