@@ -122,7 +122,8 @@ def test_visda_train_to_validation(tmp_path):
     assert lists.classes == list(VISDA_CLASSES)  # aeroplane 0 ... truck 11
     check_transductive(lists, 3)
     assert {Path(p).suffix for p, _ in lists.train[0]} == {".png"}
-    with pytest.raises(UserError, match="test domain of visda is unlabelled"):
+    with pytest.raises(UserError, match=r"the test domain of VisDA-2017 has no labels: .*"
+                                        r"test/image_list.txt or .*image_list.txt not found"):
         office_lists(dom.VISDA, tmp_path, targets="test")
     listing = tmp_path / "validation" / "image_list.txt"
     lines = listing.read_text().splitlines()
@@ -130,6 +131,42 @@ def test_visda_train_to_validation(tmp_path):
     listing.write_text("\n".join(lines) + "\n")
     with pytest.raises(UserError, match=r"validation/image_list.txt, line 36: label 10"):
         office_lists(dom.VISDA, tmp_path)
+
+
+@pytest.mark.parametrize("where", ["root", "test"])
+def test_visda_test_domain_with_its_ground_truth(tmp_path, where):
+    """test/trunkNN/<md5>.jpg, no class folders: read on request, labelled by the released
+    image_list.txt (beside the domains or in test/), a transductive target."""
+    make_visda(tmp_path, test_list=where)
+    lists = office_lists(dom.VISDA, tmp_path, targets="validation,test")
+    assert lists.domains == ["train", "validation", "test"]
+    assert lists.classes == list(VISDA_CLASSES)
+    check_transductive(lists, 3)
+    listing = tmp_path / ("test" if where == "test" else "") / "image_list.txt"
+    truth = dict(line.rsplit(" ", 1) for line in listing.read_text().splitlines())
+    assert len(truth) == 36 and len(lists.train[2]) == 36
+    for path, label in lists.train[2]:
+        assert truth[f"{Path(path).parent.name}/{Path(path).name}"] == str(label)
+        assert Path(path).parent.parent == tmp_path / "test"
+    assert office_lists(dom.VISDA, tmp_path).domains == ["train", "validation"]  # on request
+    alone = office_lists(dom.VISDA, tmp_path, source="validation", targets="test")
+    assert alone.domains == ["validation", "test"] and alone.classes == list(VISDA_CLASSES)
+
+
+def test_visda_test_ground_truth_checked(tmp_path):
+    make_visda(tmp_path, test_list="root")
+    listing = tmp_path / "image_list.txt"
+    lines = listing.read_text().splitlines()
+    path = lines[2].rsplit(" ", 1)[0]
+    lines[2] = f"{path} 12"
+    listing.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=rf"image_list.txt, line 3: label 12 for {path}; "
+                                        r"expected 0...11"):
+        office_lists(dom.VISDA, tmp_path, targets="test")
+    lines[2] = f"trunk07/{path.split('/')[1]} 3"
+    listing.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=r"image_list.txt, line 3: trunk07/.* not found in "):
+        office_lists(dom.VISDA, tmp_path, targets="test")
 
 
 def test_domainnet_official_lists_and_label_order(tmp_path):
@@ -310,6 +347,37 @@ def test_cli_list_label_disagreement_is_one_line(tmp_path):
     result = invoke("run", "--stream", "visda", *stream_opts(tmp_path), "--strategy", "naive",
                     "--out", tmp_path / "runs")
     one_line_error(result, f"{listing}, line 4: label 7", "'bicycle' is number 1")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_run_on_visda_with_its_test_domain(tmp_path):
+    """train -> validation, test: three experiences, the test domain scored on all its
+    listed images with the released labels."""
+    import json
+
+    import pandas as pd
+    make_visda(tmp_path / "data", test_list="root")
+    result = invoke("run", "--stream", "visda", *stream_opts(
+        tmp_path / "data", targets="validation,test", image_size=8), "--strategy", "naive",
+        "--epochs", "1", "--quiet", "--json", "--out", tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    run_dir = Path(json.loads(result.stdout)["run_dir"])
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["stream"]["domains"] == ["train", "validation", "test"]
+    accuracy = pd.read_csv(run_dir / "accuracy.csv")
+    last = accuracy[accuracy["train_exp"] == accuracy["train_exp"].max()]
+    assert list(last["n_samples"]) == [4, 36, 36]  # source hold-out: 36 - int(0.9 * 36)
+    assert last["accuracy"].between(0, 1).all()
+
+
+def test_cli_visda_test_without_its_labels_is_one_line(tmp_path):
+    make_visda(tmp_path)
+    for strategy in ("naive", "lftl"):
+        result = invoke("run", "--stream", "visda", *stream_opts(
+            tmp_path, targets="validation,test"), "--strategy", strategy,
+            "--out", tmp_path / "runs")
+        one_line_error(result, "the test domain of VisDA-2017 has no labels",
+                       str(tmp_path / "test" / "image_list.txt"), "taskcv-2017-public")
     assert not (tmp_path / "runs").exists()
 
 

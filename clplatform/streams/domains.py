@@ -15,6 +15,13 @@ VisDA ``image_list.txt``, DomainNet ``<domain>_{train,test}.txt``) is used when 
 says which images belong to the domain (split), and each of its labels must be the number
 of the file's class folder (else a UserError naming the list file and line). Nothing is
 downloaded: a wrong ``root`` is one line naming the expected layout and the archive.
+
+VisDA's ``test`` domain (72,372 real images in ``test/trunk01..trunk20/<md5>.jpg``, no class
+folders) is read only when asked for (``targets=validation,test``) and only with its labels:
+the ground truth the organisers released in the devkit, ``classification/data/image_list.txt``
+(``trunkNN/<file> <label>``), at ``<root>/test/image_list.txt`` or ``<root>/image_list.txt``
+(where the devkit's instructions download it). Without it the stream stops with one line:
+every experience is trained or queried (LFTL's oracle) and scored with labels.
 """
 from __future__ import annotations
 
@@ -61,7 +68,10 @@ class DomainDataset:
     num_classes: int
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)  # other folder names
     inner: str = ""                  # optional level between a domain and its classes
-    unlabelled: tuple[str, ...] = ()  # domains without labels (not usable as experiences)
+    #: domains whose images are not in class folders (VisDA's ``test/trunkNN/``): labelled
+    #: only by a ground-truth list, read only when asked for (not a default target)
+    listed_only: tuple[str, ...] = ()
+    list_help: str = ""              # where the list of a listed_only domain comes from
     class_order: Callable[[str], str] = _plain_order
     order_text: str = "sorted order"  # how the class order is described in messages
 
@@ -87,9 +97,13 @@ OFFICE_HOME = DomainDataset(
     ("OfficeHomeDataset_10072016", ""), ("Art", "Clipart", "Product", "Real World"), 65,
     aliases={"Real World": ("RealWorld", "Real_World")})
 VISDA = DomainDataset(
-    "VisDA-2017", "train.tar and validation.tar (VisDA-2017 classification track)",
-    "<root>/{train,validation}/<class>/<image> with image_list.txt",
-    ("",), ("train", "validation", "test"), 12, unlabelled=("test",))
+    "VisDA-2017", "train.tar, validation.tar and test.tar (VisDA-2017 classification track)",
+    "<root>/{train,validation}/<class>/<image> with image_list.txt, "
+    "<root>/test/trunkNN/<image>",
+    ("",), ("train", "validation", "test"), 12, listed_only=("test",),
+    list_help="the test labels the organisers released: classification/data/image_list.txt "
+              "of the VisDA-2017 devkit (VisionLearningGroup/taskcv-2017-public), lines "
+              "'trunkNN/<file> <label>'")
 DOMAINNET = DomainDataset(
     "DomainNet", "<domain>.zip and <domain>_{train,test}.txt (DomainNet cleaned, M3SDA)",
     "<root>/[domainnet/]<domain>/<class>/<image> with <domain>_train.txt, <domain>_test.txt",
@@ -187,9 +201,7 @@ def listed_items(entries: list[ListEntry], list_file: Path, files: dict[tuple[st
     index = {name: i for i, name in enumerate(classes)}
     items = []
     for entry in entries:
-        parts = PurePosixPath(entry.path.replace("\\", "/")).parts
-        key = tuple(parts[-2:])
-        where = f"{list_file}, line {entry.line}"
+        key, where = _list_key(entry), f"{list_file}, line {entry.line}"
         if len(key) != 2 or key[0] not in index:
             raise UserError(f"{where}: {entry.path} is not in a class folder of {class_dir}")
         if key not in files:
@@ -197,6 +209,28 @@ def listed_items(entries: list[ListEntry], list_file: Path, files: dict[tuple[st
         if entry.label != index[key[0]]:
             raise UserError(f"{where}: label {entry.label} for {entry.path}, but class "
                             f"folder {key[0]!r} is number {index[key[0]]} in {order_text}")
+        items.append((files[key], entry.label))
+    return items
+
+
+def _list_key(entry: ListEntry) -> tuple[str, ...]:
+    """The last two path parts of a list line (``<folder>/<file>``)."""
+    return tuple(PurePosixPath(entry.path.replace("\\", "/")).parts[-2:])
+
+
+def ground_truth_items(entries: list[ListEntry], list_file: Path,
+                       files: dict[tuple[str, str], str], num_classes: int,
+                       folder: Path) -> list[Item]:
+    """The images of a ground-truth list over folders that are not classes (VisDA's
+    ``trunkNN/<file> <label>``): each file must exist, each label be 0..C-1."""
+    items = []
+    for entry in entries:
+        key, where = _list_key(entry), f"{list_file}, line {entry.line}"
+        if key not in files:
+            raise UserError(f"{where}: {entry.path} not found in {folder}")
+        if not 0 <= entry.label < num_classes:
+            raise UserError(f"{where}: label {entry.label} for {entry.path}; expected 0..."
+                            f"{num_classes - 1}")
         items.append((files[key], entry.label))
     return items
 
@@ -231,11 +265,7 @@ def source_and_targets(data: DomainDataset, source: str, targets: tuple[str, ...
     order."""
     source = data.canonical(source, stream)
     names = [data.canonical(t, stream) for t in targets] if targets else [
-        d for d in data.domains if d != source and d not in data.unlabelled]
-    for name in (source, *names):
-        if name in data.unlabelled:
-            raise UserError(f"stream {stream}: the {name} domain of {stream} is unlabelled; "
-                            "every experience needs labelled test images")
+        d for d in data.domains if d != source and d not in data.listed_only]
     if source in names:
         raise UserError(f"stream {stream}: the source domain {source!r} is also a target")
     if len(set(names)) != len(names):
@@ -317,6 +347,9 @@ class VisdaOptions(DomainOptions):
     stream: ClassVar[str] = "visda"
     source: str = opt("train", "source domain: experience 0, labelled (train: synthetic "
                                "renders; validation: real images)")
+    targets: tuple[str, ...] = opt((), "target domains, experiences 1..K in this order "
+                                       "(default: validation; test only when asked for, with "
+                                       "its ground-truth image_list.txt)")
 
 
 # ------------------------------------------------------------------------------- domains
@@ -325,13 +358,26 @@ def _list_file(candidates: list[Path]) -> Path | None:
 
 
 def domain_pool(data: DomainDataset, base: Path, domain: str, stream: str,
-                lists: list[Path], skip_bad: bool) -> tuple[list[str], list[Item], Path]:
+                lists: list[Path], skip_bad: bool
+                ) -> tuple[list[str] | None, list[Item], Path]:
     """(class names, the domain's images with labels, its class folder): from the first
-    existing file of ``lists`` when there is one, else every image in the class folders."""
-    class_dir, classes = domain_classes(data, domain_folder(data, base, domain, stream),
-                                        stream)
-    scan = DomainFiles.scan(class_dir)
+    existing file of ``lists`` when there is one, else every image in the class folders.
+    A ``listed_only`` domain (no class folders: class names None) needs its list."""
+    folder = domain_folder(data, base, domain, stream)
     list_file = _list_file(lists)
+    if domain in data.listed_only:
+        if list_file is None:
+            raise UserError(
+                f"stream {stream}: the {domain} domain of {data.title} has no labels: "
+                f"{' or '.join(map(str, lists))} not found; its images are read with "
+                f"{data.list_help}, as every experience is trained or queried and scored "
+                "with labels")
+        scan = DomainFiles.scan(folder)
+        pool = scan.readable(ground_truth_items(read_list(list_file), list_file, scan.files,
+                                                data.num_classes, folder), skip_bad)
+        return None, pool, folder
+    class_dir, classes = domain_classes(data, folder, stream)
+    scan = DomainFiles.scan(class_dir)
     pool = (listed_items(read_list(list_file), list_file, scan.files, classes, class_dir,
                          data.order_text)
             if list_file is not None else folder_items(scan.files, classes))
@@ -366,7 +412,10 @@ def _shot_lists(data: DomainDataset, root: Path, base: Path, domain: str) -> lis
 
 
 def _visda_lists(data: DomainDataset, root: Path, base: Path, domain: str) -> list[Path]:
-    return [base / domain / "image_list.txt"]
+    """``<domain>/image_list.txt``; the test labels also beside the three folders, where
+    the devkit's instructions download them."""
+    own = [base / domain / "image_list.txt"]
+    return own + [base / "image_list.txt"] if domain in data.listed_only else own
 
 
 def source_target_lists(data: DomainDataset, opts: DomainOptions, stream: str
@@ -380,9 +429,10 @@ def source_target_lists(data: DomainDataset, opts: DomainOptions, stream: str
     for domain in names:
         found, pool, where = domain_pool(data, base, domain, stream,
                                          lists(data, root, base, domain), opts.skip_bad)
-        if classes is None:
-            classes, first = found, where
-        same_classes(classes, found, where, first, stream)
+        if found is not None:  # None: a listed_only domain, no class folders
+            if classes is None:  # (a source and a target: one has class folders)
+                classes, first = found, where
+            same_classes(classes, found, where, first, stream)
         pools.append(pool)
     train, test = domain_experiences(pools, opts.split, opts.test_fraction, opts.source_val,
                                      opts.seed)

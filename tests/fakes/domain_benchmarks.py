@@ -88,9 +88,14 @@ def make_office_home(root: Path, per_class: int = 3, size: int = 8, seed: int = 
     return Path(root)
 
 
-def make_visda(root: Path, per_class: int = 3, size: int = 8, seed: int = 0) -> Path:
+def make_visda(root: Path, per_class: int = 3, size: int = 8, seed: int = 0,
+               test_list: str | None = None) -> Path:
     """``train/<class>/*.png`` and ``validation/<class>/*.jpg``, each with its
-    ``image_list.txt`` (``<class>/<file> <label>``)."""
+    ``image_list.txt`` (``<class>/<file> <label>``); ``test/trunk01/``, ``test/trunk02/``
+    ``<md5>.jpg`` (``per_class`` per class, shuffled, no class folders) and the released
+    ground truth (``trunkNN/<file> <label>``, shuffled) at ``<root>/image_list.txt``
+    (``test_list="root"``), ``test/image_list.txt`` (``"test"``) or nowhere (None)."""
+    import hashlib
     rng = np.random.default_rng(seed)
     for domain, suffix in (("train", ".png"), ("validation", ".jpg")):
         written = _domain(Path(root) / domain, VISDA_CLASSES, per_class, rng, size,
@@ -98,6 +103,16 @@ def make_visda(root: Path, per_class: int = 3, size: int = 8, seed: int = 0) -> 
                           else f"val_{k}_{i:06d}", suffix)
         (Path(root) / domain / "image_list.txt").write_text(
             "".join(f"{p} {label}\n" for p, label in written))
+    images, truth = Images(size, rng), []
+    labels = rng.permutation(np.repeat(np.arange(len(VISDA_CLASSES)), per_class))
+    for i, label in enumerate(labels):
+        trunk = f"trunk{1 + 2 * i // len(labels):02d}"
+        stem = hashlib.md5(f"{seed}-{i}".encode()).hexdigest()
+        path = images.write(Path(root) / "test" / trunk, stem)
+        truth.append(f"{trunk}/{path.name} {label}\n")
+    if test_list is not None:
+        folder = Path(root) / "test" if test_list == "test" else Path(root)
+        (folder / "image_list.txt").write_text("".join(truth[::-1]))
     write_strays(Path(root))
     return Path(root)
 
