@@ -270,3 +270,33 @@ def test_source_trains_on_the_stream_source_train_set(runs_dir, pretrained_backb
     acc = run.accuracy.set_index(["train_exp", "eval_exp"])["accuracy"]
     assert 0.3 < held <= 1 and held == pytest.approx(acc[(0, 0)], abs=1.01 / len(test_y))
     assert len(test_y) == 62 * 2
+
+
+def test_source_model_best_or_last(pretrained_backbone, monkeypatch):
+    """best: the epoch with the best hold-out accuracy (here not the last one); last: the
+    same weights as a source training whose hold-out is read (reading draws a DataLoader
+    seed) but not used. Each record is the kept model's accuracy on the hold-out."""
+    from clplatform.evaluator import evaluate
+    from clplatform.strategies.lftl.strategy import LFTL
+    bm = create_stream("glyphs-domains", **TINY_DOMAINS, seed=0)
+    x, y = dataset_tensors(bm.test_stream[0].dataset)
+    runs = {}
+    for name in ("best", "last", "unselected"):
+        if name == "unselected":
+            read = LFTL._source_holdout
+            monkeypatch.setattr(LFTL, "_source_holdout",
+                                staticmethod(lambda *a: read(*a) and None))
+        seed_everything(0)
+        strategy = _strategy(bm, source_epochs=4, source_lr=0.5,
+                             source_model="last" if name == "last" else "best")
+        strategy.train(bm.train_stream[0], eval_streams=[bm.test_stream[0]])
+        record = strategy.experience_extras()["source_holdout_accuracy"]
+        if name != "unselected":
+            kept = evaluate(strategy.model.eval(), x, y, 64, "cpu", 62)["accuracy"]
+            assert record == pytest.approx(kept, abs=1.01 / len(y))
+        runs[name] = (record, strategy.model.state_dict())
+    assert runs["best"][0] > runs["last"][0]
+    assert math.isnan(runs["unselected"][0])
+    last, unselected = runs["last"][1], runs["unselected"][1]
+    for name in last:
+        assert torch.equal(last[name], unselected[name]), name

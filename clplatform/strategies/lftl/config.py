@@ -43,6 +43,11 @@ class LFTLOptions:
                                  "(backbone: 0.1x)", min=0)
     label_smoothing: float = opt(0.1, "label smoothing of the source cross-entropy", min=0,
                                  max=1)
+    source_model: str = opt("best", "source model kept: best: the epoch with the best "
+                            "accuracy on the source experience's test set, the stream's "
+                            "hold-out (paper, spec); last: the last epoch (what the released "
+                            "code saves: its 'best' state_dict() copies alias the live "
+                            "weights)", choices=("best", "last"))
     bottleneck: int = opt(256, "bottleneck width", min=1)
     tune_blocks: int = opt(1, "last transformer blocks fine-tuned with the head (-1: the "
                               "whole backbone)", min=-1)

@@ -95,7 +95,8 @@ class LFTL(Strategy):
                       held: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         """Source training on every image of ``x``; ``held``: the source experience's test
         set (the stream's hold-out, SHOT's ``trte=val`` 10 %), on which the best epoch is
-        picked (ties: the later epoch, as SHOT's ``>=``); None: the last epoch is kept."""
+        picked (ties: the later epoch, as SHOT's ``>=``; ``source_model=last``: the last);
+        None: the last epoch is kept. Recorded: the kept model's accuracy on ``held``."""
         model, o = self.lftl, self.opts
         tokens = frozen_rows(model.frozen, x, self.device, self.context.train.cache_bytes)
         y = y.to(self.device)
@@ -122,7 +123,7 @@ class LFTL(Strategy):
                 predicted = self._map(lambda t: model.classifier(model.features(t)),
                                       held_tokens).argmax(1)
             accuracy = float((predicted == held_y).float().mean())
-            if best_state is None or accuracy >= best:
+            if best_state is None or accuracy >= best or o.source_model == "last":
                 best, best_state = accuracy, copy.deepcopy(model.state_dict())
         if best_state is not None:
             model.load_state_dict(best_state)
