@@ -196,9 +196,13 @@ def test_mini_table1_plan_with_its_own_streams_replaced(tmp_path):
     assert {c["backbone"] for c in cells} == {"vit-glyphs"}
     check_recipes(cells)
     # the command line wins over the preset: seeds, and epochs for every strategy
+    # (the quick version: one seed, a tenth of the images, as the mini streams allow)
     quick = plan_of("--streams", "glyphs", "--backbone", "vit-glyphs", "--seeds", "7",
-                    "--epochs", "1", "--set", "epochs=1")
+                    "--epochs", "1", "--set", "epochs=1", "--stream-opt",
+                    "samples_per_class=20", "--stream-opt", "test_samples_per_class=5")
     assert len(quick) == 8 and {c["seed"] for c in quick} == {7}
+    assert all(c["stream_options"] == {"samples_per_class": "20",
+                                       "test_samples_per_class": "5"} for c in quick)
     assert {str(c["train"].get("epochs")) for c in quick} == {"1"}
     assert [str(c["strategy_options"]["epochs"]) for c in quick if c["strategy"] == "aper"] \
         == ["1"]
