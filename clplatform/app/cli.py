@@ -364,13 +364,15 @@ def compare_command(runs, out, group_by, export, export_format, include_incomple
               help="the strategies of a paper's comparison instead of --strategies: "
                    "sema-table1 (L2P, DualPrompt, CODA-Prompt, SimpleCIL, APER, InfLoRA, "
                    "SEMA) or sema-appendix (EASE, RanPAC, SimpleCIL, SEMA) (with -cpu: 5 "
-                   "epochs for the comparators whose 20 take over 90 s on a CPU); and/or a "
+                   "epochs for the comparators whose 20 take over 90 s on a CPU), or "
+                   "mini-table1 (sema-table1-cpu and naive on mini-in, mini-r, mini-a, "
+                   "mini-vtab, vit-mini, seeds 0,1,2, ranked against Table 1); and/or a "
                    f"benchmark recipe ({_RECIPES}): its stream, backbone, seeds, and its "
                    "strategy's hyper-parameters (its strategy alone unless --strategies or "
                    "a comparison preset is given; explicit options win)")
 @click.option("--streams", metavar="X,Y,...", help="streams to run on (default: glyphs, or "
-                                                   "the recipe's)")
-@click.option("--seeds", metavar="0,1,2", help="seeds (default: 0, or the recipe's)")
+                                                   "the preset's)")
+@click.option("--seeds", metavar="0,1,2", help="seeds (default: 0, or the preset's)")
 @click.option("--grid", multiple=True, metavar="KEY=V1,V2",
               help="values to cross: a hyper-parameter (applied to the strategies that have "
                    "it), epochs/batch_size/lr, stream.KEY or backbone.KEY (repeatable)")
@@ -389,14 +391,19 @@ def compare_command(runs, out, group_by, export, export_format, include_incomple
 @click.option("--out", default="sweeps/sweep", show_default=True, metavar="DIR",
               help="folder of the sweep: one run directory per cell, sweep.json, "
                    "comparison.html")
-@click.option("--backbone", metavar="NAME", help="backbone of every run")
+@click.option("--backbone", metavar="NAME", help="backbone of every run (default: "
+                                                 "vit-glyphs, or the preset's)")
 @_training_options
 @_component_options("hyper-parameter for the strategies that have it",
                     "option of every stream")
 @_log_option
+@click.option("--dry-run", is_flag=True,
+              help="validate every cell, run nothing, write nothing; print the plan as JSON "
+                   "(cells with their strategy, stream, seed, options and settings)")
 def sweep_command(strategies, presets, streams, seeds, grid, executor, workers, threads, gpus,
                   address, retries, out, backbone, epochs, batch_size, lr, device, precision,
-                  cache_gib, data_workers, sets, stream_opts, backbone_opts, loggers):
+                  cache_gib, data_workers, sets, stream_opts, backbone_opts, loggers,
+                  dry_run):
     """Run strategy x stream x seed x grid, each cell an ordinary run, then compare them.
 
     Every cell gets its run directory OUT/<strategy>-<stream>-s<seed>[-key=value...];
@@ -410,6 +417,8 @@ def sweep_command(strategies, presets, streams, seeds, grid, executor, workers, 
       clplat sweep --strategies sema,simplecil --executor ray --address auto
       clplat sweep --preset sema-table1 --seeds 0,1,2
       clplat sweep --preset sema-table1 --preset sema-cifar100 --stream-opt root=data
+      clplat sweep --preset mini-table1 --workers 2
+      clplat sweep --preset mini-table1 --seeds 0 --streams mini-r --dry-run
     """
     from ..options import parse_assignments
     from .presets import get_preset, preset_overrides
@@ -423,18 +432,23 @@ def sweep_command(strategies, presets, streams, seeds, grid, executor, workers, 
     if strategies is not None and comparisons:
         raise UserError("give either --strategies or a comparison preset")
     recipe = recipes[0] if recipes else None
+    # a comparison's own streams, backbone and seeds (mini-table1), below a recipe's
+    world = comparisons[0] if comparisons and not recipe else None
     if strategies is None and not chosen:
         raise UserError("give either --strategies or --preset")
     seed_values = []
     for value in _split(seeds, "--seeds") if seeds is not None else (
-            recipe.seeds if recipe else ["0"]):
+            recipe.seeds if recipe else (world and world.seeds) or ["0"]):
         try:
             seed_values.append(int(value))
         except ValueError:
             raise UserError(f"--seeds: {value!r} is not an integer") from None
     user_sets = parse_assignments(sets, "--set")
-    base = make_spec(None, preset=recipe.name if recipe else None, backbone=backbone,
-                     stream=streams.split(",")[0].strip() if streams else None,
+    stream_names = (_split(streams, "--streams") if streams
+                    else list(world.streams) if world and world.streams else None)
+    base = make_spec(None, preset=recipe.name if recipe else None,
+                     backbone=backbone or (world.backbone if world else None),
+                     stream=stream_names[0] if stream_names else None,
                      strategy_options=user_sets,
                      stream_options=parse_assignments(stream_opts, "--stream-opt"),
                      backbone_options=parse_assignments(backbone_opts, "--backbone-opt"),
@@ -456,8 +470,18 @@ def sweep_command(strategies, presets, streams, seeds, grid, executor, workers, 
                           **{k: v for k, v in base.strategy_options.items()
                              if k not in user_sets}}
         base.strategy_options = user_sets
-    cells = plan(names, _split(streams, "--streams") if streams else [base.stream],
-                 seed_values, parse_grid(grid), base, overrides)
+    cells = plan(names, stream_names or [base.stream], seed_values, parse_grid(grid), base,
+                 overrides)
+    if dry_run:
+        from pathlib import Path
+
+        from ..store import json_safe
+        click.echo(json.dumps(json_safe({"out": out, "cells": [
+            {**cell.record(Path(out)), "backbone": cell.spec.backbone,
+             "strategy_options": cell.spec.strategy_options,
+             "stream_options": cell.spec.stream_options, "train": cell.spec.train}
+            for cell in cells]})))
+        return
     cells, runs, report = run_sweep(cells, out, SweepOptions(executor, workers, threads,
                                                               gpus, address, retries))
     failed = [c for c in cells if c.status == "failed"]

@@ -6,7 +6,10 @@ Two kinds, one record (:class:`Preset`):
   comparison; each runs with its own defaults, which follow its official code, on the stream,
   backbone and seeds the user chooses. Where the setting matches a published one, the
   comparison report shows the published value beside the measured one
-  (:mod:`clplatform.reports.published`).
+  (:mod:`clplatform.reports.published`). ``mini-table1`` also names its streams, backbone
+  and seeds (the offline world of issue 20; the command line wins): its report ranks the
+  methods against the published ranking of the benchmark each stream stands for
+  (:mod:`clplatform.reports.ranking`).
 - recipes (``sema-cifar100``, ``sema-imagenet-r-5|10|20``, ``sema-imagenet-a``,
   ``sema-vtab``, ``lftl-office31-<s><t>``, ``lftl-office-home-<s><t>``, ``lftl-visda``):
   a paper's benchmark setting, ``shared/specs/paper-benchmarks.md`` §5: stream and its
@@ -49,6 +52,10 @@ class Preset:
     #: per strategy, values that replace its defaults (a hyper-parameter, else a training
     #: setting of that name); the command line's --set, --epochs, ... and --grid win
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: a comparison's streams and backbone (with ``seeds``), used where the command line
+    #: and a recipe name none; empty: the user's (default glyphs, vit-glyphs, seed 0)
+    streams: tuple[str, ...] = ()
+    backbone: str | None = None
 
     @property
     def is_recipe(self) -> bool:
@@ -71,6 +78,14 @@ SEMA_SEEDS = (1993, 1994, 1995, 1996, 1997)
 #: (epochs: a hyper-parameter of aper, ranpac, ease; a training setting of the others)
 CPU_EPOCHS = {name: {"epochs": 5} for name in ("coda-prompt", "inflora", "aper", "ranpac",
                                                "ease")}
+
+
+#: the offline world of issue 20: its four streams, each standing for a column of SEMA's
+#: Table 1 (clplatform.reports.published.STAND_INS), and its shipped backbone
+MINI_STREAMS = ("mini-in", "mini-r", "mini-a", "mini-vtab")
+MINI_BACKBONE = "vit-mini"
+#: sema-table1-cpu's measured table used seeds 0, 1, 2 (README); the preset names none
+MINI_SEEDS = (0, 1, 2)
 
 
 def _sema(name: str, stream: str, tasks: int, order_seed: str, epochs: int,
@@ -120,6 +135,13 @@ def _presets() -> list[Preset]:
                "cores); every other setting as in sema-table1",
                ("l2p", "dualprompt", "coda-prompt", "simplecil", "aper", "inflora", "sema"),
                overrides=CPU_EPOCHS),
+        Preset("mini-table1", "sema-table1-cpu and naive (the fine-tuning reference) on "
+               "the offline world: mini-in, mini-r, mini-a, mini-vtab (standing for "
+               "CIFAR-100, ImageNet-R, ImageNet-A, VTAB), backbone vit-mini, seeds 0,1,2; "
+               "the comparison ranks the methods against Table 1 with Kendall's tau",
+               ("l2p", "dualprompt", "coda-prompt", "simplecil", "aper", "inflora", "sema",
+                "naive"), seeds=MINI_SEEDS, overrides=CPU_EPOCHS, streams=MINI_STREAMS,
+               backbone=MINI_BACKBONE),
         Preset("sema-appendix-cpu", "sema-appendix on a CPU: 5 epochs instead of the official "
                "20 for EASE and RanPAC's phase 1; every other setting as in sema-appendix",
                ("ease", "ranpac", "simplecil", "sema"), overrides=CPU_EPOCHS),

@@ -72,11 +72,19 @@ def _identity(run: Run) -> dict:
 
 def _published(run: Run) -> dict[str, Any]:
     """The published final accuracy of the run's strategy in its setting, with its source
-    (:mod:`clplatform.reports.published`); None where nothing was published."""
-    from .published import published_for
-    row = published_for(run.config["strategy"]["name"], run.config)
-    return {"published_final_accuracy": row.final_accuracy / 100 if row else None,
-            "published_source": row.source if row else None}
+    (:mod:`clplatform.reports.published`); None where nothing was published. And the
+    published column the run is ranked in (:mod:`clplatform.reports.ranking`) with its
+    strategy's A_N there: its own setting's, or the benchmark's its stream stands for."""
+    from .published import published_in, table1_column
+    from .ranking import COLUMN, COLUMN_FINAL
+    strategy = run.config["strategy"]["name"]
+    column = table1_column(run.config)
+    row = published_in(column, strategy) if column else None
+    exact = row if column and not column.stand_in else None
+    return {"published_final_accuracy": exact.final_accuracy / 100 if exact else None,
+            "published_source": exact.source if exact else None,
+            COLUMN: column.title if column else None,
+            COLUMN_FINAL: row.final_accuracy / 100 if row else None}
 
 
 def _label(run: Run) -> str:

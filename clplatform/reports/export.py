@@ -10,7 +10,8 @@
   column in bold), the published final accuracy where a run has one (sources in the
   caption).
 - ``markdown``: ``comparison-<stream>.md`` per stream, the comparison table cell for cell as
-  a GitHub-flavoured Markdown table.
+  a GitHub-flavoured Markdown table, then the ranking against a published one where the
+  stream maps to one (:mod:`.ranking`).
 """
 from __future__ import annotations
 
@@ -131,11 +132,20 @@ def comparison_markdown(frame: pd.DataFrame) -> str:
 
     def line(cells) -> str:
         return "| " + " | ".join(cells) + " |"
-    right = set(METRIC_KEYS) | {"runs", PUBLISHED_HEADER}
+    from .ranking import HEADERS
+    right = set(METRIC_KEYS) | {"runs", PUBLISHED_HEADER, *HEADERS}
     return "\n".join([line(cell(c) for c in frame.columns),
                       line("---:" if c in right else ":---" for c in frame.columns),
                       *(line(cell(v) for v in row) for row in frame.itertuples(index=False)),
                       ""])
+
+
+def ranking_markdown(runs: pd.DataFrame, group_by: str = "label") -> str:
+    """The rankings of one stream's runs against a published one (:mod:`.ranking`), each
+    a heading line with Kendall's τ and a Markdown table; '' when there is none."""
+    from .ranking import rankings
+    return "".join(f"\nRanking against {r.column}: {r.summary()}.\n\n"
+                   + comparison_markdown(r.table) for r in rankings(runs, group_by))
 
 
 def file_stem(stream: str) -> str:
@@ -166,7 +176,8 @@ def export_tables(runs, folder: str | Path, fmt: str = "csv",
             stems.add(stem)
             path = folder / f"comparison-{stem}.{SUFFIXES[fmt]}"
             write_text(path, comparison_latex(frame, stream, group_by) if fmt == "latex"
-                       else comparison_markdown(frame))
+                       else comparison_markdown(frame) + ranking_markdown(
+                           runs.table[runs.table["stream"] == stream], group_by))
             written.append(path)
         return written
     tables = [("runs", runs.table), ("accuracy", runs.accuracy),

@@ -80,6 +80,7 @@ def _stream_section(stream: str, runs: RunSet, group_by: str) -> str:
              f"deviation over the runs (seeds) of each {html.escape(group_by)}.</p>",
              _table(comparison_table(table, group_by),
                     [colors[g] for g in sorted(colors)], group_by),
+             *_ranking_section(table, group_by),
              _figure(plots.accuracy_matrices(accuracy, group_by),
                      "Accuracy matrix: accuracy (%) on test experience j after training "
                      "experience i, mean over runs; blank: experiences not trained yet "
@@ -109,6 +110,21 @@ def _stream_section(stream: str, runs: RunSet, group_by: str) -> str:
         final_accuracy=lambda f: (100 * f["final_accuracy"]).map("{:.1f}".format))
     parts += ["<h3>Runs</h3>", _table(listing.rename(columns={"final_accuracy": "A_T (%)"}))]
     return "\n".join(parts)
+
+
+def _ranking_section(table: pd.DataFrame, group_by: str) -> list[str]:
+    """The measured ranking beside the published one of the column the stream stands for,
+    with Kendall's τ (:mod:`.ranking`); nothing when the stream maps to none."""
+    from .ranking import rankings
+    parts = []
+    for ranking in rankings(table, group_by):
+        parts += [f"<h3>Ranking against {html.escape(ranking.column)}</h3>",
+                  f'<p class="note">{html.escape(ranking.summary())}. Measured: mean final '
+                  f"accuracy A_T ± std over each {html.escape(group_by)}'s runs (seeds), "
+                  "rank 1 the highest; published: A_N and its rank among the rows that "
+                  "have one; τ-b over those rows.</p>",
+                  _table(ranking.table)]
+    return parts
 
 
 def _strategy_sections(stream: str, runs: RunSet, table: pd.DataFrame, accuracy: pd.DataFrame,

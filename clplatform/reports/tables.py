@@ -139,10 +139,13 @@ def comparison_table(table: pd.DataFrame, group_by: str = "label") -> pd.DataFra
 
 
 def comparison_text(table: pd.DataFrame, group_by: str = "label") -> str:
-    """One block per stream: the comparison table as aligned text."""
+    """One block per stream: the comparison table as aligned text, and the ranking
+    against a published one where the stream maps to one (:mod:`.ranking`)."""
+    from .ranking import ranking_text
     blocks = []
     for stream, runs in table.groupby("stream", sort=True):
         frame = comparison_table(runs, group_by)
+        ranked = ranking_text(runs, group_by)
         blocks.append(f"stream {stream} ({count(len(runs), 'run')})\n"
-                      + frame.to_string(index=False))
+                      + frame.to_string(index=False) + (f"\n\n{ranked}" if ranked else ""))
     return "\n\n".join(blocks)
