@@ -69,13 +69,17 @@ def corpus_characters() -> str:
 
 
 def corpus_arrays(samples_per_class: int, test_samples_per_class: int, fractals: int,
-                  image_size: int = 32, seed: int = 0, glyphs: bool = True
-                  ) -> tuple[dict[str, np.ndarray], list[str]]:
+                  image_size: int = 32, seed: int = 0, glyphs: bool = True,
+                  glyph_classes: int = 0) -> tuple[dict[str, np.ndarray], list[str]]:
     """uint8 arrays ``x_train, y_train, x_test, y_test`` of the corpus and the class names
-    (glyph characters, then ``fractal:<k>``); glyphs and fractals cached separately."""
+    (glyph characters, then ``fractal:<k>``); glyphs and fractals cached separately.
+    ``glyph_classes``: 0 every glyph class, k > 0 k of them evenly spaced (tests)."""
     arrays, names, chars = [], [], ""
     if glyphs:
         chars = corpus_characters()
+        if glyph_classes:
+            chars = "".join(chars[i] for i in np.linspace(0, len(chars) - 1, glyph_classes,
+                                                          dtype=int))
         fonts = [fonts_for(c, CORPUS_FAMILIES) for c in chars]
         key = {"v": CORPUS_VERSION, "render": RENDER_VERSION, "chars": chars, "fonts": fonts,
                "n": samples_per_class, "n_test": test_samples_per_class, "size": image_size,
