@@ -66,9 +66,11 @@ def test_lr_schedule_warms_up_then_decays():
 def test_quick_pretrain_writes_weights_that_vit_mini_uses(tmp_path, runs_dir):
     out = tmp_path / "vit-mini.safetensors"
     result = invoke("pretrain", "--backbone", "vit-mini", "--quick", "--out", str(out),
-                    "--quiet", "--threads", "1")
+                    "--quiet", "--threads", "1", "--probe", "digits")
     assert result.exit_code == 0, result.stderr
     assert "test accuracy on mini-pretrain (40 glyph + 4 fractal classes" in result.stdout
+    probe = float(result.stdout.split("linear probe on digits: ")[1].split("%")[0])
+    assert 10 < probe <= 100  # 10 classes: above chance even for barely trained features
     from clplatform.models.pretrain import weights_metadata
     meta = weights_metadata(out)
     assert meta["glyph_classes"] == 40 and meta["fractal_classes"] == 4
