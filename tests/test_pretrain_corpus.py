@@ -46,12 +46,21 @@ def test_corpus_characters_exclude_latin_and_lookalikes():
     assert not any(c.isascii() and c.isalnum()
                    for ch in chars for c in unicodedata.normalize("NFKD", ch))
     assert {"é", "Ａ", "²", "①", "ﬁ", "Α", "О", "а"}.isdisjoint(chars)  # Latin-based/alike
+    assert {"ᴇ", "ɪ", "в", "∪", "γ"}.isdisjoint(chars)  # look-alikes at another size
     assert {"Ж", "→", "╬", "∑"} <= set(chars)  # other scripts, arrows, box drawing, math
     cats = {unicodedata.category(c)[0] for c in chars}
     assert cats <= set("LMNPS") and {"L", "S"} <= cats
     # every look-alike is gone: filtering again (against Latin and among themselves) keeps all
     sample = chars[::7]
     fonts = corpus_fonts()
+    from clplatform.streams.corpus import LOOKALIKE_FONTS, LOOKALIKE_TOLERANCE
+    from clplatform.streams.render import lookalikes_at_any_size
+    first = [next(f for f in fonts if _has(f, c)) for c in sample]
+    assert not lookalikes_at_any_size(sample, first, LATIN, LOOKALIKE_FONTS,
+                                      LOOKALIKE_TOLERANCE).any()
+    # (the rule finds them: small capitals and C/c-like shapes are alike at any size)
+    assert lookalikes_at_any_size("ᴇᴄЖ", ["DejaVuSans.ttf"] * 3, LATIN, LOOKALIKE_FONTS,
+                                  LOOKALIKE_TOLERANCE).tolist() == [True, True, False]
     assert distinct_characters(sample, exclude=LATIN, reference_font=fonts[0],
                                fallback_fonts=fonts[1:]) == sample
 

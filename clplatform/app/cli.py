@@ -592,7 +592,7 @@ def pretrain_command(backbone, seed, epochs, out, threads, quick, probe, force, 
 
     vit-glyphs (the default backbone): Greek and Cyrillic characters (glyphs-pretrain), 70 s
     on 2 idle CPU cores, cached and used by every run whose backbone is vit-glyphs.
-    vit-mini: the corpus mini-pretrain (3,698 non-Latin glyphs of the DejaVu/STIX fonts and
+    vit-mini: the corpus mini-pretrain (3,576 non-Latin glyphs of the DejaVu/STIX fonts and
     1,000 fractal categories), about 2 h on 2 idle CPU cores; writes the package's shipped
     weights file unless --out is given. Progress shows the time left on this machine.
     """

@@ -106,7 +106,7 @@ class MiniViTOptions(GlyphViTOptions):
 
 @register_backbone("vit-mini", options=MiniViTOptions,
                    help="ViT (GroupNorm conv stem, d=192, depth 8) shipped pre-trained on "
-                        "mini-pretrain: 3,698 non-Latin glyphs + 1,000 fractal categories")
+                        "mini-pretrain: 3,576 non-Latin glyphs + 1,000 fractal categories")
 def vit_mini(opts: MiniViTOptions) -> Backbone:
     from clplatform.backbones import MiniViTArch
     arch = MiniViTArch()

@@ -5,8 +5,9 @@ of :data:`render.FONT_FAMILIES` but Computer Modern, whose symbol fonts map odd 
 not LastResort: boxes; not STIX's size variants nor its private-use glyphs) that is a letter,
 mark, number, punctuation or symbol with enough ink, minus the 62 Latin letters and digits,
 every character whose compatibility decomposition holds one of them (accented or styled
-Latin: é, ﬁ, Ａ, ², ①, ...), every look-alike of them, and look-alikes among themselves
-(:func:`render.distinct_characters`). Each is rendered in every font that has it with the
+Latin: é, ﬁ, Ａ, ², ①, ...), every look-alike of them (at any size, the downstream streams'
+rule: ᴇ, ɪ, в, ∪, γ, ...; and at natural size, :func:`render.distinct_characters`), and
+look-alikes among themselves (at natural size). Each is rendered in every font that has it with the
 renderer's affine jitter (geometric only).
 (b) Fractals: FractalDB-style IFS categories of the "pretrain" seed space
 (:mod:`streams.fractals`), disjoint from the downstream streams' "downstream" categories.
@@ -29,12 +30,16 @@ from clplatform.registry import register_stream
 from .common import StreamInfo, cached_arrays, class_incremental, seed_option, to_float_images
 from .fractals import fractal_categories, render_fractal_set
 from .render import (FONT_FAMILIES, LATIN, RENDER_VERSION, _covered, _shape_pixels,
-                     distinct_characters, fonts_for, render_set)
+                     distinct_characters, fonts_for, lookalikes_at_any_size, render_set)
 
-CORPUS_VERSION = 1        # bump when the choice of characters changes (part of cache keys)
+CORPUS_VERSION = 2        # bump when the choice of characters changes (part of cache keys)
 CORPUS_FAMILIES = ("sans", "serif", "mono", "stix")  # DejaVu and STIX: not Computer Modern
 MIN_INK = 4.0             # ink of the 16x16 reference rendering (pixel sum / 255): drops
 #                           dots, commas, hyphens, accents alone ("." 1.3, "-" 2.0, "~" 4.9)
+#: look-alikes of Latin at any size: the downstream streams' rule (a character alike, in
+#: shape at a common size, to a Latin letter or digit in any regular face of the families)
+LOOKALIKE_FONTS = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "STIXGeneral.ttf")
+LOOKALIKE_TOLERANCE = 0.2
 _CATEGORIES = "LMNPS"     # Unicode general categories: letters, marks, numbers, punct., symbols
 _TRAIN, _TEST = 0, 1
 
@@ -49,7 +54,7 @@ def _latin_based(ch: str) -> bool:
 
 
 def corpus_characters() -> str:
-    """The glyph classes of ``mini-pretrain`` (about 3,700; cached: ~15 s to derive)."""
+    """The glyph classes of ``mini-pretrain`` (3,572; cached: ~15 s to derive)."""
     fonts = corpus_fonts()
     key = {"v": CORPUS_VERSION, "render": RENDER_VERSION, "fonts": fonts, "min_ink": MIN_INK}
 
@@ -60,8 +65,11 @@ def corpus_characters() -> str:
                  and unicodedata.category(chr(c)) != "Co" and not _latin_based(chr(c))]
         first_font = [next(f for f in fonts if ord(ch) in _covered(f)) for ch in chars]
         ink = _shape_pixels("".join(chars), first_font).sum(axis=1)
-        inked = "".join(ch for ch, i in zip(chars, ink) if i >= MIN_INK)
-        kept = distinct_characters(inked, exclude=LATIN, reference_font=fonts[0],
+        inked = [(ch, f) for ch, f, i in zip(chars, first_font, ink) if i >= MIN_INK]
+        latin_like = lookalikes_at_any_size("".join(c for c, _ in inked), [f for _, f in inked],
+                                            LATIN, LOOKALIKE_FONTS, LOOKALIKE_TOLERANCE)
+        unlike = "".join(c for (c, _), alike in zip(inked, latin_like) if not alike)
+        kept = distinct_characters(unlike, exclude=LATIN, reference_font=fonts[0],
                                    fallback_fonts=fonts[1:])
         return {"codes": np.array([ord(c) for c in kept], dtype=np.int64)}
 
@@ -128,7 +136,7 @@ class MiniPretrainOptions:
 
 
 @register_stream("mini-pretrain", options=MiniPretrainOptions,
-                 help="pre-training corpus of vit-mini: ~3,700 non-Latin glyphs of the DejaVu/"
+                 help="pre-training corpus of vit-mini: 3,576 non-Latin glyphs of the DejaVu/"
                       "STIX fonts + FractalDB-style fractals, one experience")
 def mini_pretrain(opts: MiniPretrainOptions):
     a, names = corpus_arrays(opts.samples_per_class, opts.test_samples_per_class,

@@ -126,13 +126,36 @@ def render_set(chars: str, fonts_per_char: list[list[str]], per_class: int, imag
     return images, labels
 
 
-def _shape_pixels(chars: str, fonts: list[str]) -> np.ndarray:
-    """float32 [N, 256]: each character in its font, 16x16 (box-filtered: forgives 1-2 px)."""
+def _shape_pixels(chars: str, fonts: list[str], any_size: bool = False) -> np.ndarray:
+    """float32 [N, 256]: each character in its font, 16x16 (box-filtered: forgives 1-2 px);
+    ``any_size``: its ink cropped to its box and centred on a square first (its shape at any
+    size: c/C, s/S, ᴇ/E alike)."""
     out = np.empty((len(chars), 256), dtype=np.float32)
     for i, (ch, font) in enumerate(zip(chars, fonts)):
-        small = base_glyph(ch, font).resize((16, 16), Image.BOX)
-        out[i] = np.asarray(small, dtype=np.float32).reshape(-1) / 255.0
+        img = base_glyph(ch, font)
+        box = img.getbbox() if any_size else None
+        if box:
+            img = img.crop(box)
+            side = max(img.size)
+            square = Image.new("L", (side, side), 0)
+            square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+            img = square
+        out[i] = np.asarray(img.resize((16, 16), Image.BOX), dtype=np.float32).reshape(-1) / 255.0
     return out
+
+
+def lookalikes_at_any_size(chars: str, fonts: list[str], others: str,
+                           other_fonts: tuple[str, ...], tolerance: float) -> np.ndarray:
+    """bool [len(chars)]: characters whose shape at any size (``chars[i]`` in ``fonts[i]``)
+    is alike (pixel difference under ``tolerance`` times the ink of both) that of a
+    character of ``others`` in any of ``other_fonts``."""
+    mine = _shape_pixels(chars, fonts, any_size=True)
+    found = np.zeros(len(chars), dtype=bool)
+    for font in other_fonts:
+        drawn = "".join(c for c in others if has_glyph(font, c))
+        theirs = _shape_pixels(drawn, [font] * len(drawn), any_size=True)
+        found |= _alike(mine, theirs, tolerance).any(axis=1)
+    return found
 
 
 def _alike(a: np.ndarray, b: np.ndarray, tolerance: float, block: int = 64) -> np.ndarray:
