@@ -17,10 +17,13 @@ categories from formulas alone. Its official code (``param_search/ifs_search.py`
 Deviations for 32x32 images (flagged, not FractalDB's): the chaos game runs many chains side
 by side (vectorised numpy) instead of one long chain; the points are counted per pixel at 4x
 the image side and summed down, the grey level showing the density (FractalDB's "patch"
-rendering, a random 3x3 patch per point, fills a 32x32 image solid: measured); a random
-margin varies the fractal's scale (75-98 % of the side) and position. Categories come from a named seed space: ``namespace``
-"pretrain" (the pre-training corpus) and "downstream" (the downstream streams) draw from
-disjoint NumPy seed sequences, so no pre-training category is a downstream one.
+rendering, a random 3x3 patch per point, fills a 32x32 image nearly solid: seen); a random
+margin varies the fractal's scale (77-98 % of the side) and position; a quick filling-rate
+estimate on a 128x128 canvas skips the full check for systems far below the threshold.
+
+Categories come from a named seed space: ``namespace`` "pretrain" (the pre-training corpus)
+and "downstream" (the downstream streams) draw from disjoint NumPy seed sequences, so no
+pre-training category is a downstream one.
 """
 from __future__ import annotations
 
@@ -152,7 +155,7 @@ def render_fractal(category: FractalCategory, rng: np.random.Generator,
         pts = chaos_game(category.maps, category.probs, n_points, rng)
     img = np.zeros((size, size), dtype=np.uint8)
     if len(pts):
-        lo = int(rng.integers(1, big // 8))       # margins: scale 75-98 %, position shifts
+        lo = int(rng.integers(1, big // 8))       # margins: scale 77-98 %, position shifts
         hi = int(rng.integers(1, big // 8))
         rows, cols = _pixels(pts, big - lo - hi + 2, 1)
         rows, cols = rows + lo - 1, cols + int(rng.integers(1, big // 8)) - 1
