@@ -28,7 +28,7 @@ from clplatform.options import opt
 from clplatform.registry import register_stream
 
 from .common import StreamInfo, cached_arrays, class_incremental, seed_option, to_float_images
-from .fractals import fractal_categories, render_fractal_set
+from .fractals import FRACTALS_VERSION, fractal_categories, render_fractal_set
 from .render import (FONT_FAMILIES, LATIN, RENDER_VERSION, _covered, _shape_pixels,
                      distinct_characters, fonts_for, lookalikes_at_any_size, render_set)
 
@@ -101,7 +101,7 @@ def corpus_arrays(samples_per_class: int, test_samples_per_class: int, fractals:
         arrays.append(cached_arrays("mini-pretrain-glyphs", key, make_glyphs))
         names += list(chars)
     if fractals:
-        key = {"v": CORPUS_VERSION, "n_cat": fractals, "n": samples_per_class,
+        key = {"v": FRACTALS_VERSION, "n_cat": fractals, "n": samples_per_class,
                "n_test": test_samples_per_class, "size": image_size, "seed": seed}
 
         def make_fractals() -> dict[str, np.ndarray]:

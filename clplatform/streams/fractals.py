@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+FRACTALS_VERSION = 1      # bump when categories or rendering change (part of cache keys)
+
 #: disjoint seed spaces: the first word of every category's seed sequence
 NAMESPACES = {"pretrain": 0x1F5D_0000, "downstream": 0x1F5D_0001}
 
