@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -119,20 +120,42 @@ class GlyphViTArch:
     patch_size: int = 2  # on the stem's feature map (stride 4): 32x32 image -> 4x4 tokens
 
 
-def conv_stem(in_chans: int, channels: tuple[int, ...]) -> nn.Sequential:
-    """3x3 convolutions with BatchNorm and ReLU; every one after the first has stride 2."""
+@dataclass(frozen=True)
+class MiniViTArch(GlyphViTArch):
+    """Architecture of ``vit-mini``: ``vit-glyphs``' layout, wider and deeper, and a conv stem
+    with GroupNorm and GELU instead of BatchNorm and ReLU (no running statistics that can
+    lag fine-tuned weights). Width and depth measured against its budgets (README)."""
+    embed_dim: int = 192
+    depth: int = 8
+    num_heads: int = 3
+    stem_channels: tuple[int, ...] = (32, 64, 192)
+    stem_groups: int = 8  # GroupNorm groups of every stem convolution
+
+
+def conv_stem(in_chans: int, channels: tuple[int, ...],
+              norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+              act_layer: Callable[[], nn.Module] = partial(nn.ReLU, inplace=True)
+              ) -> nn.Sequential:
+    """3x3 convolutions, each followed by ``norm_layer(channels)`` and ``act_layer()``;
+    every one after the first has stride 2 (default: BatchNorm and ReLU, ``vit-glyphs``)."""
     layers: list[nn.Module] = []
     for i, out in enumerate(channels):
         layers += [nn.Conv2d(in_chans, out, 3, stride=1 if i == 0 else 2, padding=1,
-                             bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+                             bias=False), norm_layer(out), act_layer()]
         in_chans = out
     return nn.Sequential(*layers)
 
 
 def build_glyph_vit(arch: GlyphViTArch = GlyphViTArch(), num_classes: int = 0) -> nn.Module:
+    """The ViT of ``arch``: a conv stem (timm's ``HybridEmbed``) and timm's
+    ``VisionTransformer``; a :class:`MiniViTArch` gets a GroupNorm/GELU stem."""
     from timm.layers import HybridEmbed
     from timm.models.vision_transformer import VisionTransformer
-    stem = conv_stem(arch.in_chans, arch.stem_channels)
+    if isinstance(arch, MiniViTArch):
+        stem = conv_stem(arch.in_chans, arch.stem_channels,
+                         partial(nn.GroupNorm, arch.stem_groups), nn.GELU)
+    else:
+        stem = conv_stem(arch.in_chans, arch.stem_channels)
     return VisionTransformer(
         img_size=arch.img_size, patch_size=arch.patch_size, in_chans=arch.in_chans,
         embed_dim=arch.embed_dim, depth=arch.depth, num_heads=arch.num_heads,

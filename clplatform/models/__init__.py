@@ -4,6 +4,10 @@
   convolutional stem (timm's ``HybridEmbed``; :func:`clplatform.backbones.build_glyph_vit`),
   pre-trained by ``clplat pretrain`` on the stream ``glyphs-pretrain`` (Greek and Cyrillic
   characters, :mod:`clplatform.models.pretrain`) and cached; built on first use.
+- ``vit-mini``: the same layout, wider and deeper, with a GroupNorm/GELU conv stem
+  (:class:`clplatform.backbones.MiniViTArch`), shipped pre-trained in the package
+  (``models/weights/vit-mini.safetensors``, rebuilt by ``clplat pretrain --backbone
+  vit-mini``) on the stream ``mini-pretrain``.
 - ``timm:<model-name>``: any timm model. Its hub weights come from the local Hugging Face
   cache; they are downloaded only with ``download=true``, never implicitly;
   ``--backbone-weights FILE`` loads a local state dict.
@@ -89,6 +93,35 @@ def vit_glyphs(opts: GlyphViTOptions) -> Backbone:
         load_weights(model, pretrained_glyph_vit_path())
     arch = GlyphViTArch()
     return merging_backbone(Backbone(model, name="vit-glyphs", in_chans=arch.in_chans,
+                                     img_size=arch.img_size, mean=(0.5,), std=(0.5,),
+                                     normalize=opts.normalize), opts)
+
+
+# --------------------------------------------------------------------------- vit-mini
+@dataclass
+class MiniViTOptions(GlyphViTOptions):
+    weights: Optional[str] = opt(None, "local weights file (default: the shipped pre-trained "
+                                       "weights, clplatform/models/weights/vit-mini.safetensors)")
+
+
+@register_backbone("vit-mini", options=MiniViTOptions,
+                   help="ViT (GroupNorm conv stem, d=192, depth 8) shipped pre-trained on "
+                        "mini-pretrain: 3,576 non-Latin glyphs + 1,000 fractal categories")
+def vit_mini(opts: MiniViTOptions) -> Backbone:
+    from clplatform.backbones import MiniViTArch
+    arch = MiniViTArch()
+    model = build_glyph_vit(arch)
+    if opts.weights:
+        load_weights(model, opts.weights)
+    elif opts.pretrained:
+        from .pretrain import shipped_weights_path
+        path = shipped_weights_path()
+        if not path.is_file():
+            raise UserError(f"vit-mini's pre-trained weights are missing ({path}): build them "
+                            "with `clplat pretrain --backbone vit-mini` (a ~2 h CPU job), or "
+                            "pass --backbone-weights FILE or --backbone-opt pretrained=false")
+        load_weights(model, path)
+    return merging_backbone(Backbone(model, name="vit-mini", in_chans=arch.in_chans,
                                      img_size=arch.img_size, mean=(0.5,), std=(0.5,),
                                      normalize=opts.normalize), opts)
 

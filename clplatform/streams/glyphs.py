@@ -125,3 +125,6 @@ def glyphs_pretrain(opts: GlyphsPretrainOptions):
                       (1, opts.image_size, opts.image_size))
     order = seeded_permutation(len(chars), opts.seed) if opts.experiences > 1 else range(len(chars))
     return class_incremental(train, test, order, opts.experiences, info)
+
+
+from . import corpus  # noqa: E402,F401  (registers mini-pretrain, the corpus of vit-mini)

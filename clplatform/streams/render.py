@@ -126,27 +126,92 @@ def render_set(chars: str, fonts_per_char: list[list[str]], per_class: int, imag
     return images, labels
 
 
+def _shape_pixels(chars: str, fonts: list[str], any_size: bool = False) -> np.ndarray:
+    """float32 [N, 256]: each character in its font, 16x16 (box-filtered: forgives 1-2 px);
+    ``any_size``: its ink cropped to its box and centred on a square first (its shape at any
+    size: c/C, s/S, ᴇ/E alike)."""
+    out = np.empty((len(chars), 256), dtype=np.float32)
+    for i, (ch, font) in enumerate(zip(chars, fonts)):
+        img = base_glyph(ch, font)
+        box = img.getbbox() if any_size else None
+        if box:
+            img = img.crop(box)
+            side = max(img.size)
+            square = Image.new("L", (side, side), 0)
+            square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+            img = square
+        out[i] = np.asarray(img.resize((16, 16), Image.BOX), dtype=np.float32).reshape(-1) / 255.0
+    return out
+
+
+def lookalikes_at_any_size(chars: str, fonts: list[str], others: str,
+                           other_fonts: tuple[str, ...], tolerance: float) -> np.ndarray:
+    """bool [len(chars)]: characters whose shape at any size (``chars[i]`` in ``fonts[i]``)
+    is alike (pixel difference under ``tolerance`` times the ink of both) that of a
+    character of ``others`` in any of ``other_fonts``."""
+    mine = _shape_pixels(chars, fonts, any_size=True)
+    found = np.zeros(len(chars), dtype=bool)
+    for font in other_fonts:
+        drawn = "".join(c for c in others if has_glyph(font, c))
+        theirs = _shape_pixels(drawn, [font] * len(drawn), any_size=True)
+        found |= _alike(mine, theirs, tolerance).any(axis=1)
+    return found
+
+
+def _alike(a: np.ndarray, b: np.ndarray, tolerance: float, block: int = 64) -> np.ndarray:
+    """bool [len(a), len(b)]: pairs whose absolute pixel difference is below ``tolerance``
+    times the ink of both. Only pairs whose inks are close enough are compared (the pixel
+    difference is at least the difference of the inks; a 1 % margin covers rounding)."""
+    ink_a, ink_b = a.sum(axis=1), b.sum(axis=1)
+    out = np.zeros((len(a), len(b)), dtype=bool)
+    order_a, order_b = np.argsort(ink_a, kind="stable"), np.argsort(ink_b, kind="stable")
+    sorted_b = ink_b[order_b]
+    low, high = (1 - tolerance) / (1 + tolerance) * 0.99, (1 + tolerance) / (1 - tolerance) * 1.01
+    for start in range(0, len(a), block):
+        rows = order_a[start:start + block]
+        first = np.searchsorted(sorted_b, ink_a[rows].min() * low, side="left")
+        last = np.searchsorted(sorted_b, ink_a[rows].max() * high, side="right")
+        cols = order_b[first:last]
+        if not len(cols):
+            continue
+        diff = np.abs(a[rows, None, :] - b[None, cols, :]).sum(axis=-1)
+        out[np.ix_(rows, cols)] = diff < tolerance * (ink_a[rows, None] + ink_b[None, cols])
+    return out
+
+
 def distinct_characters(candidates: str, exclude: str, reference_font: str = "DejaVuSans.ttf",
-                        tolerance: float = 0.1) -> str:
+                        tolerance: float = 0.1, fallback_fonts: tuple[str, ...] = ()) -> str:
     """Drop homoglyphs: candidates that look like a character in ``exclude`` or an earlier one.
 
     Greek and Cyrillic share many shapes with Latin (A, B, E, ...) and with each other; a
     pre-training class that is a Latin letter in disguise would leak the downstream classes.
     Two characters are the same shape when their renderings in ``reference_font`` differ by
     less than ``tolerance`` (absolute pixel difference over the ink of both renderings).
+    A character ``reference_font`` lacks is drawn in the first of ``fallback_fonts`` that has
+    it, or dropped when none does. Vectorised: all pairs are compared at once, then the
+    candidates are kept in order, each unless it looks like an excluded or a kept one.
     """
-    def pixels(ch: str) -> np.ndarray:
-        small = base_glyph(ch, reference_font).resize((16, 16), Image.BOX)  # forgive 1-2 px
-        return np.asarray(small, dtype=np.float32) / 255.0
+    def drawable(chars: str) -> tuple[str, list[str]]:
+        kept, fonts = [], []
+        for ch in chars:
+            font = next((f for f in (reference_font, *fallback_fonts) if has_glyph(f, ch)),
+                        None)
+            if font is not None:
+                kept.append(ch)
+                fonts.append(font)
+        return "".join(kept), fonts
 
+    chars, fonts = drawable(candidates)
+    if not chars:
+        return ""
+    pixels = _shape_pixels(chars, fonts)
+    ex_chars, ex_fonts = drawable(exclude)
+    blocked = (_alike(pixels, _shape_pixels(ex_chars, ex_fonts), tolerance).any(axis=1)
+               if ex_chars else np.zeros(len(chars), dtype=bool))
+    alike = _alike(pixels, pixels, tolerance)
     kept: list[str] = []
-    seen = [pixels(ch) for ch in exclude if has_glyph(reference_font, ch)]
-    for ch in candidates:
-        if not has_glyph(reference_font, ch):
-            continue
-        img = pixels(ch)
-        if all(np.abs(img - other).sum() >= tolerance * (img.sum() + other.sum())
-               for other in seen):
+    for i, ch in enumerate(chars):
+        if not blocked[i]:
             kept.append(ch)
-            seen.append(img)
+            blocked |= alike[i]
     return "".join(kept)

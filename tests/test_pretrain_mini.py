@@ -1,0 +1,126 @@
+"""vit-mini: architecture, `clplat pretrain --backbone vit-mini`, the shipped weights file,
+the linear probe."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from clplatform.app.cli import cli
+from clplatform.app.factories import create_backbone, create_stream
+from clplatform.backbones import GlyphViTArch, MiniViTArch, build_glyph_vit
+from clplatform.errors import UserError
+
+from conftest import TINY_GLYPHS
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), prog_name="clplat")
+
+
+def test_vit_mini_architecture():
+    model = build_glyph_vit(MiniViTArch())
+    mods = list(model.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in mods)  # no running stats
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in mods) == 3
+    assert not any(k.endswith("running_mean") for k in model.state_dict())
+    n = sum(p.numel() for p in model.parameters())
+    assert n * 4 < 25e6  # the weights file bound (float32)
+    tokens = model.forward_features(torch.zeros(2, 1, 32, 32))
+    assert tokens.shape == (2, 17, MiniViTArch().embed_dim)  # 16 patch tokens + CLS
+    # vit-glyphs is unchanged: same keys, BatchNorm stem, 784,320 parameters
+    glyphs = build_glyph_vit(GlyphViTArch())
+    assert "patch_embed.backbone.1.running_mean" in glyphs.state_dict()
+    assert sum(p.numel() for p in glyphs.parameters()) == 784320
+    assert len(glyphs.state_dict()) == 96
+
+
+def test_augment_identity_and_shift():
+    from clplatform.models.pretrain import augment
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(4, 1, 32, 32)
+    x[:, :, 14:18, 14:18] = 1.0
+    same = augment(x, g, 0.0, (1.0, 1.0))
+    torch.testing.assert_close(same, x)
+    moved = augment(x, torch.Generator().manual_seed(0), 0.125, (0.8, 1.2))
+    assert not torch.equal(moved, x)
+    centre = lambda t: (t[0, 0].sum(0) * torch.arange(32)).sum() / t[0, 0].sum()  # noqa: E731
+    assert any(abs(centre(moved[i:i + 1]) - 15.5) > 0.5 for i in range(4))
+    again = augment(x, torch.Generator().manual_seed(0), 0.125, (0.8, 1.2))
+    torch.testing.assert_close(moved, again)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    from clplatform.models.pretrain import MiniPretrainRecipe, _lr_at
+    r = MiniPretrainRecipe()
+    lrs = [_lr_at(s, 100, 10, r) for s in range(100)]
+    assert lrs[0] == pytest.approx(r.lr / 10) and lrs[9] == pytest.approx(r.lr)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(r.min_lr, abs=1e-5)
+
+
+def test_quick_pretrain_writes_weights_that_vit_mini_uses(tmp_path, runs_dir):
+    out = tmp_path / "vit-mini.safetensors"
+    result = invoke("pretrain", "--backbone", "vit-mini", "--quick", "--out", str(out),
+                    "--quiet", "--threads", "1", "--probe", "digits")
+    assert result.exit_code == 0, result.stderr
+    assert "test accuracy on mini-pretrain (40 glyph + 4 fractal classes" in result.stdout
+    probe = float(result.stdout.split("linear probe on digits: ")[1].split("%")[0])
+    assert 10 < probe <= 100  # 10 classes: above chance even for barely trained features
+    from clplatform.models.pretrain import weights_metadata
+    meta = weights_metadata(out)
+    assert meta["glyph_classes"] == 40 and meta["fractal_classes"] == 4
+    assert meta["recipe"]["epochs"] == 1 and 0 <= meta["pretrain_test_accuracy"] <= 1
+    from safetensors.torch import load_file
+    saved = load_file(str(out))
+    assert not any(k.startswith("head.") for k in saved)
+    backbone = create_backbone("vit-mini", weights=str(out))
+    for k, v in backbone.model.state_dict().items():
+        torch.testing.assert_close(v, saved[k])
+    random = create_backbone("vit-mini", pretrained=False)
+    assert not torch.equal(random.model.pos_embed, backbone.model.pos_embed)
+    # a run on vit-mini with these weights
+    result = invoke("run", "--strategy", "simplecil", "--backbone", "vit-mini",
+                    "--backbone-weights", str(out), "--stream-opt", "experiences=3",
+                    "--stream-opt", "samples_per_class=6", "--stream-opt",
+                    "test_samples_per_class=3", "--epochs", "1", "--quiet",
+                    "--out", str(runs_dir), "--json")
+    assert result.exit_code == 0, result.stderr
+    run_dir = Path(json.loads(result.stdout)["run_dir"])
+    backbone_cfg = json.loads((run_dir / "config.json").read_text())["backbone"]
+    assert backbone_cfg["name"] == "vit-mini" and backbone_cfg["weights"] == str(out)
+
+
+def test_missing_shipped_weights_tell_how_to_build_them(tmp_path, monkeypatch):
+    from clplatform.models import pretrain
+    monkeypatch.setattr(pretrain, "shipped_weights_path", lambda: tmp_path / "none.safetensors")
+    with pytest.raises(UserError, match="clplat pretrain --backbone vit-mini"):
+        create_backbone("vit-mini")
+    create_backbone("vit-mini", pretrained=False)  # random weights need no file
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backbone", "vit-mini", "--quick"], "--quick writes test weights: give --out FILE"),
+    (["--backbone", "vit-mini", "--quick", "--out", "{tmp}", ], "is a folder"),
+    (["--backbone", "vit-mini", "--quick", "--out", "{tmp}/w.safetensors", "--probe",
+      "glyphs,nosuch"], "unknown stream 'nosuch'"),
+    (["--backbone", "vit-huge"], "Invalid value for '--backbone'"),
+    (["--epochs", "0"], "Invalid value for '--epochs'"),
+])
+def test_pretrain_errors_exit_2(tmp_path, args, message):
+    result = invoke("pretrain", *[a.replace("{tmp}", str(tmp_path)) for a in args])
+    assert result.exit_code == 2 and message in result.stderr
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_linear_probe_of_pretrained_vit_glyphs_is_far_above_chance(pretrained_backbone):
+    from clplatform.models.probe import linear_probe
+    stream = create_stream("glyphs", **TINY_GLYPHS)
+    pretrained = linear_probe(create_backbone("vit-glyphs"), stream)
+    random = linear_probe(create_backbone("vit-glyphs", pretrained=False), stream)
+    assert pretrained > 0.5 > 1 / 62 * 5  # 62 classes: chance is 1.6 %
+    assert pretrained > random + 0.1
