@@ -1,0 +1,325 @@
+"""The downstream streams of the miniature world: ``mini-in``, ``mini-r``, ``mini-a``,
+``mini-vtab`` (issue 20), each standing for one benchmark of the PTM-based continual-learning
+papers (:data:`PAPER_BENCHMARK`).
+
+The world mirrors the papers' regime: a backbone pre-trained on a large corpus (``vit-mini``
+on ``mini-pretrain``: the symbols of matplotlib's DejaVu and STIX fonts that are not Latin
+letters, digits or their look-alikes, plus fractal images; geometric jitter is its only
+augmentation) is fine-tuned class-incrementally on downstream classes it has never seen.
+The downstream classes are the Latin letters and digits with look-alike groups removed
+(:func:`downstream_characters`: o/O/0, l/I/1, c/C, s/S, x/X, ... keep one each), so a head
+trained on one experience never has to tell apart two classes that look the same.
+
+Roles and recipes (32x32 grey images, uint8; glyphs drawn on a 64x64 canvas first):
+
+- ``mini-in`` (CIFAR-100's role: downstream classes drawn like the pre-training data). Each
+  image is a downstream character in one of the pre-training fonts (DejaVu Sans/Serif/Mono,
+  STIX; fonts cycled per class) under the renderer's affine jitter: exactly the pre-training
+  look, new classes. 10 experiences.
+- ``mini-r`` (ImageNet-R's role: renditions). The same classes, each image re-drawn in one of
+  ten styles (:mod:`clplatform.streams.styles`: outline, texture fill, heavy noise, wave
+  distortion, shaky pen centre line, inverted contrast, stipple, pixelation, extruded
+  shadow, spray paint), none of which pre-training ever shows. Sample k of a class is drawn
+  in style k mod 10, in train and in test alike: like ImageNet-R's random split, both hold
+  every style of every class. 10 experiences.
+- ``mini-a`` (ImageNet-A's role: natural adversarial examples). ImageNet-A keeps the real
+  photos a ResNet-50 gets wrong, and they are wrong for known reasons: clutter, unusual
+  context, occlusion, odd scale and pose, weak cues. Each ``mini-a`` image stages those
+  reasons on purpose: the target glyph at a strong pose (rotation up to 45 degrees, scale
+  0.6-1.3, anywhere on the canvas, possibly cut by its edge), 1-3 smaller distractor symbols
+  of the pre-training corpus around it (Greek/Cyrillic, never Latin look-alikes), an
+  occluding bar or blob for half the images, a low-contrast palette for half the images.
+  The stream is not filtered with a model: a filter would make the data depend on one
+  backbone's weights (the one under test, or one more to ship) and select for that model's
+  quirks, whereas the causes are generated directly here. The class stays identifiable by a
+  human, ensured per image: at least 60 % of the target's ink (as drawn at its pose, uncut)
+  stays visible after the canvas edge and the occluder; distractors cover at most 10 % of
+  its ink and a 3-pixel margin around it; ink and background differ by at least 25 % of the
+  grey range. 10 experiences.
+- ``mini-vtab`` (VTAB's role: sources of different origin, one per experience, 10 classes
+  each, in this fixed order): ``letters`` (the first ten letters of the downstream classes,
+  drawn as in ``mini-in``), ``digits`` (scikit-learn's real 8x8 handwritten digits,
+  upsampled bilinearly to 32x32; ~70/30 stratified seeded split: about 125 training and 54
+  test images per class), ``shapes`` (ten filled geometric shapes at a random size, position,
+  rotation and grey level), ``textures`` (ten periodic or random patterns at a random angle,
+  scale, phase and contrast), ``fractals`` (ten iterated-function-system categories of
+  :mod:`clplatform.streams.fractals`' "downstream" namespace, a seed space disjoint from
+  pre-training's). 5 experiences.
+
+Every stream is deterministic per seed, offline and cached on disk (:func:`cached_arrays`);
+the class order within the stream (within each source for ``mini-vtab``) is seeded as
+``glyphs``' is. Defaults: 200 training and 50 test images per class.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from clplatform.errors import UserError
+from clplatform.options import opt
+from clplatform.registry import register_stream
+
+from .common import (StreamInfo, cached_arrays, class_incremental, seed_option,
+                     seeded_permutation, to_float_images)
+from .render import FONT_FAMILIES, LATIN, RENDER_VERSION, base_glyph, fonts_for, render
+
+MINI_VERSION = 1  # bump when any mini stream's drawing changes: part of every cache key
+
+#: the paper benchmark each stream stands for (a name of :mod:`clplatform.streams.paper`)
+PAPER_BENCHMARK = {"mini-in": "cifar100", "mini-r": "imagenet-r", "mini-a": "imagenet-a",
+                   "mini-vtab": "vtab"}
+
+#: the font families pre-training draws with (Computer Modern: Latin only, not used there)
+FAMILIES = tuple(f for f in FONT_FAMILIES if f != "cm")
+#: the regular face of each of them: two characters are look-alikes when they are in any
+LOOK_ALIKE_FONTS = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "STIXGeneral.ttf")
+LOOK_ALIKE_TOLERANCE = 0.2
+
+SIZE, CANVAS = 32, 64
+_TRAIN, _TEST = 0, 1  # salts of the two independent renderings
+VTAB_SOURCES = ("letters", "digits", "shapes", "textures", "fractals")
+
+
+def _shape_of(char: str, font: str) -> np.ndarray:
+    """``char``'s ink cropped to its box, centred on a square, 16x16: its shape at any size."""
+    img = base_glyph(char, font)
+    img = img.crop(img.getbbox())
+    side = max(img.size)
+    square = Image.new("L", (side, side), 0)
+    square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+    return np.asarray(square.resize((16, 16), Image.BOX), dtype=np.float32) / 255.0
+
+
+@lru_cache(maxsize=None)
+def downstream_characters() -> str:
+    """The Latin letters and digits with look-alikes removed (46 classes).
+
+    :func:`~clplatform.streams.render.distinct_characters` compares glyphs at their natural
+    size, so it keeps c/C, s/S, x/X: under the renderer's scale jitter and across fonts those
+    differ only in size, and a head never sees both in one experience. Here the comparison is
+    the same (absolute difference under ``LOOK_ALIKE_TOLERANCE`` of the ink of both) on each
+    glyph's shape at a common size, in each pre-training family's regular face; a character
+    alike in any of them to one kept earlier (digits, then capitals, then small letters) is
+    dropped.
+    """
+    shapes = {f: {c: _shape_of(c, f) for c in LATIN} for f in LOOK_ALIKE_FONTS}
+    kept: list[str] = []
+    for char in LATIN:
+        if all(np.abs(shapes[f][char] - shapes[f][k]).sum()
+               >= LOOK_ALIKE_TOLERANCE * (shapes[f][char].sum() + shapes[f][k].sum())
+               for k in kept for f in LOOK_ALIKE_FONTS):
+            kept.append(char)
+    return "".join(kept)
+
+
+def _fonts(chars: str) -> list[list[str]]:
+    return [fonts_for(c, FAMILIES) for c in chars]
+
+
+def _shrink(canvas: np.ndarray) -> np.ndarray:
+    """A float canvas in [0, 1] (64x64) -> uint8 SIZE x SIZE (box filter)."""
+    img = Image.fromarray(np.clip(canvas, 0, 1).astype(np.float32), "F")
+    small = np.asarray(img.resize((SIZE, SIZE), Image.BOX))
+    return np.rint(small * 255).astype(np.uint8)
+
+
+def _draw_set(classes: int, per_class: int, seed: int, salt: int,
+              draw: Callable[[int, int, np.random.Generator], np.ndarray]
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """``draw(label, k, rng)`` for k < per_class of every class: (uint8 [N, S, S], labels)."""
+    images = np.empty((classes * per_class, SIZE, SIZE), dtype=np.uint8)
+    labels = np.repeat(np.arange(classes, dtype=np.int64), per_class)
+    for label in range(classes):
+        rng = np.random.default_rng([seed, salt, label])
+        for k in range(per_class):
+            images[label * per_class + k] = draw(label, k, rng)
+    return images, labels
+
+
+def _cached_sets(kind: str, key: dict, classes: int, per_class: int, test_per_class: int,
+                 seed: int, draw) -> dict[str, np.ndarray]:
+    key = {"v": MINI_VERSION, "render": RENDER_VERSION, "n": per_class,
+           "n_test": test_per_class, "seed": seed, **key}
+
+    def make() -> dict[str, np.ndarray]:
+        xtr, ytr = _draw_set(classes, per_class, seed, _TRAIN, draw)
+        xte, yte = _draw_set(classes, test_per_class, seed, _TEST, draw)
+        return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}
+    return cached_arrays(kind, key, make)
+
+
+def _tensors(a: dict[str, np.ndarray]):
+    return ((to_float_images(a["x_train"]), torch.from_numpy(a["y_train"])),
+            (to_float_images(a["x_test"]), torch.from_numpy(a["y_test"])))
+
+
+# ----------------------------------------------------------------------------- options
+@dataclass
+class MiniOptions:
+    experiences: int = opt(10, "number of experiences (classes split as evenly as possible)",
+                           min=1, max=46)
+    samples_per_class: int = opt(200, "training images per class", min=1, max=10000)
+    test_samples_per_class: int = opt(50, "test images per class", min=1, max=10000)
+    seed: Optional[int] = seed_option()
+
+
+def _class_incremental(name: str, chars: str, train, test, opts: MiniOptions):
+    info = StreamInfo(name, "class-incremental", list(chars), (1, SIZE, SIZE))
+    return class_incremental(train, test, seeded_permutation(len(chars), opts.seed),
+                             opts.experiences, info)
+
+
+# ----------------------------------------------------------------------------- mini-in
+@register_stream("mini-in", options=MiniOptions,
+                 help="in-distribution (CIFAR-100's role): 46 distinct Latin letters/digits "
+                      "drawn like pre-training, 10 experiences, 32x32")
+def mini_in(opts: MiniOptions):
+    from .glyphs import _rendered
+    chars = downstream_characters()
+    train, test = _rendered(chars, FAMILIES, opts.samples_per_class,
+                            opts.test_samples_per_class, SIZE, 1.0, opts.seed)
+    return _class_incremental("mini-in", chars, train, test, opts)
+
+
+def _font_cycle(fonts: list[str], k: int, rng: np.random.Generator, state: dict) -> str:
+    """Fonts of one class in a seeded order, cycled (as :func:`render.render_set` does)."""
+    if k == 0:
+        state["order"] = rng.permutation(len(fonts))
+    return fonts[state["order"][k % len(fonts)]]
+
+
+def _canvas_glyph(char: str, font: str, rng: np.random.Generator) -> np.ndarray:
+    """``char`` in ``font`` under the renderer's jitter, ink in [0, 1] on the 64x64 canvas."""
+    return render(char, font, rng, CANVAS).astype(np.float32) / 255.0
+
+
+# ----------------------------------------------------------------------------- mini-r
+@register_stream("mini-r", options=MiniOptions,
+                 help="renditions (ImageNet-R's role): the 46 mini-in classes in 10 drawing "
+                      "styles absent from pre-training, 10 experiences, 32x32")
+def mini_r(opts: MiniOptions):
+    from .styles import STYLES
+    chars = downstream_characters()
+    fonts = _fonts(chars)
+    styles = list(STYLES.values())
+    state: dict = {}
+
+    def draw(label, k, rng):
+        font = _font_cycle(fonts[label], k, rng, state)
+        return _shrink(styles[k % len(styles)](_canvas_glyph(chars[label], font, rng), rng))
+    arrays = _cached_sets("mini-r", {"chars": chars, "fonts": fonts, "styles": list(STYLES)},
+                          len(chars), opts.samples_per_class, opts.test_samples_per_class,
+                          opts.seed, draw)
+    return _class_incremental("mini-r", chars, *_tensors(arrays), opts)
+
+
+def style_of(k: int) -> str:
+    """The style of a ``mini-r`` class's k-th image (train and test alike)."""
+    from .styles import STYLES
+    return list(STYLES)[k % len(STYLES)]
+
+
+# ----------------------------------------------------------------------------- mini-a
+VISIBLE_INK = 0.6        # the target keeps at least this share of its ink visible
+DISTRACTOR_COVER = 0.1   # distractors cover at most this share of the target's ink
+MIN_CONTRAST = 0.25      # ink and background differ by at least this share of the grey range
+
+
+def _posed(char: str, font: str, angle: float, scale: float, shift: np.ndarray) -> np.ndarray:
+    """``char`` rotated by ``angle`` degrees and scaled about the canvas centre, then moved
+    by ``shift`` pixels (x, y): ink in [0, 1] on the canvas (cut at its edge)."""
+    theta = np.radians(angle)
+    cos, sin = np.cos(theta) / scale, np.sin(theta) / scale
+    centre = CANVAS / 2
+    # output -> input: x_in = R(-angle) / scale @ (x_out - centre - shift) + centre
+    dx, dy = centre + shift[0], centre + shift[1]
+    coeffs = (cos, sin, centre - cos * dx - sin * dy, -sin, cos, centre + sin * dx - cos * dy)
+    img = base_glyph(char, font).transform((CANVAS, CANVAS), Image.AFFINE, coeffs,
+                                           resample=Image.BILINEAR)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def _occluder(rng: np.random.Generator) -> np.ndarray:
+    """A bar across the canvas or a blob: a mask in {0, 1}."""
+    img = Image.new("L", (CANVAS, CANVAS), 0)
+    draw = ImageDraw.Draw(img)
+    if rng.uniform() < 0.5:
+        angle = rng.uniform(0, np.pi)
+        cx, cy = rng.uniform(16, 48, size=2)
+        dx, dy = 64 * np.cos(angle), 64 * np.sin(angle)
+        draw.line([(cx - dx, cy - dy), (cx + dx, cy + dy)], fill=255,
+                  width=int(rng.integers(5, 10)))
+    else:
+        cx, cy = rng.uniform(8, 56, size=2)
+        rx, ry = rng.uniform(6, 13, size=2)
+        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def _hard_image(char: str, font: str, corpus: str, corpus_fonts: list[list[str]],
+                rng: np.random.Generator) -> np.ndarray:
+    """One ``mini-a`` canvas (see the module's docstring for the recipe and its guarantees)."""
+    full = base_glyph(char, font)
+    full_ink = np.asarray(full, dtype=np.float32).sum() / 255.0
+    for _ in range(50):  # pose: strong, but at least VISIBLE_INK of the ink on the canvas
+        angle, scale = rng.uniform(-45, 45), rng.uniform(0.6, 1.3)
+        target = _posed(char, font, angle, scale, rng.uniform(-18, 18, size=2))
+        if target.sum() >= VISIBLE_INK * full_ink * scale ** 2:
+            break
+    else:
+        target = _posed(char, font, angle, scale, np.zeros(2))
+    own = target > 0.3
+    near = ndimage.binary_dilation(own, iterations=3)  # the target's ink and a margin
+    ink = target.copy()
+    for _ in range(int(rng.integers(1, 4))):  # clutter: symbols of the pre-training corpus
+        j = int(rng.integers(len(corpus)))
+        font_j = corpus_fonts[j][int(rng.integers(len(corpus_fonts[j])))]
+        for _ in range(10):
+            other = _posed(corpus[j], font_j, rng.uniform(-45, 45), rng.uniform(0.35, 0.75),
+                           rng.uniform(-24, 24, size=2))
+            if ((other > 0.3) & near).sum() <= DISTRACTOR_COVER * own.sum():
+                ink = np.maximum(ink, other)
+                break
+    occluded = np.zeros_like(ink)
+    if rng.uniform() < 0.5:
+        for _ in range(10):
+            mask = _occluder(rng)
+            if (target * (1 - mask)).sum() >= VISIBLE_INK * full_ink * scale ** 2:
+                occluded = mask
+                break
+    if rng.uniform() < 0.5:  # low contrast
+        background = rng.uniform(0.0, 0.5)
+        foreground = background + rng.choice((-1, 1)) * rng.uniform(MIN_CONTRAST, 0.4)
+        if not 0 <= foreground <= 1:
+            foreground = background + abs(foreground - background)
+    else:
+        background, foreground = rng.uniform(0, 0.15), rng.uniform(0.8, 1.0)
+    image = background + (foreground - background) * ink
+    cover = background + rng.uniform(0.3, 0.7) * (foreground - background)
+    return image * (1 - occluded) + cover * occluded
+
+
+@register_stream("mini-a", options=MiniOptions,
+                 help="hard shift (ImageNet-A's role): the 46 mini-in classes among clutter, "
+                      "occluders, strong poses and low contrast, 10 experiences, 32x32")
+def mini_a(opts: MiniOptions):
+    from .glyphs import _greek_cyrillic
+    chars = downstream_characters()
+    fonts = _fonts(chars)
+    corpus = _greek_cyrillic()
+    corpus_fonts = _fonts(corpus)
+    state: dict = {}
+
+    def draw(label, k, rng):
+        font = _font_cycle(fonts[label], k, rng, state)
+        return _shrink(_hard_image(chars[label], font, corpus, corpus_fonts, rng))
+    arrays = _cached_sets("mini-a", {"chars": chars, "fonts": fonts, "corpus": corpus},
+                          len(chars), opts.samples_per_class, opts.test_samples_per_class,
+                          opts.seed, draw)
+    return _class_incremental("mini-a", chars, *_tensors(arrays), opts)
