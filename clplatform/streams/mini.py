@@ -323,3 +323,187 @@ def mini_a(opts: MiniOptions):
                           len(chars), opts.samples_per_class, opts.test_samples_per_class,
                           opts.seed, draw)
     return _class_incremental("mini-a", chars, *_tensors(arrays), opts)
+
+
+# ----------------------------------------------------------------------------- mini-vtab
+def _polygon(name: str) -> list[list[tuple[float, float]]]:
+    """Outlines of a shape in unit coordinates (radius about 1): the first is filled, the
+    others are cut out of it."""
+    def circle(r=1.0, cx=0.0, n=48):
+        t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+        return list(zip(cx + r * np.cos(t), r * np.sin(t)))
+
+    def regular(n, r=1.0, start=np.pi / 2):
+        t = start + np.linspace(0, 2 * np.pi, n, endpoint=False)
+        return list(zip(r * np.cos(t), r * np.sin(t)))
+    if name == "circle":
+        return [circle()]
+    if name == "square":
+        return [regular(4, 1.0, np.pi / 4)]
+    if name == "triangle":
+        return [regular(3)]
+    if name == "hexagon":
+        return [regular(6)]
+    if name == "star":
+        t = np.pi / 2 + np.linspace(0, 2 * np.pi, 10, endpoint=False)
+        r = np.where(np.arange(10) % 2 == 0, 1.0, 0.42)
+        return [list(zip(r * np.cos(t), r * np.sin(t)))]
+    if name == "cross":
+        w = 0.33
+        return [[(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1),
+                 (-w, w), (-1, w), (-1, -w), (-w, -w)]]
+    if name == "ring":
+        return [circle(), circle(0.6)]
+    if name == "crescent":
+        return [circle(), circle(0.85, 0.45)]
+    if name == "arrow":
+        return [[(-1, -0.3), (0.1, -0.3), (0.1, -0.75), (1, 0), (0.1, 0.75), (0.1, 0.3),
+                 (-1, 0.3)]]
+    if name == "heart":
+        t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+        x = 16 * np.sin(t) ** 3
+        y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+        return [list(zip(x / 17, (y + 2) / 17))]
+    raise ValueError(name)
+
+
+SHAPES = ("circle", "square", "triangle", "hexagon", "star", "cross", "ring", "crescent",
+          "arrow", "heart")
+
+
+def _shape_image(name: str, rng: np.random.Generator) -> np.ndarray:
+    """``name`` filled at a random size, rotation, position and grey level (64x64 canvas)."""
+    radius = rng.uniform(10, 26)
+    angle = rng.uniform(0, 2 * np.pi)
+    centre = rng.uniform(radius + 3, CANVAS - radius - 3, size=2)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    background = rng.uniform(0, 0.25)
+    img = Image.new("F", (CANVAS, CANVAS), background)
+    draw = ImageDraw.Draw(img)
+    for i, outline in enumerate(_polygon(name)):
+        points = np.asarray(outline) @ rot.T * radius + centre
+        draw.polygon([tuple(p) for p in points],
+                     fill=rng.uniform(0.6, 1.0) if i == 0 else background)
+    return np.asarray(img, dtype=np.float32)
+
+
+TEXTURES = ("stripes", "checkerboard", "dots", "waves", "blobs", "rings", "grid", "bricks",
+            "sunburst", "speckle")
+
+
+def _texture_image(name: str, rng: np.random.Generator) -> np.ndarray:
+    """``name`` at a random angle, period, phase and contrast (64x64 canvas)."""
+    y, x = np.mgrid[0:CANVAS, 0:CANVAS].astype(np.float32)
+    angle = rng.uniform(0, np.pi)
+    u = x * np.cos(angle) + y * np.sin(angle)
+    v = -x * np.sin(angle) + y * np.cos(angle)
+    period = rng.uniform(8, 16)
+    pu, pv = (u / period + rng.uniform()) % 1, (v / period + rng.uniform()) % 1
+    cx, cy = rng.uniform(0, CANVAS, size=2)
+    if name == "stripes":
+        ink = pu < 0.5
+    elif name == "checkerboard":
+        ink = (pu < 0.5) ^ (pv < 0.5)
+    elif name == "dots":
+        ink = (pu - 0.5) ** 2 + (pv - 0.5) ** 2 < 0.08
+    elif name == "waves":
+        ink = ((v / period + 0.25 * np.sin(2 * np.pi * u / (2 * period)) + rng.uniform()) % 1
+               ) < 0.3
+    elif name == "blobs":
+        field = ndimage.gaussian_filter(rng.normal(size=(CANVAS, CANVAS)), period / 3)
+        ink = field > np.median(field)
+    elif name == "rings":
+        ink = ((np.hypot(x - cx, y - cy) / period + rng.uniform()) % 1) < 0.5
+    elif name == "grid":
+        ink = (pu < 0.2) | (pv < 0.2)
+    elif name == "bricks":
+        row = np.floor(v / period * 2)
+        ink = (((v / period * 2) % 1) < 0.2) | ((((u / period) + row / 2) % 1) < 0.12)
+    elif name == "sunburst":
+        rays = int(rng.integers(6, 14))
+        ink = ((np.arctan2(y - cy, x - cx) * rays / (2 * np.pi) + rng.uniform()) % 1) < 0.5
+    elif name == "speckle":
+        ink = np.kron(rng.uniform(size=(SIZE, SIZE)) < rng.uniform(0.1, 0.2),
+                      np.ones((2, 2), bool))
+    else:
+        raise ValueError(name)
+    low, high = rng.uniform(0, 0.3), rng.uniform(0.6, 1.0)
+    return np.where(ink, high, low).astype(np.float32)
+
+
+def _vtab_source(source: str, per_class: int, test_per_class: int, seed: int
+                 ) -> tuple[list[str], tuple]:
+    """The class names and ``((x_train, y_train), (x_test, y_test))`` of one ``mini-vtab``
+    source (float images as :func:`to_float_images` makes them)."""
+    if source == "letters":
+        from .glyphs import _rendered
+        chars = "".join(c for c in downstream_characters() if c.isalpha())[:10]
+        return list(chars), _rendered(chars, FAMILIES, per_class, test_per_class, SIZE, 1.0,
+                                      seed)
+    if source == "digits":
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+        data = load_digits()
+        big = np.stack([np.asarray(Image.fromarray(img.astype(np.float32) / 16.0, "F")
+                                   .resize((SIZE, SIZE), Image.BILINEAR)) for img in data.images])
+        x = torch.from_numpy(big.clip(0, 1)).unsqueeze(1)
+        y = torch.from_numpy(data.target).long()
+        tr, te = train_test_split(np.arange(len(y)), test_size=0.3, stratify=data.target,
+                                  random_state=seed)
+        return [str(d) for d in range(10)], ((x[tr], y[tr]), (x[te], y[te]))
+    if source == "shapes":
+        names, make = SHAPES, _shape_image
+    elif source == "textures":
+        names, make = TEXTURES, _texture_image
+    else:
+        from .fractals import fractal_categories, render_fractal
+        categories = fractal_categories(10, "downstream")
+        names = tuple(f"fractal-{i}" for i in range(10))
+        arrays = _cached_sets(f"mini-vtab-{source}", {"categories": [c.seed for c in categories]},
+                              10, per_class, test_per_class, seed,
+                              lambda label, k, rng: render_fractal(categories[label], rng, SIZE))
+        return list(names), _tensors(arrays)
+    arrays = _cached_sets(f"mini-vtab-{source}", {"classes": list(names)}, 10, per_class,
+                          test_per_class, seed,
+                          lambda label, k, rng: _shrink(make(names[label], rng)))
+    return list(names), _tensors(arrays)
+
+
+@dataclass
+class MiniVTABOptions:
+    sources: tuple[str, ...] = opt(VTAB_SOURCES, "sources, one experience of 10 classes each, "
+                                   "in this order", choices=VTAB_SOURCES)
+    samples_per_class: int = opt(200, "training images per class (digits: its own, about "
+                                 "125 per class)", min=1, max=10000)
+    test_samples_per_class: int = opt(50, "test images per class (digits: 30 % of each "
+                                      "class, about 54)", min=1, max=10000)
+    seed: Optional[int] = seed_option("seed of the data, the digits' split and the class "
+                                      "order within each source (default: run seed)")
+
+    def validate(self) -> None:
+        if not self.sources:
+            raise UserError("mini-vtab needs at least one source")
+        if len(set(self.sources)) != len(self.sources):
+            raise UserError(f"sources must not repeat, got {','.join(self.sources)}")
+
+
+@register_stream("mini-vtab", options=MiniVTABOptions,
+                 help="multi-source (VTAB's role): letters, real handwritten digits, shapes, "
+                      "textures, fractals; one experience of 10 classes each, 32x32")
+def mini_vtab(opts: MiniVTABOptions):
+    names: list[str] = []
+    train_x, train_y, test_x, test_y, order = [], [], [], [], []
+    for source in opts.sources:
+        classes, ((xtr, ytr), (xte, yte)) = _vtab_source(
+            source, opts.samples_per_class, opts.test_samples_per_class, opts.seed)
+        offset = len(names)
+        names += [f"{source}:{c}" for c in classes]
+        train_x.append(xtr)
+        train_y.append(ytr + offset)
+        test_x.append(xte)
+        test_y.append(yte + offset)
+        order += [offset + i for i in seeded_permutation(len(classes), opts.seed)]
+    info = StreamInfo("mini-vtab", "class-incremental", names, (1, SIZE, SIZE))
+    return class_incremental((torch.cat(train_x), torch.cat(train_y)),
+                             (torch.cat(test_x), torch.cat(test_y)), order,
+                             [10] * len(opts.sources), info)
