@@ -54,7 +54,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -200,6 +200,12 @@ def _canvas_glyph(char: str, font: str, rng: np.random.Generator) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- mini-r
+def style_of(k: int) -> str:
+    """The style of a ``mini-r`` class's k-th image, in the training and the test set."""
+    from .styles import STYLES
+    return list(STYLES)[k % len(STYLES)]
+
+
 @register_stream("mini-r", options=MiniOptions,
                  help="renditions (ImageNet-R's role): the 46 mini-in classes in 10 drawing "
                       "styles absent from pre-training, 10 experiences, 32x32")
@@ -207,22 +213,15 @@ def mini_r(opts: MiniOptions):
     from .styles import STYLES
     chars = downstream_characters()
     fonts = _fonts(chars)
-    styles = list(STYLES.values())
     state: dict = {}
 
     def draw(label, k, rng):
         font = _font_cycle(fonts[label], k, rng, state)
-        return _shrink(styles[k % len(styles)](_canvas_glyph(chars[label], font, rng), rng))
+        return _shrink(STYLES[style_of(k)](_canvas_glyph(chars[label], font, rng), rng))
     arrays = _cached_sets("mini-r", {"chars": chars, "fonts": fonts, "styles": list(STYLES)},
                           len(chars), opts.samples_per_class, opts.test_samples_per_class,
                           opts.seed, draw)
     return _class_incremental("mini-r", chars, *_tensors(arrays), opts)
-
-
-def style_of(k: int) -> str:
-    """The style of a ``mini-r`` class's k-th image (train and test alike)."""
-    from .styles import STYLES
-    return list(STYLES)[k % len(STYLES)]
 
 
 # ----------------------------------------------------------------------------- mini-a
@@ -262,35 +261,50 @@ def _occluder(rng: np.random.Generator) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
-def _hard_image(char: str, font: str, corpus: str, corpus_fonts: list[list[str]],
-                rng: np.random.Generator) -> np.ndarray:
+class HardLayers(NamedTuple):
+    """The parts of one ``mini-a`` canvas, kept apart so the guarantees can be checked."""
+    target: np.ndarray      # the target's ink at its pose, cut by the canvas edge
+    target_ink: float       # the ink the target has at its pose, uncut
+    ink: np.ndarray         # target and distractors
+    occluded: np.ndarray    # the occluder's mask
+    background: float
+    foreground: float
+    cover: float            # the occluder's grey
+
+    def image(self) -> np.ndarray:
+        drawn = self.background + (self.foreground - self.background) * self.ink
+        return drawn * (1 - self.occluded) + self.cover * self.occluded
+
+
+def _hard_layers(char: str, font: str, corpus: str, corpus_fonts: list[list[str]],
+                 rng: np.random.Generator) -> HardLayers:
     """One ``mini-a`` canvas (see the module's docstring for the recipe and its guarantees)."""
-    full = base_glyph(char, font)
-    full_ink = np.asarray(full, dtype=np.float32).sum() / 255.0
+    full_ink = np.asarray(base_glyph(char, font), dtype=np.float32).sum() / 255.0
     for _ in range(50):  # pose: strong, but at least VISIBLE_INK of the ink on the canvas
         angle, scale = rng.uniform(-45, 45), rng.uniform(0.6, 1.3)
         target = _posed(char, font, angle, scale, rng.uniform(-18, 18, size=2))
         if target.sum() >= VISIBLE_INK * full_ink * scale ** 2:
             break
-    else:
-        target = _posed(char, font, angle, scale, np.zeros(2))
+    else:  # never met (the pose's ranges allow it easily): the glyph as the font draws it
+        scale, target = 1.0, _posed(char, font, 0.0, 1.0, np.zeros(2))
+    visible_ink = VISIBLE_INK * full_ink * scale ** 2
     own = target > 0.3
     near = ndimage.binary_dilation(own, iterations=3)  # the target's ink and a margin
-    ink = target.copy()
+    ink, clutter = target.copy(), np.zeros_like(own)
     for _ in range(int(rng.integers(1, 4))):  # clutter: symbols of the pre-training corpus
         j = int(rng.integers(len(corpus)))
         font_j = corpus_fonts[j][int(rng.integers(len(corpus_fonts[j])))]
         for _ in range(10):
             other = _posed(corpus[j], font_j, rng.uniform(-45, 45), rng.uniform(0.35, 0.75),
                            rng.uniform(-24, 24, size=2))
-            if ((other > 0.3) & near).sum() <= DISTRACTOR_COVER * own.sum():
-                ink = np.maximum(ink, other)
+            if ((clutter | (other > 0.3)) & near).sum() <= DISTRACTOR_COVER * own.sum():
+                ink, clutter = np.maximum(ink, other), clutter | (other > 0.3)
                 break
     occluded = np.zeros_like(ink)
     if rng.uniform() < 0.5:
         for _ in range(10):
             mask = _occluder(rng)
-            if (target * (1 - mask)).sum() >= VISIBLE_INK * full_ink * scale ** 2:
+            if (target * (1 - mask)).sum() >= visible_ink:
                 occluded = mask
                 break
     if rng.uniform() < 0.5:  # low contrast
@@ -300,9 +314,9 @@ def _hard_image(char: str, font: str, corpus: str, corpus_fonts: list[list[str]]
             foreground = background + abs(foreground - background)
     else:
         background, foreground = rng.uniform(0, 0.15), rng.uniform(0.8, 1.0)
-    image = background + (foreground - background) * ink
     cover = background + rng.uniform(0.3, 0.7) * (foreground - background)
-    return image * (1 - occluded) + cover * occluded
+    return HardLayers(target, full_ink * scale ** 2, ink, occluded, background, foreground,
+                      cover)
 
 
 @register_stream("mini-a", options=MiniOptions,
@@ -318,7 +332,7 @@ def mini_a(opts: MiniOptions):
 
     def draw(label, k, rng):
         font = _font_cycle(fonts[label], k, rng, state)
-        return _shrink(_hard_image(chars[label], font, corpus, corpus_fonts, rng))
+        return _shrink(_hard_layers(chars[label], font, corpus, corpus_fonts, rng).image())
     arrays = _cached_sets("mini-a", {"chars": chars, "fonts": fonts, "corpus": corpus},
                           len(chars), opts.samples_per_class, opts.test_samples_per_class,
                           opts.seed, draw)
@@ -431,6 +445,14 @@ def _texture_image(name: str, rng: np.random.Generator) -> np.ndarray:
     return np.where(ink, high, low).astype(np.float32)
 
 
+@lru_cache(maxsize=None)
+def downstream_fractals():
+    """``mini-vtab``'s ten fractal categories: the first ten of the "downstream" seed space
+    (seed 0), disjoint from pre-training's "pretrain" space by construction."""
+    from .fractals import fractal_categories
+    return fractal_categories(10, "downstream")
+
+
 def _vtab_source(source: str, per_class: int, test_per_class: int, seed: int
                  ) -> tuple[list[str], tuple]:
     """The class names and ``((x_train, y_train), (x_test, y_test))`` of one ``mini-vtab``
@@ -455,14 +477,17 @@ def _vtab_source(source: str, per_class: int, test_per_class: int, seed: int
         names, make = SHAPES, _shape_image
     elif source == "textures":
         names, make = TEXTURES, _texture_image
-    else:
-        from .fractals import fractal_categories, render_fractal
-        categories = fractal_categories(10, "downstream")
-        names = tuple(f"fractal-{i}" for i in range(10))
-        arrays = _cached_sets(f"mini-vtab-{source}", {"categories": [c.seed for c in categories]},
-                              10, per_class, test_per_class, seed,
-                              lambda label, k, rng: render_fractal(categories[label], rng, SIZE))
-        return list(names), _tensors(arrays)
+    else:  # fractals: fixed categories (seed 0 of the "downstream" space), seeded instances
+        def make() -> dict[str, np.ndarray]:
+            from .fractals import render_fractal_set
+            categories = downstream_fractals()
+            xtr, ytr = render_fractal_set(categories, per_class, SIZE, seed, _TRAIN)
+            xte, yte = render_fractal_set(categories, test_per_class, SIZE, seed, _TEST)
+            return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}
+        key = {"v": MINI_VERSION, "namespace": "downstream", "categories": 10,
+               "n": per_class, "n_test": test_per_class, "seed": seed}
+        return ([f"fractal-{i}" for i in range(10)],
+                _tensors(cached_arrays("mini-vtab-fractals", key, make)))
     arrays = _cached_sets(f"mini-vtab-{source}", {"classes": list(names)}, 10, per_class,
                           test_per_class, seed,
                           lambda label, k, rng: _shrink(make(names[label], rng)))

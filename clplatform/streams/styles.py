@@ -99,13 +99,16 @@ def _skeleton(mask: np.ndarray) -> np.ndarray:
 
 
 def pen(ink, rng):
-    """The glyph's centre line drawn by a shaky hand with a thin pen of varying pressure
-    (sketches, handwriting-like strokes)."""
+    """The glyph's centre line drawn twice by a shaky hand with a thin pen of varying
+    pressure (sketches, handwriting-like strokes)."""
     line = _skeleton(ink > 0.5).astype(np.float32)
     y, x = np.mgrid[0:ink.shape[0], 0:ink.shape[1]].astype(np.float32)
-    shake = [ndimage.gaussian_filter(rng.normal(0, 1, ink.shape), 6) for _ in range(2)]
-    shake = [s / (np.abs(s).max() + 1e-6) * rng.uniform(1.5, 3.0) for s in shake]
-    drawn = ndimage.map_coordinates(line, [y + shake[0], x + shake[1]], order=1)
+    drawn = np.zeros_like(ink)
+    for _ in range(2):  # two passes, each with its own smooth tremor
+        shake = [ndimage.gaussian_filter(rng.normal(0, 1, ink.shape), 6) for _ in range(2)]
+        shake = [s / (np.abs(s).max() + 1e-6) * rng.uniform(2.0, 3.5) for s in shake]
+        drawn = np.maximum(drawn, ndimage.map_coordinates(line, [y + shake[0], x + shake[1]],
+                                                          order=1))
     pressure = 0.55 + 0.45 * ndimage.gaussian_filter(rng.uniform(0, 1, ink.shape), 4) * 2
     return np.clip(_thicken(drawn, 3) * np.clip(pressure, 0, 1), 0, 1)
 
