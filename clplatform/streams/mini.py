@@ -187,11 +187,22 @@ def mini_in(opts: MiniOptions):
     return _class_incremental("mini-in", chars, train, test, opts)
 
 
-def _font_cycle(fonts: list[str], k: int, rng: np.random.Generator, state: dict) -> str:
-    """Fonts of one class in a seeded order, cycled (as :func:`render.render_set` does)."""
-    if k == 0:
-        state["order"] = rng.permutation(len(fonts))
-    return fonts[state["order"][k % len(fonts)]]
+def _drawn_stream(name: str, opts: MiniOptions, key: dict, canvas) -> object:
+    """A class-incremental stream of the downstream characters, image k of a class drawn
+    by ``canvas(char, font, k, rng)`` (a float 64x64 canvas), fonts cycled per class in a
+    seeded order (as :func:`render.render_set` does)."""
+    chars = downstream_characters()
+    fonts = _fonts(chars)
+    order: list = []
+
+    def draw(label, k, rng):
+        if k == 0:
+            order[:] = rng.permutation(len(fonts[label]))
+        font = fonts[label][order[k % len(fonts[label])]]
+        return _shrink(canvas(chars[label], font, k, rng))
+    arrays = _cached_sets(name, {"chars": chars, "fonts": fonts, **key}, len(chars),
+                          opts.samples_per_class, opts.test_samples_per_class, opts.seed, draw)
+    return _class_incremental(name, chars, *_tensors(arrays), opts)
 
 
 def _canvas_glyph(char: str, font: str, rng: np.random.Generator) -> np.ndarray:
@@ -211,17 +222,10 @@ def style_of(k: int) -> str:
                       "styles absent from pre-training, 10 experiences, 32x32")
 def mini_r(opts: MiniOptions):
     from .styles import STYLES
-    chars = downstream_characters()
-    fonts = _fonts(chars)
-    state: dict = {}
 
-    def draw(label, k, rng):
-        font = _font_cycle(fonts[label], k, rng, state)
-        return _shrink(STYLES[style_of(k)](_canvas_glyph(chars[label], font, rng), rng))
-    arrays = _cached_sets("mini-r", {"chars": chars, "fonts": fonts, "styles": list(STYLES)},
-                          len(chars), opts.samples_per_class, opts.test_samples_per_class,
-                          opts.seed, draw)
-    return _class_incremental("mini-r", chars, *_tensors(arrays), opts)
+    def canvas(char, font, k, rng):
+        return STYLES[style_of(k)](_canvas_glyph(char, font, rng), rng)
+    return _drawn_stream("mini-r", opts, {"styles": list(STYLES)}, canvas)
 
 
 # ----------------------------------------------------------------------------- mini-a
@@ -324,19 +328,12 @@ def _hard_layers(char: str, font: str, corpus: str, corpus_fonts: list[list[str]
                       "occluders, strong poses and low contrast, 10 experiences, 32x32")
 def mini_a(opts: MiniOptions):
     from .glyphs import _greek_cyrillic
-    chars = downstream_characters()
-    fonts = _fonts(chars)
     corpus = _greek_cyrillic()
     corpus_fonts = _fonts(corpus)
-    state: dict = {}
 
-    def draw(label, k, rng):
-        font = _font_cycle(fonts[label], k, rng, state)
-        return _shrink(_hard_layers(chars[label], font, corpus, corpus_fonts, rng).image())
-    arrays = _cached_sets("mini-a", {"chars": chars, "fonts": fonts, "corpus": corpus},
-                          len(chars), opts.samples_per_class, opts.test_samples_per_class,
-                          opts.seed, draw)
-    return _class_incremental("mini-a", chars, *_tensors(arrays), opts)
+    def canvas(char, font, k, rng):
+        return _hard_layers(char, font, corpus, corpus_fonts, rng).image()
+    return _drawn_stream("mini-a", opts, {"corpus": corpus}, canvas)
 
 
 # ----------------------------------------------------------------------------- mini-vtab
