@@ -2,6 +2,8 @@
 mini-vtab. Small counts: each test renders a few hundred images."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -43,6 +45,8 @@ def test_the_options_default_to_the_world_design():
     opts = mini.MiniOptions()
     assert (opts.experiences, opts.samples_per_class, opts.test_samples_per_class) == (10, 200,
                                                                                        50)
+    experiences = next(f for f in dataclasses.fields(mini.MiniOptions) if f.name == "experiences")
+    assert experiences.metadata["max"] == len(mini.downstream_characters())
     vtab = mini.MiniVTABOptions()
     assert vtab.sources == ("letters", "digits", "shapes", "textures", "fractals")
     assert (vtab.samples_per_class, vtab.test_samples_per_class) == (200, 50)

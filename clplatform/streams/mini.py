@@ -102,7 +102,8 @@ def downstream_characters() -> str:
 
     :func:`~clplatform.streams.render.distinct_characters` compares glyphs at their natural
     size, so it keeps c/C, s/S, x/X: under the renderer's scale jitter and across fonts those
-    differ only in size, and a head never sees both in one experience. Here the comparison is
+    differ only in size, and a head trained one experience at a time, with the two in
+    different experiences, never learns to tell them apart. Here the comparison is
     the same (absolute difference under ``LOOK_ALIKE_TOLERANCE`` of the ink of both) on each
     glyph's shape at a common size, in each pre-training family's regular face; a character
     alike in any of them to one kept earlier (digits, then capitals, then small letters) is
