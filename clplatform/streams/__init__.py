@@ -1,9 +1,10 @@
 """Stream builders: each registers an Avalanche benchmark under a name (``@register_stream``).
 
 Built-in offline streams: ``glyphs`` (default), ``glyphs-domains``, ``glyphs-pretrain``,
-``digits``; the papers' benchmarks read from their files (:mod:`streams.paper`:
-``cifar100``, ``imagenet-r``, ``imagenet-a``, ``vtab``, ``cub``, ``omnibenchmark``,
-``objectnet``; lazy image files: :mod:`streams.files`); your data: ``folder`` (image
+``digits``; the miniature world of issue 20 (:mod:`streams.mini`: ``mini-in``,
+``mini-r``, ``mini-a``, ``mini-vtab``); the papers' benchmarks read from their files
+(:mod:`streams.paper`: ``cifar100``, ``imagenet-r``, ``imagenet-a``, ``vtab``, ``cub``,
+``omnibenchmark``, ``objectnet``; lazy image files: :mod:`streams.files`); your data: ``folder`` (image
 folders), ``file.py:function`` or ``package.module:function`` (a Python callable), an
 in-memory benchmark such as
 ``from_arrays(x, y)``, and ``avalanche:<Benchmark>`` (Avalanche's classic benchmarks).
@@ -14,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from . import avalanche_classic, custom, digits, domains, files, glyphs, paper  # noqa: F401  (registration)
+from . import avalanche_classic, custom, digits, domains, files, glyphs, mini, paper  # noqa: F401  (registration)
 from .common import StreamInfo, class_incremental, classification_dataset, domain_incremental
 from .custom import callable_stream, from_arrays, is_callable_reference
 
