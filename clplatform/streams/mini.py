@@ -70,7 +70,8 @@ from clplatform.registry import register_stream
 
 from .common import (StreamInfo, cached_arrays, class_incremental, seed_option,
                      seeded_permutation, to_float_images)
-from .render import FONT_FAMILIES, LATIN, RENDER_VERSION, base_glyph, fonts_for, render
+from .render import (FONT_FAMILIES, LATIN, RENDER_VERSION, alike_pairs, shape_pixels, base_glyph,
+                     fonts_for, render)
 
 MINI_VERSION = 1  # bump when any mini stream's drawing changes: part of every cache key
 
@@ -89,16 +90,6 @@ _TRAIN, _TEST = 0, 1  # salts of the two independent renderings
 VTAB_SOURCES = ("letters", "digits", "shapes", "textures", "fractals")
 
 
-def _shape_of(char: str, font: str) -> np.ndarray:
-    """``char``'s ink cropped to its box, centred on a square, 16x16: its shape at any size."""
-    img = base_glyph(char, font)
-    img = img.crop(img.getbbox())
-    side = max(img.size)
-    square = Image.new("L", (side, side), 0)
-    square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
-    return np.asarray(square.resize((16, 16), Image.BOX), dtype=np.float32) / 255.0
-
-
 @lru_cache(maxsize=None)
 def downstream_characters() -> str:
     """The Latin letters and digits with look-alikes removed (46 classes).
@@ -112,14 +103,12 @@ def downstream_characters() -> str:
     alike in any of them to one kept earlier (digits, then capitals, then small letters) is
     dropped.
     """
-    shapes = {f: {c: _shape_of(c, f) for c in LATIN} for f in LOOK_ALIKE_FONTS}
-    kept: list[str] = []
-    for char in LATIN:
-        if all(np.abs(shapes[f][char] - shapes[f][k]).sum()
-               >= LOOK_ALIKE_TOLERANCE * (shapes[f][char].sum() + shapes[f][k].sum())
-               for k in kept for f in LOOK_ALIKE_FONTS):
-            kept.append(char)
-    return "".join(kept)
+    shapes = [shape_pixels(LATIN, [f] * len(LATIN), any_size=True) for f in LOOK_ALIKE_FONTS]
+    kept: list[int] = []
+    for i in range(len(LATIN)):
+        if not any(alike_pairs(s[i:i + 1], s[kept], LOOK_ALIKE_TOLERANCE).any() for s in shapes):
+            kept.append(i)
+    return "".join(LATIN[i] for i in kept)
 
 
 def _fonts(chars: str) -> list[list[str]]:

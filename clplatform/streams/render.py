@@ -126,7 +126,7 @@ def render_set(chars: str, fonts_per_char: list[list[str]], per_class: int, imag
     return images, labels
 
 
-def _shape_pixels(chars: str, fonts: list[str], any_size: bool = False) -> np.ndarray:
+def shape_pixels(chars: str, fonts: list[str], any_size: bool = False) -> np.ndarray:
     """float32 [N, 256]: each character in its font, 16x16 (box-filtered: forgives 1-2 px);
     ``any_size``: its ink cropped to its box and centred on a square first (its shape at any
     size: c/C, s/S, ᴇ/E alike)."""
@@ -149,16 +149,16 @@ def lookalikes_at_any_size(chars: str, fonts: list[str], others: str,
     """bool [len(chars)]: characters whose shape at any size (``chars[i]`` in ``fonts[i]``)
     is alike (pixel difference under ``tolerance`` times the ink of both) that of a
     character of ``others`` in any of ``other_fonts``."""
-    mine = _shape_pixels(chars, fonts, any_size=True)
+    mine = shape_pixels(chars, fonts, any_size=True)
     found = np.zeros(len(chars), dtype=bool)
     for font in other_fonts:
         drawn = "".join(c for c in others if has_glyph(font, c))
-        theirs = _shape_pixels(drawn, [font] * len(drawn), any_size=True)
-        found |= _alike(mine, theirs, tolerance).any(axis=1)
+        theirs = shape_pixels(drawn, [font] * len(drawn), any_size=True)
+        found |= alike_pairs(mine, theirs, tolerance).any(axis=1)
     return found
 
 
-def _alike(a: np.ndarray, b: np.ndarray, tolerance: float, block: int = 64) -> np.ndarray:
+def alike_pairs(a: np.ndarray, b: np.ndarray, tolerance: float, block: int = 64) -> np.ndarray:
     """bool [len(a), len(b)]: pairs whose absolute pixel difference is below ``tolerance``
     times the ink of both. Only pairs whose inks are close enough are compared (the pixel
     difference is at least the difference of the inks; a 1 % margin covers rounding)."""
@@ -204,11 +204,11 @@ def distinct_characters(candidates: str, exclude: str, reference_font: str = "De
     chars, fonts = drawable(candidates)
     if not chars:
         return ""
-    pixels = _shape_pixels(chars, fonts)
+    pixels = shape_pixels(chars, fonts)
     ex_chars, ex_fonts = drawable(exclude)
-    blocked = (_alike(pixels, _shape_pixels(ex_chars, ex_fonts), tolerance).any(axis=1)
+    blocked = (alike_pairs(pixels, shape_pixels(ex_chars, ex_fonts), tolerance).any(axis=1)
                if ex_chars else np.zeros(len(chars), dtype=bool))
-    alike = _alike(pixels, pixels, tolerance)
+    alike = alike_pairs(pixels, pixels, tolerance)
     kept: list[str] = []
     for i, ch in enumerate(chars):
         if not blocked[i]:
