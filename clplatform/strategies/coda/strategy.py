@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from clplatform.data import dataset_tensors
+from clplatform.data import experience_images
 from clplatform.errors import UserError
 from clplatform.models import tome
 
@@ -61,7 +61,7 @@ class CODAPrompt(Strategy):
 
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         model, o, settings = self.coda, self.opts, self.settings
-        x, y = dataset_tensors(experience.dataset)
+        x, y = experience_images(experience.dataset)
         _, current = experience_classes(y, model.seen)
         params = model.add_experience(self.components_per_experience(experience))
         params += tome.pyra_to_train(model.vit, experience.current_experience)  # PYRA

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from clplatform.data import dataset_tensors
+from clplatform.data import experience_images
 from clplatform.models import tome
 
 from ..base import Strategy, StrategyContext, experience_classes, masked_cross_entropy
@@ -41,7 +41,7 @@ class L2P(Strategy):
 
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         model = self.l2p
-        x, y = dataset_tensors(experience.dataset)
+        x, y = experience_images(experience.dataset)
         _, current = experience_classes(y, model.seen)
         model.train()
         tokens = frozen_rows(model.frozen_tokens, x, self.device,

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from clplatform.data import dataset_tensors
+from clplatform.data import experience_images
 from clplatform.models import tome
 
 from ..base import Strategy, StrategyContext, experience_classes, masked_cross_entropy
@@ -57,7 +57,7 @@ class PromptStrategy(Strategy):
 
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         model = self.prompts
-        x, y = dataset_tensors(experience.dataset)
+        x, y = experience_images(experience.dataset)
         classes, current = experience_classes(y, model.seen)
         params = model.add_experience()
         # PYRA (token merging): its modulations train in the first experience (or every one)

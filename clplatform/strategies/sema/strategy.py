@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from clplatform.data import dataset_tensors
+from clplatform.data import experience_images
 from clplatform.models import tome
 
 from ..base import (Strategy, StrategyContext, TensorBatches, experience_classes,
@@ -179,7 +179,7 @@ class SEMA(Strategy):
     # ----------------------------------------------------------------- Avalanche
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         model = self.sema
-        x, y = dataset_tensors(experience.dataset)
+        x, y = experience_images(experience.dataset)
         _, current = experience_classes(y, model.seen)
         expanded, scores = [], []
         self._peak_scores: dict[int, float] = {}  # block -> highest batch score of its scans
