@@ -106,6 +106,11 @@ class StoredAugment:
     def __call__(self, img):
         return self.full(img)
 
+    @property
+    def transforms(self) -> list:
+        """The steps of ``full`` (a torchvision ``Compose``)."""
+        return self.full.transforms
+
     def __repr__(self) -> str:
         return f"StoredAugment({self.full!r})"
 

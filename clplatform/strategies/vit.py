@@ -52,6 +52,13 @@ def map_batches(fn, x: torch.Tensor, device, batch_size: int = 256) -> torch.Ten
                       for i in range(0, len(x), batch_size)])
 
 
+def training_rows(fn, x, device) -> "torch.Tensor | FrozenRows":
+    """``fn`` over ``x`` for a training loop: computed once (:func:`map_batches`), or, when
+    reading ``x`` draws a random augmentation, recomputed at every read (a new draw per
+    epoch: :class:`FrozenRows`)."""
+    return FrozenRows(fn, x, device) if is_random(x) else map_batches(fn, x, device)
+
+
 def is_random(x) -> bool:
     """Whether reading ``x`` draws a random augmentation (then nothing read may be cached)."""
     return isinstance(x, FrozenRows) and is_random(x.x) or getattr(x, "random", False)

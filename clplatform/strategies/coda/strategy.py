@@ -22,6 +22,7 @@ from clplatform.models import tome
 from ..base import (Strategy, StrategyContext, TensorBatches, cosine_factor,
                     experience_classes, masked_cross_entropy)
 from ..prompts.strategy import embedded_inputs
+from ..vit import map_batches
 from .config import CODAOptions
 from .model import CODAModel
 
@@ -92,6 +93,8 @@ class CODAPrompt(Strategy):
                          settings.batch_size, scheduler, drop_last=drop_last)
         model.finish_experience()
         model.eval()
+        if not torch.is_tensor(queries):  # random reads (SameDraw): the eval view's queries
+            queries = map_batches(lambda b: model.query(model.embed(b)), x, self.device)
         self._record = self._alpha_record(queries)
 
     @torch.no_grad()
