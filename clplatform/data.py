@@ -3,7 +3,10 @@ data, SEMA's caches) and images (tensors, or any indexable source read per item)
 Avalanche classification dataset."""
 from __future__ import annotations
 
+import os
+import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -131,17 +134,72 @@ def draw_boxes(augment: StoredAugment, height: int, width: int, seeds: list[int]
     return out
 
 
-def crop_boxes(images: torch.Tensor, boxes, size: int, interpolation) -> torch.Tensor:
+def _pil_filter(interpolation):
+    """(support, filter) of PIL's resampling filter for ``interpolation`` (Resample.c), or
+    None for one this module does not batch."""
+    from torchvision.transforms import InterpolationMode as M
+
+    def triangle(x):
+        x = x.abs()
+        return (1 - x).clamp(min=0)
+
+    def cubic(x, a=-0.5):
+        x = x.abs()
+        return torch.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                           torch.where(x < 2, (((x - 5) * x + 8) * x - 4) * a,
+                                       torch.zeros_like(x)))
+    return {M.BILINEAR: (1.0, triangle), M.BICUBIC: (2.0, cubic)}.get(interpolation)
+
+
+def _resample_weights(starts: torch.Tensor, lengths: torch.Tensor, in_size: int, out: int,
+                      interpolation) -> torch.Tensor:
+    """[N, out, in_size]: row i of image n resamples the span [start, start + length) of an
+    axis to ``out`` pixels with PIL's antialiased filter coefficients (``precompute_coeffs``:
+    the filter widened by the scale when shrinking, only pixels of the span, normalised)."""
+    support, kernel = _pil_filter(interpolation)
+    scale = lengths.double() / out                                        # [N]
+    filterscale = scale.clamp(min=1.0)
+    centers = (torch.arange(out, dtype=torch.float64, device=starts.device) + 0.5
+               )[None] * scale[:, None]                                    # [N, out]
+    pos = torch.arange(in_size, dtype=torch.float64, device=starts.device)[None, None] \
+        - starts.double()[:, None, None]                                   # [N, 1, in]
+    w = kernel((pos - centers[..., None] + 0.5) / filterscale[:, None, None])
+    inside = (pos >= 0) & (pos < lengths.double()[:, None, None])
+    w = w * inside * ((pos - centers[..., None]).abs() < support * filterscale[:, None, None]
+                      + 0.5)
+    return (w / w.sum(-1, keepdim=True).clamp(min=1e-12)).float()
+
+
+def crop_boxes(images: torch.Tensor, boxes, size: int, interpolation,
+               batched: bool | None = None) -> torch.Tensor:
     """uint8 images [N, C, H, W] -> uint8 [N, C, size, size]: each image's box
-    (top, left, h, w, flip) resized to ``size`` (torchvision's tensor ``resized_crop``,
-    antialiased) and flipped where asked."""
+    (top, left, h, w, flip) resized to ``size`` and flipped where asked, on the images'
+    device. Bilinear and bicubic (the random-resized-crops of the streams): one batched
+    pair of matrix products with PIL's antialiased filter coefficients, horizontal pass
+    first and rounded to uint8 in between as PIL does (a pixel differs from PIL's by at
+    most a level or two: PIL's fixed-point arithmetic); other modes: torchvision's
+    per-image ``resized_crop`` (antialiased; within one level of PIL). ``batched``: None
+    batches on a GPU only (a CPU core runs the per-image path ~10x faster: the matrix
+    products are dense)."""
     from torchvision.transforms.v2 import functional as TF
-    out = []
-    for img, (top, left, h, w, flip) in zip(images, boxes):
-        crop = TF.resized_crop(img, top, left, h, w, [size, size],
-                               interpolation=interpolation, antialias=True)
-        out.append(TF.horizontal_flip(crop) if flip else crop)
-    return torch.stack(out) if out else images.new_zeros((0, images.shape[1], size, size))
+    if not len(boxes):
+        return images.new_zeros((0, images.shape[1], size, size))
+    if batched is None:
+        batched = images.is_cuda
+    if _pil_filter(interpolation) is None or not batched:
+        out = []
+        for img, (top, left, h, w, flip) in zip(images, boxes):
+            crop = TF.resized_crop(img, top, left, h, w, [size, size],
+                                   interpolation=interpolation, antialias=True)
+            out.append(TF.horizontal_flip(crop) if flip else crop)
+        return torch.stack(out)
+    b = torch.tensor([box[:4] for box in boxes], dtype=torch.long, device=images.device)
+    flip = torch.tensor([box[4] for box in boxes], dtype=torch.bool, device=images.device)
+    wx = _resample_weights(b[:, 1], b[:, 3], images.shape[-1], size, interpolation)
+    wx = torch.where(flip[:, None, None], wx.flip(1), wx)  # a flip: columns reversed
+    wy = _resample_weights(b[:, 0], b[:, 2], images.shape[-2], size, interpolation)
+    rows = torch.einsum("nchw,nkw->nchk", images.float(), wx).round_().clamp_(0, 255)
+    return torch.einsum("nih,nchk->ncik", wy, rows).round_().clamp_(0, 255).to(torch.uint8)
 
 
 class ExperienceImages:
@@ -203,6 +261,8 @@ class ExperienceImages:
         single = isinstance(idx, int) or (torch.is_tensor(idx) and idx.dim() == 0)
         index = self._index(idx).reshape(-1)
         batch = self.stored[index]
+        if device is not None:  # uint8 to the device: crops, flips and float there
+            batch = batch.to(device, non_blocking=True)
         if self.augment is not None:
             k = self.draws[index]
             self.draws[index] += 1
@@ -213,8 +273,6 @@ class ExperienceImages:
         elif self.crop is not None:
             from torchvision.transforms.v2 import functional as TF
             batch = TF.center_crop(batch, [self.crop, self.crop])
-        if device is not None:
-            batch = batch.to(device, non_blocking=True)
         if batch.dtype == torch.uint8:
             batch = batch.float().div_(255.0)
         return batch[0] if single else batch
@@ -264,6 +322,127 @@ def _current_transforms(dataset) -> list:
     return found
 
 
+# ------------------------------------------------------------------ the image cache on disk
+_IMAGE_CACHE: list = [None]  # (folder, budget in bytes) while a run uses --image-cache
+
+
+@contextmanager
+def image_cache(folder: str | None, gib: float):
+    """Within the block, :func:`experience_images` keeps the decoded uint8 images of file
+    streams in memory-mapped ``.npy`` files under ``folder`` (``--image-cache``) while all the
+    files there stay within ``gib`` GiB (``--image-cache-gib``); None: no cache."""
+    before = _IMAGE_CACHE[0]
+    _IMAGE_CACHE[0] = (str(folder), int(gib * 2**30)) if folder else None
+    try:
+        yield
+    finally:
+        _IMAGE_CACHE[0] = before
+
+
+def _leaf_items(dataset) -> list[tuple[Any, int]]:
+    """(leaf source, index) of every item of an Avalanche dataset (through its subsets and
+    concatenations), in order."""
+    out = []
+    for i in range(len(dataset)):
+        node, j = dataset, i
+        while hasattr(node, "_flat_data") or hasattr(node, "_get_idx"):
+            if hasattr(node, "_flat_data"):  # an AvalancheDataset: its FlatData
+                node = node._flat_data
+                continue
+            k, j = node._get_idx(j)
+            node = node._datasets[k]
+        out.append((node, j))
+    return out
+
+
+def _file_key(dataset, transform) -> dict | None:
+    """What the decoded images of ``dataset`` depend on: its files (paths, sizes, mtimes,
+    in order) and ``transform``; None when its images are not read from files."""
+    paths = []
+    for leaf, j in _leaf_items(dataset):
+        files = getattr(getattr(leaf, "images", None), "paths", None)
+        if files is None:
+            return None
+        paths.append(files[j])
+    stats = [os.stat(p) for p in paths]
+    return {"paths": paths, "sizes": [st.st_size for st in stats],
+            "mtimes": [st.st_mtime_ns for st in stats], "transform": repr(transform)}
+
+
+class _NotCached(Exception):
+    """The images of an experience are not written to the image cache (read into memory)."""
+
+
+def _check_budget(folder: str, budget: int, need: int, count: int) -> None:
+    """:class:`_NotCached` (with a note) when ``need`` more bytes would take the cache files
+    in ``folder`` over ``budget``."""
+    used = sum(f.stat().st_size for f in Path(folder).glob("images-*.npy"))
+    if used + need > budget:
+        print(f"clplat: note: the image cache {folder} holds {used / 2**30:.3g} GiB; this "
+              f"experience's {count} images need {need / 2**30:.3g} GiB more than "
+              f"--image-cache-gib {budget / 2**30:g} allows: read into memory instead",
+              file=sys.stderr)
+        raise _NotCached
+
+
+def _cached_store(dataset, transform, batch_size: int):
+    """(uint8 images, labels) of ``dataset`` read through ``transform`` (the current one
+    when None), from the image cache (memory-mapped) when one is set and the images are
+    files; written there on first use when it fits the budget. None: no cache to use (the
+    caller reads into memory).
+
+    The global generator advances as by the one data-loader pass of a read into memory
+    (its base seed, one int64 draw) whether the images were decoded or found: records
+    with the cache equal those without."""
+    if _IMAGE_CACHE[0] is None:
+        return None
+    with torch.random.fork_rng(devices=[]):
+        found = _read_or_write_cache(dataset, transform, batch_size)
+    if found is not None:
+        torch.empty((), dtype=torch.int64).random_()  # the loader pass it stands for
+    return found
+
+
+def _read_or_write_cache(dataset, transform, batch_size: int):
+    import numpy as np
+
+    from .cache import atomic_path, read_cached, stable_hash
+    folder, budget = _IMAGE_CACHE[0]
+    key = _file_key(dataset, transform if transform is not None
+                    else _current_transforms(dataset))
+    if key is None or not key["paths"]:
+        return None
+    path = Path(folder) / f"images-{stable_hash(key, 20)}.npy"
+    labels_path = path.with_suffix(".labels.npy")
+    found = read_cached(path, lambda p: np.load(p, mmap_mode="c"))
+    labels = read_cached(labels_path, np.load) if found is not None else None
+    if found is not None and labels is not None:
+        return torch.from_numpy(found), torch.from_numpy(labels).long()
+    source = dataset.replace_current_transform_group(transform) if transform else dataset
+    loader = torch.utils.data.DataLoader(source, batch_size=batch_size, shuffle=False,
+                                         num_workers=_READ_WORKERS[0])
+    ys = []
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            for batch in loader:  # np.save's format, the pixels written batch by batch
+                u = _as_uint8(batch[0])
+                if u is None:
+                    raise _NotCached  # not k/255: nothing to cache as uint8
+                if not ys:
+                    shape = (len(dataset), *u.shape[1:])
+                    _check_budget(folder, budget, int(np.prod(shape)), len(dataset))
+                    np.lib.format.write_array_header_2_0(
+                        fh, {"descr": "|u1", "fortran_order": False, "shape": shape})
+                fh.write(u.contiguous().numpy().tobytes())
+                ys.append(batch[1])
+    except _NotCached:
+        return None
+    y = torch.cat(ys).long()
+    with atomic_path(labels_path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, y.numpy())
+    return torch.from_numpy(np.load(path, mmap_mode="c")), y
+
+
 def experience_images(dataset, batch_size: int = 512
                       ) -> tuple[ExperienceImages, torch.Tensor]:
     """(images, labels) of an experience, for the strategies that train from tensors and for
@@ -277,10 +456,14 @@ def experience_images(dataset, batch_size: int = 512
     marked = [t for t in _current_transforms(dataset) if isinstance(t, StoredAugment)]
     if marked:
         augment = marked[0]
-        stored, y = dataset_tensors(dataset.replace_current_transform_group(augment.store),
-                                    batch_size)
+        cached = _cached_store(dataset, augment.store, batch_size)
+        stored, y = cached if cached is not None else dataset_tensors(
+            dataset.replace_current_transform_group(augment.store), batch_size)
         salt = int(torch.randint(2**31 - 1, ()).item())
         return ExperienceImages(stored, augment, salt=salt), y
+    cached = _cached_store(dataset, None, batch_size)
+    if cached is not None:
+        return ExperienceImages(cached[0]), cached[1]
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          num_workers=_READ_WORKERS[0])
     xs, ys, exact = [], [], True

@@ -9,8 +9,10 @@ import torch
 from click.testing import CliRunner
 
 from clplatform.app.cli import cli
-from clplatform.data import ExperienceImages, dataset_tensors, experience_images
+from clplatform.data import (ExperienceImages, dataset_tensors, experience_images,
+                             image_cache)
 from clplatform.streams import StreamSource
+from clplatform.streams import files as F
 from clplatform.strategies.vit import FrozenRows, frozen_rows, map_batches
 
 from fakes.paper_benchmarks import make_fake
@@ -153,3 +155,104 @@ def test_evaluator_holds_the_test_stream_as_uint8(imagenet_r):
     assert isinstance(ev.test_x, ExperienceImages) and ev.test_x.stored.dtype == torch.uint8
     whole = torch.cat([dataset_tensors(e.dataset)[0] for e in bm.test_stream])
     assert torch.equal(ev.test_x[0:len(whole)], whole)
+
+
+# ------------------------------------------------------------------ --image-cache
+@pytest.fixture
+def decodes(monkeypatch):
+    """How many images were decoded from files (ImageFiles' reads) so far."""
+    count = [0]
+    read = F.read_rgb
+
+    def counting(path):
+        count[0] += 1
+        return read(path)
+    monkeypatch.setattr(F, "read_rgb", counting)
+    return count
+
+
+def test_image_cache_decodes_once_and_reads_the_same_images(imagenet_r, tmp_path, decodes,
+                                                            capsys):
+    bm = build(imagenet_r, transform="pilot")
+    train, test = bm.train_stream[1].dataset, bm.test_stream[1].dataset
+    torch.manual_seed(0)
+    plain, y = experience_images(train)
+    plain_test, _ = experience_images(test)
+    first_draws = plain[torch.arange(len(plain))]
+    folder = tmp_path / "images"
+    with image_cache(folder, 1.0):
+        for round in range(2):
+            before = decodes[0]
+            torch.manual_seed(0)
+            x, y2 = experience_images(train)
+            t, _ = experience_images(test)
+            assert decodes[0] - before == (len(train) + len(test) if round == 0 else 0)
+            assert torch.equal(x.stored, plain.stored) and torch.equal(y2, y)
+            assert torch.equal(t.stored, plain_test.stored)
+            assert torch.equal(x[torch.arange(len(x))], first_draws)  # same seed, same draws
+    files = sorted(p.name for p in folder.iterdir())
+    assert len([f for f in files if not f.endswith(".labels.npy")]) == 2, files
+    # a budget too small: a note, the images held in memory, nothing written
+    small = tmp_path / "small"
+    with image_cache(small, 1e-6):
+        x, _ = experience_images(train)
+    assert torch.equal(x.stored, plain.stored) and not list(small.glob("images-*"))
+    assert "--image-cache-gib" in capsys.readouterr().err
+
+
+def test_image_cache_is_not_a_folder(runs_dir, tmp_path):
+    (tmp_path / "file").write_text("x")
+    result = invoke("run", "--image-cache", tmp_path / "file", "--epochs", "1",
+                    "--out", runs_dir, "--quiet")
+    assert result.exit_code == 2 and "--image-cache" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_runs_with_the_image_cache_record_the_same(imagenet_r, runs_dir, tmp_path, decodes):
+    """l2p on pilot crops: records with --image-cache equal those without; the second run
+    decodes nothing."""
+    def run(*extra):
+        result = invoke("run", "--stream", "imagenet-r", "--stream-opt", f"root={imagenet_r}",
+                        "--stream-opt", "image_size=32", "--stream-opt", "tasks=2",
+                        "--strategy", "l2p", "--epochs", "1", "--out", runs_dir, "--quiet",
+                        "--json", *extra)
+        assert result.exit_code == 0, result.stderr
+        return (Path(json.loads(result.stdout)["run_dir"]) / "accuracy.csv").read_text()
+    reference = run()
+    cache = ["--image-cache", tmp_path / "cache", "--image-cache-gib", "1"]
+    assert run(*cache) == reference
+    before = decodes[0]
+    assert run(*cache) == reference and decodes[0] == before
+
+
+# ------------------------------------------------------------------ batched crops
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_batched_crops_match_pil(mode):
+    """The same boxes (random-resized-crop + flip) give PIL's pixels: the batched matrix
+    path within 2 levels (bicubic 4), > 95 % of pixels equal; the per-image path within 1."""
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode, RandomResizedCrop
+    from torchvision.transforms import functional as TV
+    from clplatform.data import crop_boxes
+    interpolation = InterpolationMode(mode)
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(6, 3, 6, 6, generator=g), size=(48, 40),
+                                             mode="bicubic", align_corners=False)
+    images = (smooth * 200 + torch.rand(6, 3, 48, 40, generator=g) * 55).clamp(0, 255).to(
+        torch.uint8)
+    torch.manual_seed(0)
+    boxes = [(*RandomResizedCrop.get_params(images[0], [0.05, 1.0], [3 / 4, 4 / 3]), k % 2 == 1)
+             for k in range(6)]
+    boxes[0] = (0, 0, 48, 40, False)  # shrinking and enlarging both covered
+    reference = []
+    for img, (top, left, h, w, flip) in zip(images, boxes):
+        pil = TV.resized_crop(Image.fromarray(img.permute(1, 2, 0).numpy()), top, left, h, w,
+                              [32, 32], interpolation)
+        reference.append(TV.pil_to_tensor(TV.hflip(pil) if flip else pil))
+    reference = torch.stack(reference).int()
+    batched = crop_boxes(images, boxes, 32, interpolation, batched=True).int()
+    single = crop_boxes(images, boxes, 32, interpolation, batched=False).int()
+    assert (batched - reference).abs().max() <= (2 if mode == "bilinear" else 4)
+    assert (batched == reference).float().mean() > 0.95
+    assert (single - reference).abs().max() <= 1
