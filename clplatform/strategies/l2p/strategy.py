@@ -15,7 +15,7 @@ from clplatform.data import experience_images
 from clplatform.models import tome
 
 from ..base import Strategy, StrategyContext, experience_classes, masked_cross_entropy
-from ..vit import frozen_rows, map_batches
+from ..vit import frozen_rows, is_random, map_batches
 from .config import L2POptions
 from ..prompts.model import majority_ids
 from .model import L2PModel
@@ -46,14 +46,21 @@ class L2P(Strategy):
         model.train()
         tokens = frozen_rows(model.frozen_tokens, x, self.device,
                              self.context.train.cache_bytes)
-        queries = map_batches(lambda t: model.query(t), tokens, self.device)
+        # random reads (transform=pilot): the query of the batch's own draw, per batch
+        random = is_random(tokens)
+        queries = None if random else map_batches(model.query, tokens, self.device)
         y = y.to(self.device)
         batchwise = self.opts.batchwise_prompt in ("train", "both")
 
         def loss(idx, labels):
-            q = queries[idx]
+            t = tokens[idx]
+            if random:
+                with torch.no_grad():
+                    q = model.query(t)
+            else:
+                q = queries[idx]
             chosen = model.select(q, batchwise=batchwise)
-            logits = model.head(model.prompted(tokens[idx], chosen))
+            logits = model.head(model.prompted(t, chosen))
             ce = masked_cross_entropy(logits, labels, current)
             if not self.opts.top_k:
                 return ce
@@ -64,6 +71,8 @@ class L2P(Strategy):
         self.fit_tensors(optimizer, torch.arange(len(x)), y, loss, self.settings.epochs,
                          self.settings.batch_size)
         model.eval()
+        if queries is None:  # the eval view's queries (map_batches)
+            queries = map_batches(model.query, tokens, self.device)
         self._record = self._selection_statistics(queries)
 
     def optimizer_step(self) -> None:
