@@ -285,9 +285,41 @@ class ExperienceImages:
         """Deterministic stores (the test stream) as one."""
         if any(p.random or p.crop is not None for p in parts):
             raise ValueError("only plain stores concatenate")
+        if not all(torch.is_tensor(p.stored) for p in parts):  # some read from files
+            return ExperienceImages(_Concat([p.stored for p in parts]))
         dtype = torch.uint8 if all(p.dtype == torch.uint8 for p in parts) else torch.float
         return ExperienceImages(torch.cat([p.stored if p.dtype == dtype else
                                            p.stored.float().div_(255.0) for p in parts]))
+
+
+class _Concat:
+    """Stored images (tensors, :class:`FileImages`) one after another, indexed as one."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+        self.ends = torch.tensor([len(p) for p in parts]).cumsum(0)
+        self.shape = torch.Size((int(self.ends[-1]), *parts[0].shape[1:]))
+        self.dtype = torch.uint8
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> torch.Tensor:
+        index = torch.as_tensor(index).reshape(-1)
+        part = torch.bucketize(index, self.ends, right=True)
+        out = torch.zeros((len(index), *self.shape[1:]), dtype=torch.uint8)
+        for k in part.unique().tolist():
+            mask = part == k
+            start = int(self.ends[k - 1]) if k else 0
+            rows = self.parts[k][index[mask] - start]
+            out[mask] = rows if rows.dtype == torch.uint8 else _as_uint8(rows)
+        return out
+
+    def pin_memory(self) -> "_Concat":
+        return self
+
+    def is_pinned(self) -> bool:
+        return False
 
 
 def rows_on(x, idx, device) -> torch.Tensor:
@@ -330,7 +362,9 @@ _IMAGE_CACHE: list = [None]  # (folder, budget in bytes) while a run uses --imag
 def image_cache(folder: str | None, gib: float):
     """Within the block, :func:`experience_images` keeps the decoded uint8 images of file
     streams in memory-mapped ``.npy`` files under ``folder`` (``--image-cache``) while all the
-    files there stay within ``gib`` GiB (``--image-cache-gib``); None: no cache."""
+    files there stay within ``gib`` GiB (``--image-cache-gib``; beyond, an experience is
+    decoded from its files at every read: :class:`FileImages`); None: no cache (the uint8
+    images held in memory)."""
     before = _IMAGE_CACHE[0]
     _IMAGE_CACHE[0] = (str(folder), int(gib * 2**30)) if folder else None
     try:
@@ -373,6 +407,34 @@ class _NotCached(Exception):
     """The images of an experience are not written to the image cache (read into memory)."""
 
 
+class _OverBudget(_NotCached):
+    """The images of an experience do not fit the image cache's budget (read from the
+    files at every read)."""
+
+
+class FileImages:
+    """The uint8 images of a file-backed dataset decoded at every read (``--image-cache``
+    beyond its budget): stands in for the stored tensor of :class:`ExperienceImages`
+    (``len``, ``[index tensor]``, ``shape``, ``dtype``); nothing is held."""
+
+    def __init__(self, dataset, shape: tuple):
+        self.dataset, self.shape, self.dtype = dataset, torch.Size(shape), torch.uint8
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> torch.Tensor:
+        index = torch.as_tensor(index).reshape(-1).tolist()
+        return torch.stack([_as_uint8(torch.as_tensor(self.dataset[i][0])) for i in index]) \
+            if index else torch.zeros((0, *self.shape[1:]), dtype=torch.uint8)
+
+    def pin_memory(self) -> "FileImages":
+        return self
+
+    def is_pinned(self) -> bool:
+        return False
+
+
 def _check_budget(folder: str, budget: int, need: int, count: int) -> None:
     """:class:`_NotCached` (with a note) when ``need`` more bytes would take the cache files
     in ``folder`` over ``budget``."""
@@ -380,16 +442,18 @@ def _check_budget(folder: str, budget: int, need: int, count: int) -> None:
     if used + need > budget:
         print(f"clplat: note: the image cache {folder} holds {used / 2**30:.3g} GiB; this "
               f"experience's {count} images need {need / 2**30:.3g} GiB more than "
-              f"--image-cache-gib {budget / 2**30:g} allows: read into memory instead",
+              f"--image-cache-gib {budget / 2**30:g} allows: read from their files at every "
+              "read instead",
               file=sys.stderr)
-        raise _NotCached
+        raise _OverBudget
 
 
 def _cached_store(dataset, transform, batch_size: int):
     """(uint8 images, labels) of ``dataset`` read through ``transform`` (the current one
     when None), from the image cache (memory-mapped) when one is set and the images are
-    files; written there on first use when it fits the budget. None: no cache to use (the
-    caller reads into memory).
+    files; written there on first use when it fits the budget, else read from the files at
+    every read (:class:`FileImages`). None: no cache to use (the caller reads into
+    memory).
 
     The global generator advances as by the one data-loader pass of a read into memory
     (its base seed, one int64 draw) whether the images were decoded or found: records
@@ -435,6 +499,9 @@ def _read_or_write_cache(dataset, transform, batch_size: int):
                         fh, {"descr": "|u1", "fortran_order": False, "shape": shape})
                 fh.write(u.contiguous().numpy().tobytes())
                 ys.append(batch[1])
+    except _OverBudget:
+        y = torch.as_tensor(list(dataset.targets)).long()
+        return FileImages(source, (len(dataset), *u.shape[1:])), y
     except _NotCached:
         return None
     y = torch.cat(ys).long()

@@ -9,8 +9,8 @@ import torch
 from click.testing import CliRunner
 
 from clplatform.app.cli import cli
-from clplatform.data import (ExperienceImages, dataset_tensors, experience_images,
-                             image_cache)
+from clplatform.data import (ExperienceImages, FileImages, dataset_tensors,
+                             experience_images, image_cache)
 from clplatform.streams import StreamSource
 from clplatform.streams import files as F
 from clplatform.strategies.vit import FrozenRows, frozen_rows, map_batches
@@ -192,12 +192,21 @@ def test_image_cache_decodes_once_and_reads_the_same_images(imagenet_r, tmp_path
             assert torch.equal(x[torch.arange(len(x))], first_draws)  # same seed, same draws
     files = sorted(p.name for p in folder.iterdir())
     assert len([f for f in files if not f.endswith(".labels.npy")]) == 2, files
-    # a budget too small: a note, the images held in memory, nothing written
+    # a budget too small: a note, nothing written, the images decoded from their files at
+    # every read (the same pixels, the same draws)
     small = tmp_path / "small"
     with image_cache(small, 1e-6):
-        x, _ = experience_images(train)
-    assert torch.equal(x.stored, plain.stored) and not list(small.glob("images-*"))
+        torch.manual_seed(0)
+        x, y3 = experience_images(train)
+        t, _ = experience_images(test)
+    assert isinstance(x.stored, FileImages) and not list(small.glob("images-*"))
     assert "--image-cache-gib" in capsys.readouterr().err
+    before = decodes[0]
+    assert torch.equal(x[torch.arange(len(x))], first_draws) and torch.equal(y3, y)
+    assert decodes[0] - before == len(x)
+    assert torch.equal(t[:], plain_test[:])
+    both = ExperienceImages.cat([t, plain_test])  # the evaluator's concatenation
+    assert torch.equal(both[:], torch.cat([plain_test[:], plain_test[:]]))
 
 
 def test_image_cache_is_not_a_folder(runs_dir, tmp_path):

@@ -45,8 +45,8 @@ _training_options = _options(
                       "DIR, reused by later epochs and runs; same records (default: none, "
                       "held in memory)"),
     click.option("--image-cache-gib", metavar="X",
-                 help="disk budget of --image-cache; an experience beyond it is held in "
-                      "memory, with a note (default: 50)"))
+                 help="disk budget of --image-cache; an experience beyond it is decoded "
+                      "from its files at every read, with a note (default: 50)"))
 
 _RECIPES = ("sema-cifar100, sema-imagenet-r-5|10|20, sema-imagenet-a, sema-vtab, "
             "lftl-office31-<s><t>, lftl-office-home-<s><t>, lftl-visda")

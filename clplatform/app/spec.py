@@ -53,7 +53,8 @@ class TrainOptions:
                                         "streams' decoded images, reused by later epochs "
                                         "and runs (same records); none: held in memory")
     image_cache_gib: float = opt(IMAGE_CACHE_GIB, "disk budget of --image-cache (all its "
-                                 "files); an experience beyond it is held in memory",
+                                 "files); an experience beyond it is decoded from its "
+                                 "files at every read",
                                  min=0)
     keep_model: bool = opt(False, "keep the final model (RUN_DIR/checkpoint.pt, resumable "
                                   "strategies) for `clplat compress`")
