@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from .compute import (FlopMeter, avalanche_state_bytes, inference_flops_per_sample,
                       peak_memory_bytes, reset_peak_memory, tensor_bytes)
 from .contract import hooks
-from .data import dataset_tensors
+from .data import ExperienceImages, experience_images, rows_on
 
 INITIAL = -1  # train_exp of the evaluation before any training
 
@@ -83,7 +83,7 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int,
     for start in range(0, len(x), batch_size):
         # non_blocking: asynchronous when x is pinned (the evaluator pins it on CUDA); the
         # outputs stay on the device until the end, so the device never waits for the host
-        out = model(x[start:start + batch_size].to(device, non_blocking=True)).float()
+        out = model(rows_on(x, slice(start, start + batch_size), device)).float()
         if out.shape[1] < num_classes:
             out = F.pad(out, (0, num_classes - out.shape[1]), value=MASK_VALUE)
         outs.append(out)
@@ -154,9 +154,10 @@ class Evaluator(_plugin_base()):
         super().__init__()
         self.num_classes = num_classes
         # the whole test stream as one tensor, predicted in one pass after each experience
-        # (full batches across experience boundaries), scored per experience
-        tests = [dataset_tensors(exp.dataset) for exp in test_stream]
-        self.test_x = torch.cat([x for x, _ in tests])
+        # (full batches across experience boundaries), scored per experience; held as uint8
+        # (ExperienceImages), converted to float per batch
+        tests = [experience_images(exp.dataset) for exp in test_stream]
+        self.test_x = ExperienceImages.cat([x for x, _ in tests])
         self.test_y = torch.cat([y for _, y in tests])
         ends = torch.tensor([len(y) for _, y in tests]).cumsum(0).tolist()
         self.test_bounds = list(zip([0] + ends[:-1], ends))
@@ -263,7 +264,8 @@ class Evaluator(_plugin_base()):
         }
         for key, value in hooks(strategy).experience_extras().items():
             row[key if key in RESERVED_EXTRAS else f"{self.prefix}.{key}"] = value
-        x_probe = self.test_x[self.test_bounds[-1][0]:][:16]
+        last = self.test_bounds[-1][0]
+        x_probe = self.test_x[last:last + 16]
         row["inference_flops_per_sample"] = (
             inference_flops_per_sample(model, x_probe, strategy.device)
             if self.meter.mode != "off" else None)

@@ -39,7 +39,14 @@ _training_options = _options(
                       "device; beyond, recomputed per batch, same records (default: 4)"),
     click.option("--data-workers", metavar="N",
                  help="processes decoding and transforming images of file-backed streams "
-                      "(default: 0, the main process)"))
+                      "(default: 0, the main process)"),
+    click.option("--image-cache", metavar="DIR",
+                 help="keep file streams' decoded images as memory-mapped uint8 files in "
+                      "DIR, reused by later epochs and runs; same records (default: none, "
+                      "held in memory)"),
+    click.option("--image-cache-gib", metavar="X",
+                 help="disk budget of --image-cache; an experience beyond it is decoded "
+                      "from its files at every read, with a note (default: 50)"))
 
 _RECIPES = ("sema-cifar100, sema-imagenet-r-5|10|20, sema-imagenet-a, sema-vtab, "
             "lftl-office31-<s><t>, lftl-office-home-<s><t>, lftl-visda")
@@ -169,7 +176,8 @@ def cli(debug):
               help="keep the final model (RUN_DIR/checkpoint.pt) for `clplat compress` "
                    "(strategies that write checkpoints)")
 def run_command(preset, strategy, stream, backbone, backbone_weights, epochs, batch_size, lr,
-                device, precision, cache_gib, data_workers, seed, out, sets, stream_opts, backbone_opts,
+                device, precision, cache_gib, data_workers, image_cache, image_cache_gib, seed,
+                out, sets, stream_opts, backbone_opts,
                 config, loggers, as_json, quiet, resume, dry_run, keep_model):
     """Train a strategy on a stream, experience by experience, and record the results.
 
@@ -192,7 +200,8 @@ def run_command(preset, strategy, stream, backbone, backbone_weights, epochs, ba
 
     if resume:
         given = [preset, strategy, stream, backbone, backbone_weights, epochs, batch_size, lr,
-                 seed, device, precision, cache_gib, data_workers, out, config, *sets, *stream_opts,
+                 seed, device, precision, cache_gib, data_workers, image_cache,
+                 image_cache_gib, out, config, *sets, *stream_opts,
                  *backbone_opts, *loggers]
         if any(v is not None and v != () for v in given) or dry_run or keep_model:
             raise UserError("--resume continues a run with its own configuration; give no "
@@ -208,7 +217,8 @@ def run_command(preset, strategy, stream, backbone, backbone_weights, epochs, ba
                      stream_options=parse_assignments(stream_opts, "--stream-opt"),
                      backbone_options=backbone_options, epochs=epochs, batch_size=batch_size,
                      lr=lr, seed=seed, device=device, precision=precision,
-                     cache_gib=cache_gib, data_workers=data_workers, out=out,
+                     cache_gib=cache_gib, data_workers=data_workers, image_cache=image_cache,
+                     image_cache_gib=image_cache_gib, out=out,
                      loggers=loggers, keep_model=keep_model or None)
     if dry_run and preset:  # the recipe, without building the stream (its dataset)
         from .runner import preset_recipe
@@ -402,8 +412,8 @@ def compare_command(runs, out, group_by, export, export_format, include_incomple
                    "(cells with their strategy, stream, seed, options and settings)")
 def sweep_command(strategies, presets, streams, seeds, grid, executor, workers, threads, gpus,
                   address, retries, out, backbone, epochs, batch_size, lr, device, precision,
-                  cache_gib, data_workers, sets, stream_opts, backbone_opts, loggers,
-                  dry_run):
+                  cache_gib, data_workers, image_cache, image_cache_gib, sets, stream_opts,
+                  backbone_opts, loggers, dry_run):
     """Run strategy x stream x seed x grid, each cell an ordinary run, then compare them.
 
     Every cell gets its run directory OUT/<strategy>-<stream>-s<seed>[-key=value...];
@@ -454,6 +464,7 @@ def sweep_command(strategies, presets, streams, seeds, grid, executor, workers, 
                      backbone_options=parse_assignments(backbone_opts, "--backbone-opt"),
                      epochs=epochs, batch_size=batch_size, lr=lr, device=device,
                      precision=precision, cache_gib=cache_gib, data_workers=data_workers,
+                     image_cache=image_cache, image_cache_gib=image_cache_gib,
                      out=out, loggers=loggers)
     if comparisons:
         names = list(comparisons[0].strategies)

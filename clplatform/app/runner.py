@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..active import check_budget, masked_experience
-from ..data import reading_workers
+from ..data import image_cache, reading_workers
 from ..errors import UserError
 from ..interrupt import RunInterrupted, StopRequest, safe_points
 from ..options import options_dict
@@ -56,8 +56,11 @@ class Prepared:
             check_budget(self.benchmark.train_stream, hparams.budget_per_round, hparams.rounds)
         self.start = 0  # first experience to train (after a resume: the next unfinished one)
         self.hparams = hparams
-        self.evaluator = Evaluator(self.benchmark.test_stream, self.info.num_classes,
-                                   settings.eval_batch_size, spec.strategy, flops=train.flops)
+        self.image_cache = (train.image_cache, train.image_cache_gib)
+        with image_cache(*self.image_cache):  # the test stream, read once, as uint8
+            self.evaluator = Evaluator(self.benchmark.test_stream, self.info.num_classes,
+                                       settings.eval_batch_size, spec.strategy,
+                                       flops=train.flops)
         self.evaluator.meter.count_every_iteration = (
             strategy_entry.traits.varying_iteration_cost)
         self.progress = ProgressPlugin(enabled=progress)
@@ -81,7 +84,8 @@ class Prepared:
             "backbone": {"name": spec.backbone, **options_dict(resolved.backbone_options)},
             "train": {**dataclasses.asdict(settings), "out": train.out,
                       "device_requested": train.device, "flops": train.flops,
-                      "keep_model": train.keep_model},
+                      "keep_model": train.keep_model, "image_cache": train.image_cache,
+                      "image_cache_gib": train.image_cache_gib},
             "loggers": resolved.loggers,
         }
         self.label = resolved.label
@@ -118,8 +122,10 @@ class Prepared:
         stream = self.benchmark.train_stream
         try:
             workers = self.settings.data_workers
-            # --precision: training and its evaluations; --data-workers: reading images
-            with self.precision.autocast(), reading_workers(workers):
+            # --precision: training and its evaluations; --data-workers, --image-cache:
+            # reading images
+            with self.precision.autocast(), reading_workers(workers), \
+                    image_cache(*self.image_cache):
                 if self.joint:
                     self.evaluator.expect(len(stream) - 1,
                                           sum(len(exp.dataset) for exp in stream))

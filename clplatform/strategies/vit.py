@@ -9,9 +9,13 @@ backbone in eval mode whatever the model's mode, and :func:`map_batches` compute
 part once per experience; :func:`frozen_rows` does it within a memory budget (the training
 setting ``cache_gib``), beyond which the rows are recomputed whenever they are read.
 
-Caching is exact: the strategies read an experience's images into tensors once
-(``dataset_tensors``, one draw of the stream's transform per image), and the cached part is
-frozen and in eval mode, so a recomputed row equals the cached one.
+Caching is exact: the strategies read an experience's images once
+(:func:`~clplatform.data.experience_images`, uint8), and the cached part is frozen and in eval
+mode, so a recomputed row equals the cached one. On a stream with a random training
+transform (``transform=pilot``) the images draw a new augmentation at every read: then
+:func:`frozen_rows` never caches (a :class:`FrozenRows`: a new draw per epoch, as the
+official codes' data loaders), and :func:`map_batches` (computing something once:
+prototypes, closed-form heads) reads the images through the eval transform.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 
 from clplatform.backbones import Backbone
+from clplatform.data import ExperienceImages, rows_on
 from clplatform.errors import UserError
 from clplatform.models.tome import pack, state_of, unpack
 
@@ -39,9 +44,33 @@ def is_vit(backbone: Backbone) -> bool:
 @torch.no_grad()
 def map_batches(fn, x: torch.Tensor, device, batch_size: int = 256) -> torch.Tensor:
     """``fn`` over ``x`` in batches on ``device``, concatenated (no gradients): for computing
-    the frozen part of a network once per experience."""
-    return torch.cat([fn(x[i:i + batch_size].to(device, non_blocking=True))
+    the frozen part of a network once per experience. Images with a random transform
+    (:class:`~clplatform.data.ExperienceImages`, directly or under a :class:`FrozenRows`)
+    are read through their eval view: what is computed once never depends on one draw."""
+    x = eval_view(x)
+    return torch.cat([fn(rows_on(x, slice(i, i + batch_size), device))
                       for i in range(0, len(x), batch_size)])
+
+
+def training_rows(fn, x, device) -> "torch.Tensor | FrozenRows":
+    """``fn`` over ``x`` for a training loop: computed once (:func:`map_batches`), or, when
+    reading ``x`` draws a random augmentation, recomputed at every read (a new draw per
+    epoch: :class:`FrozenRows`)."""
+    return FrozenRows(fn, x, device) if is_random(x) else map_batches(fn, x, device)
+
+
+def is_random(x) -> bool:
+    """Whether reading ``x`` draws a random augmentation (then nothing read may be cached)."""
+    return isinstance(x, FrozenRows) and is_random(x.x) or getattr(x, "random", False)
+
+
+def eval_view(x):
+    """``x`` read without its random transform (itself when it has none)."""
+    if isinstance(x, ExperienceImages):
+        return x.eval_view()
+    if isinstance(x, FrozenRows) and is_random(x.x):
+        return FrozenRows(x.fn, eval_view(x.x), x.device)
+    return x
 
 
 class FrozenRows:
@@ -49,11 +78,16 @@ class FrozenRows:
     ``map_batches(fn, x, device)`` where a strategy indexes it (``rows[idx]`` with an index
     tensor or a slice, ``len(rows)``: :class:`~clplatform.strategies.base.TensorBatches`,
     :func:`map_batches`). ``fn`` must be frozen and deterministic (no dropout, no
-    augmentation). ``x`` is pinned on CUDA, so the copies are asynchronous."""
+    augmentation of its own; ``x`` may draw one per read: :class:`~clplatform.data.
+    ExperienceImages`). ``x`` is pinned on CUDA, so the copies are asynchronous."""
 
     def __init__(self, fn, x: torch.Tensor, device):
         self.fn, self.device = fn, torch.device(device)
         self.x = x.pin_memory() if self.device.type == "cuda" and not x.is_pinned() else x
+
+    @property
+    def random(self) -> bool:
+        return is_random(self.x)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -62,24 +96,30 @@ class FrozenRows:
         if torch.is_tensor(idx):
             idx = idx.cpu()
         with torch.no_grad():
-            return self.fn(self.x[idx].to(self.device, non_blocking=True))
+            return self.fn(rows_on(self.x, idx, self.device))
 
 
 def frozen_rows(fn, x: torch.Tensor, device, budget_bytes: int,
                 batch_size: int = 256) -> "torch.Tensor | FrozenRows":
     """``map_batches(fn, x, device)`` when the result fits in ``budget_bytes`` (judged on
     the first batch), else a :class:`FrozenRows` recomputing the rows when read (same
-    values)."""
+    values); always a :class:`FrozenRows` when reading ``x`` draws a random augmentation
+    (a cache would freeze one draw)."""
+    if is_random(x):
+        return FrozenRows(fn, x, device)
     if len(x) == 0:
         return map_batches(fn, x, device, batch_size)
     with torch.no_grad():
-        first = fn(x[:batch_size].to(device, non_blocking=True))
+        first = fn(rows_on(x, slice(0, batch_size), device))
     row_bytes = first[0].numel() * first.element_size()
     if len(x) * row_bytes > budget_bytes:
         return FrozenRows(fn, x, device)
     if len(x) <= batch_size:
         return first
-    return torch.cat([first, map_batches(fn, x[batch_size:], device, batch_size)])
+    with torch.no_grad():
+        rest = [fn(rows_on(x, slice(i, i + batch_size), device))
+                for i in range(batch_size, len(x), batch_size)]
+    return torch.cat([first, *rest])
 
 
 class ViTPieces(nn.Module):

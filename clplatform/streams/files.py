@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from clplatform.data import StoredAugment
 from clplatform.errors import UserError
 from clplatform.options import opt
 
@@ -132,19 +133,38 @@ def image_transforms(kind: str = "pilot", image_size: int = 224,
         plain = T.Compose([T.Resize((s, s)), T.ToTensor()])
         return {"train": plain, "eval": plain}
     if kind == "pilot":
-        train = T.Compose([T.RandomResizedCrop(s, scale=(0.05, 1.0), ratio=(3 / 4, 4 / 3)),
-                           T.RandomHorizontalFlip(0.5), T.ToTensor()])
-        test = T.Compose([T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
-                          T.CenterCrop(s), T.ToTensor()])
-        return {"train": train, "eval": test}
-    if kind == "shot":
+        crop = T.RandomResizedCrop(s, scale=(0.05, 1.0), ratio=(3 / 4, 4 / 3))
+        eval_resize = T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC)
+    elif kind == "shot":
+        # SHOT's RandomCrop(s) of the (r, r) squash: a crop of fixed area s^2, ratio 1, at a
+        # uniform position (RandomResizedCrop.get_params with this scale and ratio draws
+        # exactly that), so the stored copy and its per-read draws serve it too
+        crop = T.RandomResizedCrop(s, scale=((s / resize) ** 2,) * 2, ratio=(1.0, 1.0))
+        eval_resize = T.Resize((resize, resize))
         train = T.Compose([T.Resize((resize, resize)), T.RandomCrop(s),
                            T.RandomHorizontalFlip(), T.ToTensor()])
-        test = T.Compose([T.Resize((resize, resize)), T.CenterCrop(s), T.ToTensor()])
-        return {"train": train, "eval": test}
-    train = T.Compose([T.RandomResizedCrop(s), T.RandomHorizontalFlip(), T.ToTensor()])
-    test = T.Compose([T.Resize(resize if eval_crop else s), T.CenterCrop(s), T.ToTensor()])
-    return {"train": train, "eval": test}
+        test = T.Compose([eval_resize, T.CenterCrop(s), T.ToTensor()])
+        return {"train": stored_augment(train, crop, eval_resize, s), "eval": test}
+    else:
+        crop = T.RandomResizedCrop(s)
+        eval_resize = T.Resize(resize if eval_crop else s)
+    train = T.Compose([crop, T.RandomHorizontalFlip(0.5), T.ToTensor()])
+    test = T.Compose([eval_resize, T.CenterCrop(s), T.ToTensor()])
+    return {"train": stored_augment(train, crop, eval_resize, s), "eval": test}
+
+
+def stored_augment(train, crop, eval_resize, size: int) -> StoredAugment:
+    """``train`` marked for :func:`~clplatform.data.experience_images`: the stored copy is
+    the eval transform's resize (short side R, or R x R) and a centre R x R crop, as uint8;
+    each read draws ``crop`` (its scale, ratio, interpolation) and a flip on that copy.
+    Deviation from the per-item path (and the official codes) for ``pilot``/``coda``: the
+    random-resized-crop is drawn on the R x R copy, not on the full image (its area and
+    aspect ratio); ``shot`` squashes to R x R first, so its copy is exact."""
+    from torchvision import transforms as T
+    side = eval_resize.size if isinstance(eval_resize.size, int) else eval_resize.size[0]
+    store = T.Compose([eval_resize, T.CenterCrop(side), T.PILToTensor()])
+    return StoredAugment(train, store, size, crop.scale, crop.ratio, 0.5, crop.interpolation,
+                         eval_crop=size)
 
 
 # ------------------------------------------------------------------------------- scanning

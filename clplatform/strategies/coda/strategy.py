@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import torch
 
-from clplatform.data import dataset_tensors
+from clplatform.data import experience_images
 from clplatform.errors import UserError
 from clplatform.models import tome
 
 from ..base import (Strategy, StrategyContext, TensorBatches, cosine_factor,
                     experience_classes, masked_cross_entropy)
 from ..prompts.strategy import embedded_inputs
+from ..vit import map_batches
 from .config import CODAOptions
 from .model import CODAModel
 
@@ -61,7 +62,7 @@ class CODAPrompt(Strategy):
 
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         model, o, settings = self.coda, self.opts, self.settings
-        x, y = dataset_tensors(experience.dataset)
+        x, y = experience_images(experience.dataset)
         _, current = experience_classes(y, model.seen)
         params = model.add_experience(self.components_per_experience(experience))
         params += tome.pyra_to_train(model.vit, experience.current_experience)  # PYRA
@@ -92,6 +93,8 @@ class CODAPrompt(Strategy):
                          settings.batch_size, scheduler, drop_last=drop_last)
         model.finish_experience()
         model.eval()
+        if not torch.is_tensor(queries):  # random reads (SameDraw): the eval view's queries
+            queries = map_batches(lambda b: model.query(model.embed(b)), x, self.device)
         self._record = self._alpha_record(queries)
 
     @torch.no_grad()

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clplatform.data import dataset_tensors
+from clplatform.data import experience_images
 from clplatform.errors import UserError
 
 from ..base import Strategy, StrategyContext, TensorBatches, cosine_factor
@@ -165,7 +165,7 @@ class InfLoRA(Strategy):
         if stream is None:
             raise UserError("inflora: the experience does not know its stream (the eps_t "
                             "schedule needs the number of experiences)")
-        x, y = dataset_tensors(experience.dataset)
+        x, y = experience_images(experience.dataset)
         classes = sorted(set(y.tolist()))
         repeated = sorted(set(classes) & {c for cls in model.head_classes for c in cls})
         if repeated:

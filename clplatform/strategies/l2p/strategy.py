@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from clplatform.data import dataset_tensors
+from clplatform.data import experience_images
 from clplatform.models import tome
 
 from ..base import Strategy, StrategyContext, experience_classes, masked_cross_entropy
-from ..vit import frozen_rows, map_batches
+from ..vit import frozen_rows, is_random, map_batches
 from .config import L2POptions
 from ..prompts.model import majority_ids
 from .model import L2PModel
@@ -41,19 +41,26 @@ class L2P(Strategy):
 
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         model = self.l2p
-        x, y = dataset_tensors(experience.dataset)
+        x, y = experience_images(experience.dataset)
         _, current = experience_classes(y, model.seen)
         model.train()
         tokens = frozen_rows(model.frozen_tokens, x, self.device,
                              self.context.train.cache_bytes)
-        queries = map_batches(lambda t: model.query(t), tokens, self.device)
+        # random reads (transform=pilot): the query of the batch's own draw, per batch
+        random = is_random(tokens)
+        queries = None if random else map_batches(model.query, tokens, self.device)
         y = y.to(self.device)
         batchwise = self.opts.batchwise_prompt in ("train", "both")
 
         def loss(idx, labels):
-            q = queries[idx]
+            t = tokens[idx]
+            if random:
+                with torch.no_grad():
+                    q = model.query(t)
+            else:
+                q = queries[idx]
             chosen = model.select(q, batchwise=batchwise)
-            logits = model.head(model.prompted(tokens[idx], chosen))
+            logits = model.head(model.prompted(t, chosen))
             ce = masked_cross_entropy(logits, labels, current)
             if not self.opts.top_k:
                 return ce
@@ -64,6 +71,8 @@ class L2P(Strategy):
         self.fit_tensors(optimizer, torch.arange(len(x)), y, loss, self.settings.epochs,
                          self.settings.batch_size)
         model.eval()
+        if queries is None:  # the eval view's queries (map_batches)
+            queries = map_batches(model.query, tokens, self.device)
         self._record = self._selection_statistics(queries)
 
     def optimizer_step(self) -> None:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from clplatform.active import Oracle
-from clplatform.data import dataset_tensors
+from clplatform.data import experience_images
 
 from ..base import Strategy, StrategyContext
 from ..vit import frozen_rows, map_batches
@@ -236,7 +236,7 @@ class LFTL(Strategy):
     # ------------------------------------------------------------ Avalanche
     def _train_exp(self, experience, eval_streams=None, oracle: Oracle | None = None,
                    **kwargs):
-        x, y = dataset_tensors(experience.dataset)
+        x, y = experience_images(experience.dataset)
         self._record = {}
         if self.experiences_seen == 0:
             self._train_source(x, y, self._source_holdout(experience, eval_streams))

@@ -24,7 +24,7 @@ from torch import nn
 
 from clplatform.backbones import Backbone
 from clplatform.compute import FlopCount
-from clplatform.data import dataset_tensors
+from clplatform.data import experience_images
 from clplatform.evaluator import MASK_VALUE
 
 from ..base import Strategy, StrategyContext, experience_classes, masked_cross_entropy
@@ -148,7 +148,7 @@ class MergeableStrategy(Strategy):
 
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         model, o = self.mvit, self.opts
-        x, y = dataset_tensors(experience.dataset)
+        x, y = experience_images(experience.dataset)
         _classes, current = experience_classes(y, model.seen)
         self.last = {}
         model.eval()

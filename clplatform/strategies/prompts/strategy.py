@@ -13,26 +13,57 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from clplatform.data import dataset_tensors
+from clplatform.data import experience_images, rows_on
 from clplatform.models import tome
 
 from ..base import Strategy, StrategyContext, experience_classes, masked_cross_entropy
-from ..vit import frozen_rows, map_batches
+from ..vit import frozen_rows, is_random, map_batches
 from .config import PromptOptions
 from .model import PromptModel
+
 
 def embedded_inputs(model, x: torch.Tensor, device, budget_bytes: int
                     ) -> tuple[Callable, torch.Tensor]:
     """For training a prompt model on the images ``x`` of an experience: a function giving
     the frozen embedding of the samples ``idx`` (cached for the experience when it fits in
     ``budget_bytes``, the ``cache_gib`` setting, else recomputed per batch: ``frozen_rows``),
-    and the un-prompted query of every sample (exact to cache: images read once)."""
+    and the un-prompted query of every sample (exact to cache: images read once).
+
+    When reading ``x`` draws a random augmentation (``transform=pilot``) nothing is cached:
+    ``tokens_of(idx)`` embeds a new draw and ``queries[idx]`` is the query of that same
+    draw (:class:`SameDraw`), as the official codes query the augmented image."""
+    if is_random(x):
+        return SameDraw.pair(model, x, device)
     tokens = frozen_rows(model.embed, x, device, budget_bytes)
     queries = map_batches(lambda b: model.query(model.embed(b)), x, device)
 
     def tokens_of(idx: torch.Tensor) -> torch.Tensor:
         return tokens[idx]
     return tokens_of, queries
+
+
+class SameDraw:
+    """The queries of the last batch embedded by ``tokens_of`` (random reads: one draw
+    per batch gives both); ``queries[idx]`` must follow ``tokens_of(idx)``."""
+
+    def __init__(self):
+        self.idx, self.queries = None, None
+
+    @classmethod
+    def pair(cls, model, x, device) -> tuple[Callable, "SameDraw"]:
+        same = cls()
+
+        def tokens_of(idx: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                tokens = model.embed(rows_on(x, idx, device))
+                same.idx, same.queries = idx, model.query(tokens)
+            return tokens
+        return tokens_of, same
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        if self.idx is None or not torch.equal(torch.as_tensor(idx), torch.as_tensor(self.idx)):
+            raise RuntimeError("queries[idx] read before tokens_of(idx)")
+        return self.queries
 
 
 class PromptStrategy(Strategy):
@@ -57,7 +88,7 @@ class PromptStrategy(Strategy):
 
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         model = self.prompts
-        x, y = dataset_tensors(experience.dataset)
+        x, y = experience_images(experience.dataset)
         classes, current = experience_classes(y, model.seen)
         params = model.add_experience()
         # PYRA (token merging): its modulations train in the first experience (or every one)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from clplatform.backbones import Backbone
-from clplatform.data import dataset_tensors
+from clplatform.data import experience_images
 
 from ..base import StrategyContext
 from ..prototype_head import PrototypeHead
@@ -63,7 +63,7 @@ class APER(AdapterStrategy):
 
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         model = self.aper
-        x, y = dataset_tensors(experience.dataset)
+        x, y = experience_images(experience.dataset)
         tokens = self._tokens(x)
         self._trained = 0
         if self.experiences_seen == 0 and model.embedding != "ptm":

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clplatform.backbones import Backbone
-from clplatform.data import dataset_tensors
+from clplatform.data import experience_images
 from clplatform.evaluator import MASK_VALUE
 
 from ..base import StrategyContext
@@ -161,7 +161,7 @@ class EASE(AdapterStrategy):
 
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         model = self.ease
-        x, y = dataset_tensors(experience.dataset)
+        x, y = experience_images(experience.dataset)
         classes = sorted(set(y.tolist()))
         tokens = self._tokens(x)
         self._trained = 0

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clplatform.backbones import Backbone
-from clplatform.data import dataset_tensors
+from clplatform.data import experience_images
 from clplatform.evaluator import MASK_VALUE
 
 from ..base import StrategyContext
@@ -145,7 +145,7 @@ class RanPAC(AdapterStrategy):
 
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         model, o = self.ranpac, self.opts
-        x, y = dataset_tensors(experience.dataset)
+        x, y = experience_images(experience.dataset)
         tokens = self._tokens(x)
         trained = 0
         if self.experiences_seen == 0:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clplatform.data import dataset_tensors
+from clplatform.data import experience_images
 from clplatform.errors import UserError
 
 from ..base import Strategy, StrategyContext
@@ -59,7 +59,7 @@ class RMM(Strategy):
     # ----------------------------------------------------------------- Avalanche
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         model, o, settings = self.rmm, self.opts, self.settings
-        x, y = dataset_tensors(experience.dataset)
+        x, y = experience_images(experience.dataset)
         classes = sorted(set(y.tolist()))
         repeated = sorted(set(classes) & {c for cls in model.head_classes for c in cls})
         if repeated:

@@ -13,12 +13,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from clplatform.data import dataset_tensors
+from clplatform.data import experience_images
 from clplatform.models import tome
 
 from ..base import (Strategy, StrategyContext, TensorBatches, experience_classes,
                     masked_cross_entropy)
-from ..vit import frozen_rows, map_batches
+from ..vit import frozen_rows, map_batches, training_rows
 from .config import SEMAOptions
 from .model import SEMAModel
 
@@ -98,7 +98,7 @@ class SEMA(Strategy):
 
     def _head_phase(self, x: torch.Tensor, y: torch.Tensor, current: torch.Tensor):
         model = self.sema
-        features = self._map(model.features, x)
+        features = training_rows(model.features, x, self.device)
         self._fit(list(model.head.parameters()), features, y,
                   lambda f, labels: masked_cross_entropy(model.logits(f), labels, current),
                   self.opts.functional_epochs, self.opts.lr)
@@ -114,7 +114,7 @@ class SEMA(Strategy):
         def means(batch):
             model.run_blocks(model.embed(batch))
             return torch.cat([model.blocks[i].last_mean for i in order], dim=1)
-        cached = self._map(means, x)
+        cached = training_rows(means, x, self.device)
         dim = blocks[0].dim
         descriptors = [b.descriptors[-1] for b in blocks]
         params = [p for d in descriptors for p in d.encode.parameters()] + \
@@ -179,7 +179,7 @@ class SEMA(Strategy):
     # ----------------------------------------------------------------- Avalanche
     def _train_exp(self, experience, eval_streams=None, **kwargs):
         model = self.sema
-        x, y = dataset_tensors(experience.dataset)
+        x, y = experience_images(experience.dataset)
         _, current = experience_classes(y, model.seen)
         expanded, scores = [], []
         self._peak_scores: dict[int, float] = {}  # block -> highest batch score of its scans
