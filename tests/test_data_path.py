@@ -266,3 +266,29 @@ def test_batched_crops_match_pil(mode):
     assert (batched - reference).abs().max() <= (2 if mode == "bilinear" else 4)
     assert (batched == reference).float().mean() > 0.95
     assert (single - reference).abs().max() <= 1
+
+
+def test_shot_stored_copy_gives_exactly_shots_random_crops():
+    """``transform=shot`` keeps the (r, r) squash as its stored copy; each read is a 224 x 224
+    window of it at a uniform position (SHOT's RandomCrop), optionally flipped: exact pixels,
+    no resampling."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+
+    from clplatform.data import crop_boxes, draw_boxes
+    augment = F.image_transforms("shot", 224)["train"]
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (300, 410, 3), np.uint8))
+    stored = augment.store(image)
+    squash = torch.from_numpy(np.asarray(image.resize((256, 256), Image.BILINEAR)).copy())
+    assert torch.equal(stored, squash.permute(2, 0, 1))
+    boxes = draw_boxes(augment, 256, 256, list(range(300)))
+    assert {(h, w) for _, _, h, w, _ in boxes} == {(224, 224)}
+    tops = {top for top, *_ in boxes}
+    assert min(tops) == 0 and max(tops) == 32 and len(tops) > 20  # uniform over 0..32
+    assert {flip for *_, flip in boxes} == {False, True}
+    crops = crop_boxes(stored[None].expand(4, -1, -1, -1), boxes[:4], 224,
+                       InterpolationMode.BILINEAR)
+    for crop, (top, left, _, _, flip) in zip(crops, boxes[:4]):
+        window = stored[:, top:top + 224, left:left + 224]
+        assert torch.equal(crop, window.flip(-1) if flip else window)
