@@ -1,6 +1,6 @@
 """The downstream streams of the miniature world: ``mini-in``, ``mini-r``, ``mini-a``,
 ``mini-vtab`` (issue 20), each standing for one benchmark of the PTM-based continual-learning
-papers (:data:`PAPER_BENCHMARK`).
+papers (the mapping reports rank them by: ``clplatform.reports.published.STAND_INS``).
 
 The world mirrors the papers' regime: a backbone pre-trained on a large corpus (``vit-mini``
 on ``mini-pretrain``: the symbols of matplotlib's DejaVu and STIX fonts that are not Latin
@@ -74,10 +74,6 @@ from .render import (FONT_FAMILIES, LATIN, RENDER_VERSION, alike_pairs, shape_pi
                      fonts_for, render)
 
 MINI_VERSION = 1  # bump when any mini stream's drawing changes: part of every cache key
-
-#: the paper benchmark each stream stands for (a name of :mod:`clplatform.streams.paper`)
-PAPER_BENCHMARK = {"mini-in": "cifar100", "mini-r": "imagenet-r", "mini-a": "imagenet-a",
-                   "mini-vtab": "vtab"}
 
 #: the font families pre-training draws with (Computer Modern: Latin only, not used there)
 FAMILIES = tuple(f for f in FONT_FAMILIES if f != "cm")
