@@ -617,7 +617,7 @@ def list_command(what, verbose):
               help="vit-mini: continue from <out>.state.pt (required to exist; without "
                    "--resume a state file of the same recipe is resumed from anyway)")
 @click.option("--stop-after-steps", type=click.IntRange(1), hidden=True,
-              help="test hook: save the state after this many steps and stop")
+              help="test hook: save the state after this many steps and stop (as SIGTERM)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress (bar or log lines)")
 def pretrain_command(backbone, seed, epochs, out, threads, quick, probe, force,
                      checkpoint_every, resume, stop_after_steps, quiet):
@@ -660,14 +660,10 @@ def pretrain_command(backbone, seed, epochs, out, threads, quick, probe, force,
         recipe = pt.QUICK_RECIPE if quick else pt.MiniPretrainRecipe()
         recipe = dataclasses.replace(recipe, seed=seed, **({"epochs": epochs} if epochs else {}))
         every = 10.0 if checkpoint_every is None else checkpoint_every
-        try:
-            path, accuracy, meta = pt.pretrain_vit_mini(
-                recipe, out, progress=not quiet, log=log,
-                checkpoint_every=every * 60 if every else None, resume=resume,
-                stop_after_steps=stop_after_steps)
-        except pt.PretrainStopped as stopped:
-            click.echo(f"clplat: {stopped}", err=True)
-            raise SystemExit(128 + stopped.signum if stopped.signum else 1) from None
+        path, accuracy, meta = pt.pretrain_vit_mini(
+            recipe, out, progress=not quiet, log=log,
+            checkpoint_every=every * 60 if every else None, resume=resume,
+            stop_after_steps=stop_after_steps)
         click.echo(f"vit-mini: {accuracy:.1%} test accuracy on mini-pretrain "
                    f"({meta['glyph_classes']} glyph + {meta['fractal_classes']} fractal "
                    f"classes, {meta['train_seconds']} s)")

@@ -219,22 +219,6 @@ def _lr_at(step: int, total: int, warmup: int, recipe: MiniPretrainRecipe) -> fl
     return recipe.min_lr + 0.5 * (recipe.lr - recipe.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-class PretrainStopped(Exception):
-    """Pre-training stopped before its end (a signal, or the test hook ``stop_after_steps``)
-    with its state saved; ``signum``: the signal, None for the hook."""
-
-    def __init__(self, state_path: Path, step: int, total: int, signum: int | None):
-        how = signal_name(signum) if signum else "--stop-after-steps"
-        super().__init__(f"pre-training stopped at step {step}/{total} ({how}); its state is "
-                         f"in {state_path}: run the same command again to resume")
-        self.state_path, self.step, self.total, self.signum = state_path, step, total, signum
-
-
-def signal_name(signum: int) -> str:
-    import signal
-    return signal.Signals(signum).name
-
-
 def state_path_for(out: str | os.PathLike) -> Path:
     """The resumable state of a pre-training writing ``out``: ``<out>.state.pt``."""
     return Path(f"{out}.state.pt")
@@ -279,9 +263,10 @@ def pretrain_vit_mini(recipe: MiniPretrainRecipe = MiniPretrainRecipe(),
     whole training state (model, optimizer, step, data-order/augmentation generator, torch's
     RNG, the current epoch's order) is written atomically to ``<out>.state.pt``; a state
     file there is resumed from (``resume``: it must exist), giving the same weights as an
-    uninterrupted run (same thread count). A signal, or ``stop_after_steps`` (a test hook),
-    raises :class:`PretrainStopped` once the state is saved. The state file is removed when
-    the weights are written."""
+    uninterrupted run (same thread count). A signal (:class:`clplatform.interrupt.StopRequest`:
+    the end of the current step is the safe point), or ``stop_after_steps`` (a test hook,
+    as a SIGTERM), raises :class:`clplatform.interrupt.RunInterrupted` once the state is
+    saved. The state file is removed when the weights are written."""
     import json
     import signal
     import time
@@ -289,6 +274,7 @@ def pretrain_vit_mini(recipe: MiniPretrainRecipe = MiniPretrainRecipe(),
     from safetensors.torch import save_file
 
     from clplatform.backbones import MiniViTArch, build_glyph_vit
+    from clplatform.interrupt import RunInterrupted, StopRequest
     from clplatform.progress import StepProgress
     from clplatform.seeding import seed_everything
     from clplatform.streams.corpus import corpus_arrays
@@ -353,18 +339,11 @@ def pretrain_vit_mini(recipe: MiniPretrainRecipe = MiniPretrainRecipe(),
         with atomic_path(state_path) as tmp:
             torch.save(state, tmp)
 
-    stop_signal: list[int] = []
-    handlers = {}
-    try:  # a signal asks for a stop at the end of the current step (the state is saved)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            handlers[signum] = signal.signal(signum, lambda n, _f: stop_signal.append(n))
-    except ValueError:  # not the main thread: no handlers
-        pass
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     steps = StepProgress(total, "pre-training vit-mini", unit="step", enabled=progress,
                          start=step)
     last_save = time.monotonic()
-    try:
+    with StopRequest() as stop:
         for epoch in range(step // steps_per_epoch, recipe.epochs):
             model.train()
             if order is None:
@@ -386,18 +365,19 @@ def pretrain_vit_mini(recipe: MiniPretrainRecipe = MiniPretrainRecipe(),
                 if step % steps_per_epoch == 0:
                     order = None  # the next epoch draws its own
                     steps.mark(f"epoch {epoch + 1}/{recipe.epochs}, loss {loss.item():.3f}")
-                stop = stop_signal or step == stop_after_steps
-                if stop or (checkpoint_every is not None
-                            and time.monotonic() - last_save >= checkpoint_every):
+                if step == stop_after_steps:
+                    stop.requested = signal.SIGTERM
+                if stop.requested or (checkpoint_every is not None
+                                      and time.monotonic() - last_save >= checkpoint_every):
                     save_state()
                     last_save = time.monotonic()
-                if stop:
-                    raise PretrainStopped(state_path, step, total,
-                                          stop_signal[0] if stop_signal else None)
-    finally:
-        steps.close()
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+                if stop.requested:
+                    steps.close()
+                    print(f"clplat: pre-training stopped at step {step}/{total}; its state "
+                          f"is in {state_path}: run the same command again to resume",
+                          file=sys.stderr, flush=True)
+                    raise RunInterrupted(stop.requested)
+    steps.close()
     accuracy = _accuracy(model, x_test, y_test)
     metadata = {"backbone": "vit-mini", "arch": dataclasses.asdict(arch),
                 "recipe": dataclasses.asdict(recipe), "pretrain_test_accuracy": accuracy,
