@@ -66,13 +66,15 @@ class StepProgress:
     """Progress of ``total`` equal steps (pre-training): a tqdm bar with its time left on a
     terminal; in a log, a :class:`ProgressLog` line with the estimated time left once
     ``estimate_after`` seconds of steps are measured, then at every ``mark`` (an epoch)
-    and at most every ``interval`` seconds."""
+    and at most every ``interval`` seconds. ``start``: steps done before (a resumed job);
+    the time left is measured on this process's steps only."""
 
     def __init__(self, total: int, desc: str, unit: str = "step", file: IO | None = None,
                  enabled: bool = True, interval: float = LOG_INTERVAL_SECONDS,
-                 estimate_after: float = 5.0, clock: Callable[[], float] = time.monotonic):
+                 estimate_after: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 start: int = 0):
         self.total, self.desc, self.unit = total, desc, unit
-        self.done = 0
+        self.done = self._start = start
         self.file = file if file is not None else sys.stderr
         self.estimate_after = estimate_after
         self._bar = self._log = None
@@ -80,14 +82,14 @@ class StepProgress:
         if enabled and is_terminal(self.file):
             from tqdm import tqdm
             self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.file,
-                             dynamic_ncols=True, mininterval=0.5, leave=False)
+                             dynamic_ncols=True, mininterval=0.5, leave=False, initial=start)
         elif enabled:
             self._log = ProgressLog(desc, self.file, interval, clock)
 
     def time_left(self) -> float | None:
-        if self._log is None or self.done == 0:
+        if self._log is None or self.done == self._start:
             return None
-        return self._log.elapsed / self.done * (self.total - self.done)
+        return self._log.elapsed / (self.done - self._start) * (self.total - self.done)
 
     def _status(self, text: str) -> str:
         left = self.time_left()

@@ -124,3 +124,117 @@ def test_linear_probe_of_pretrained_vit_glyphs_is_far_above_chance(pretrained_ba
     random = linear_probe(create_backbone("vit-glyphs", pretrained=False), stream)
     assert pretrained > 0.5 > 1 / 62 * 5  # 62 classes: chance is 1.6 %
     assert pretrained > random + 0.1
+
+
+# ------------------------------------------------------------- resumable pre-training
+QUICK2 = ["pretrain", "--backbone", "vit-mini", "--quick", "--epochs", "2", "--threads", "1"]
+# the quick corpus: 264 training images, batch 32 -> 9 steps an epoch, 18 in all
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_quick(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("whole") / "w.safetensors"
+    result = invoke(*QUICK2, "--out", str(out), "--quiet")
+    assert result.exit_code == 0, result.stderr
+    from safetensors.torch import load_file
+    return load_file(str(out))
+
+
+def assert_same_weights(path, reference):
+    from safetensors.torch import load_file
+    weights = load_file(str(path))
+    assert weights.keys() == reference.keys()
+    for key, value in reference.items():
+        assert torch.equal(weights[key], value), key
+
+
+def test_interrupted_quick_pretrain_resumes_to_the_same_weights(tmp_path, uninterrupted_quick):
+    out = tmp_path / "w.safetensors"
+    state = tmp_path / "w.safetensors.state.pt"
+    result = invoke(*QUICK2, "--out", str(out), "--quiet", "--stop-after-steps", "4")
+    assert result.exit_code == 143 and not out.exists()  # as SIGTERM: 128 + 15
+    assert "stopped at step 4/18" in result.stderr
+    saved = torch.load(state, weights_only=True)
+    assert saved["step"] == 4 and saved["epoch"] == 0 and saved["order"].shape == (264,)
+    assert saved["corpus"] == {"glyph_classes": 40, "fractal_classes": 4,
+                               "train_images": 264, "test_images": 132}
+    # resumed (automatically: the state matches the recipe) up to the end of epoch 1
+    result = invoke(*QUICK2, "--out", str(out), "--stop-after-steps", "9")
+    assert result.exit_code == 143, result.stderr
+    assert "resumed at step 4/18" in result.stderr and "epoch 1/2" in result.stderr
+    saved = torch.load(state, weights_only=True)
+    assert saved["step"] == 9 and saved["epoch"] == 1 and saved["order"] is None
+    result = invoke(*QUICK2, "--out", str(out), "--resume")
+    assert result.exit_code == 0, result.stderr
+    assert "resumed at step 9/18" in result.stderr and "epoch 2/2" in result.stderr
+    assert out.is_file() and not state.exists()  # the state goes when the weights are written
+    assert_same_weights(out, uninterrupted_quick)
+
+
+def test_sigterm_saves_the_state_at_the_end_of_the_step(tmp_path, monkeypatch,
+                                                        uninterrupted_quick):
+    import os
+    import signal
+
+    from clplatform.models import pretrain
+    calls = []
+
+    def augment_then_signal(*args):
+        calls.append(1)
+        if len(calls) == 12:  # during step 12 (epoch 2): the step finishes, then it stops
+            os.kill(os.getpid(), signal.SIGTERM)
+        return augment(*args)
+    augment = pretrain.augment
+    monkeypatch.setattr(pretrain, "augment", augment_then_signal)
+    handler = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "w.safetensors"
+    result = invoke(*QUICK2, "--out", str(out), "--quiet")
+    assert result.exit_code == 143 and "SIGTERM received" in result.stderr
+    assert torch.load(f"{out}.state.pt", weights_only=True)["step"] == 12
+    assert signal.getsignal(signal.SIGTERM) == handler  # the handlers are restored
+    monkeypatch.setattr(pretrain, "augment", augment)
+    result = invoke(*QUICK2, "--out", str(out), "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert_same_weights(out, uninterrupted_quick)
+
+
+def test_state_is_saved_every_checkpoint_interval(tmp_path, monkeypatch):
+    from clplatform.models import pretrain
+    written = []
+    atomic_path = pretrain.atomic_path
+
+    def spy(path):
+        written.append(Path(path).name)
+        return atomic_path(path)
+    monkeypatch.setattr(pretrain, "atomic_path", spy)
+    out = tmp_path / "w.safetensors"
+    pretrain.pretrain_vit_mini(pretrain.QUICK_RECIPE, out, progress=False, checkpoint_every=0.0)
+    assert written == ["w.safetensors.state.pt"] * 9 + ["w.safetensors"]  # every step, then
+    assert not (tmp_path / "w.safetensors.state.pt").exists()             # the weights
+    written.clear()
+    pretrain.pretrain_vit_mini(pretrain.QUICK_RECIPE, out, progress=False,
+                               checkpoint_every=None)
+    assert written == ["w.safetensors"]  # never: only signals save the state
+
+
+def test_state_of_another_recipe_or_none_is_refused(tmp_path):
+    out = tmp_path / "w.safetensors"
+    state = tmp_path / "w.safetensors.state.pt"
+    result = invoke(*QUICK2, "--out", str(out), "--quiet", "--resume")
+    assert result.exit_code == 2 and "there is no state file" in result.stderr
+    assert result.stderr.count("\n") == 1 and not state.exists()
+    assert invoke(*QUICK2, "--out", str(out), "--quiet", "--stop-after-steps", "2"
+                  ).exit_code == 143
+    before = state.read_bytes()
+    result = invoke(*QUICK2, "--out", str(out), "--quiet", "--seed", "3")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "belongs to another recipe (seed=0 (now 3))" in result.stderr
+    result = invoke(*QUICK2[:-4], "--epochs", "3", "--threads", "1", "--out", str(out))
+    assert result.exit_code == 2 and "epochs=2 (now 3)" in result.stderr
+    assert state.read_bytes() == before and not out.exists()  # nothing written
+    state.write_bytes(b"not a state")
+    result = invoke(*QUICK2, "--out", str(out), "--quiet")
+    assert result.exit_code == 2 and "not a readable state file" in result.stderr
+    result = invoke("pretrain", "--resume")
+    assert result.exit_code == 2 and "--resume applies to --backbone vit-mini only" \
+        in result.stderr

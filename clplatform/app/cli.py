@@ -621,8 +621,17 @@ def list_command(what, verbose):
               help="after pre-training, print the linear-probe accuracy (logistic regression "
                    "on frozen features) on each of these comma-separated streams")
 @click.option("--force", is_flag=True, help="vit-glyphs: build again even if cached")
+@click.option("--checkpoint-every", type=click.FloatRange(0), metavar="MIN",
+              help="vit-mini: save the training state to <out>.state.pt every MIN minutes "
+                   "(default 10; 0: only on SIGTERM/SIGINT, which always save it)")
+@click.option("--resume", is_flag=True,
+              help="vit-mini: continue from <out>.state.pt (required to exist; without "
+                   "--resume a state file of the same recipe is resumed from anyway)")
+@click.option("--stop-after-steps", type=click.IntRange(1), hidden=True,
+              help="test hook: save the state after this many steps and stop (as SIGTERM)")
 @click.option("-q", "--quiet", is_flag=True, help="no progress (bar or log lines)")
-def pretrain_command(backbone, seed, epochs, out, threads, quick, probe, force, quiet):
+def pretrain_command(backbone, seed, epochs, out, threads, quick, probe, force,
+                     checkpoint_every, resume, stop_after_steps, quiet):
     """Pre-train a built-in backbone.
 
     vit-glyphs (the default backbone): Greek and Cyrillic characters (glyphs-pretrain), 70 s
@@ -630,6 +639,9 @@ def pretrain_command(backbone, seed, epochs, out, threads, quick, probe, force, 
     vit-mini: the corpus mini-pretrain (3,576 non-Latin glyphs of the DejaVu/STIX fonts and
     1,000 fractal categories), about 2 h on 2 idle CPU cores; writes the package's shipped
     weights file unless --out is given. Progress shows the time left on this machine.
+    vit-mini's training is resumable: its state is saved beside the weights file
+    (<out>.state.pt) every 10 minutes and on SIGTERM/SIGINT; the same command continues
+    from it and gives the same weights as an uninterrupted run (same --threads).
     """
     import dataclasses
     import shutil
@@ -647,13 +659,22 @@ def pretrain_command(backbone, seed, epochs, out, threads, quick, probe, force, 
         raise UserError(f"--out {out} is a folder; give a file name")
     if quick and not out:
         raise UserError("--quick writes test weights: give --out FILE")
+    if backbone != "vit-mini":
+        for flag, value in (("--checkpoint-every", checkpoint_every), ("--resume", resume),
+                            ("--stop-after-steps", stop_after_steps)):
+            if value is not None and value is not False:
+                raise UserError(f"{flag} applies to --backbone vit-mini only")
     if threads:
         torch.set_num_threads(threads)
     log = None if quiet else (lambda line: click.echo(line, err=True))
     if backbone == "vit-mini":
         recipe = pt.QUICK_RECIPE if quick else pt.MiniPretrainRecipe()
         recipe = dataclasses.replace(recipe, seed=seed, **({"epochs": epochs} if epochs else {}))
-        path, accuracy, meta = pt.pretrain_vit_mini(recipe, out, progress=not quiet, log=log)
+        every = 10.0 if checkpoint_every is None else checkpoint_every
+        path, accuracy, meta = pt.pretrain_vit_mini(
+            recipe, out, progress=not quiet, log=log,
+            checkpoint_every=every * 60 if every else None, resume=resume,
+            stop_after_steps=stop_after_steps)
         click.echo(f"vit-mini: {accuracy:.1%} test accuracy on mini-pretrain "
                    f"({meta['glyph_classes']} glyph + {meta['fractal_classes']} fractal "
                    f"classes, {meta['train_seconds']} s)")

@@ -219,21 +219,73 @@ def _lr_at(step: int, total: int, warmup: int, recipe: MiniPretrainRecipe) -> fl
     return recipe.min_lr + 0.5 * (recipe.lr - recipe.min_lr) * (1 + math.cos(math.pi * progress))
 
 
+def state_path_for(out: str | os.PathLike) -> Path:
+    """The resumable state of a pre-training writing ``out``: ``<out>.state.pt``."""
+    return Path(f"{out}.state.pt")
+
+
+#: what a state file is (checked on resume besides recipe and architecture)
+STATE_FORMAT = "clplatform vit-mini pretrain state 1"
+
+
+def load_pretrain_state(path: Path, recipe: "MiniPretrainRecipe") -> dict:
+    """The state saved at ``path`` if it belongs to ``recipe`` and vit-mini's architecture;
+    otherwise a UserError naming the difference (nothing is written)."""
+    from clplatform.backbones import MiniViTArch
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (truncated, not torch's format)
+        raise UserError(f"cannot resume from {path}: not a readable state file "
+                        f"({type(exc).__name__}); remove it to start again") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise UserError(f"cannot resume from {path}: not a vit-mini pre-training state; "
+                        "remove it to start again")
+    for key, ours in (("arch", dataclasses.asdict(MiniViTArch())),
+                      ("recipe", dataclasses.asdict(recipe))):
+        theirs = state.get(key) or {}
+        diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        if diff:
+            what = ", ".join(f"{k}={theirs.get(k)!r} (now {ours.get(k)!r})" for k in diff)
+            raise UserError(f"cannot resume from {path}: it belongs to another {key} ({what}); "
+                            "remove it to start again, or give another --out")
+    return state
+
+
 def pretrain_vit_mini(recipe: MiniPretrainRecipe = MiniPretrainRecipe(),
                       out: Path | None = None, progress: bool = True,
-                      log=None) -> tuple[Path, float, dict]:
+                      log=None, checkpoint_every: float | None = 600.0, resume: bool = False,
+                      stop_after_steps: int | None = None) -> tuple[Path, float, dict]:
     """Train ``vit-mini`` on ``mini-pretrain``; write safetensors (no head) with metadata
     (recipe, architecture, pre-training test accuracy, corpus counts) to ``out`` (default:
-    the shipped path). Returns (file, test accuracy, metadata)."""
+    the shipped path). Returns (file, test accuracy, metadata).
+
+    Resumable: every ``checkpoint_every`` seconds (None: never) and on SIGTERM/SIGINT the
+    whole training state (model, optimizer, step, data-order/augmentation generator, torch's
+    RNG, the current epoch's order) is written atomically to ``<out>.state.pt``; a state
+    file there is resumed from (``resume``: it must exist), giving the same weights as an
+    uninterrupted run (same thread count). A signal (:class:`clplatform.interrupt.StopRequest`:
+    the end of the current step is the safe point), or ``stop_after_steps`` (a test hook,
+    as a SIGTERM), raises :class:`clplatform.interrupt.RunInterrupted` once the state is
+    saved. The state file is removed when the weights are written."""
     import json
+    import signal
     import time
 
     from safetensors.torch import save_file
 
     from clplatform.backbones import MiniViTArch, build_glyph_vit
+    from clplatform.interrupt import RunInterrupted, StopRequest
     from clplatform.progress import StepProgress
     from clplatform.seeding import seed_everything
     from clplatform.streams.corpus import corpus_arrays
+
+    out = Path(out) if out else shipped_weights_path()
+    state_path = state_path_for(out)
+    if state_path.is_dir():
+        raise UserError(f"{state_path} is a folder, in the way of the pre-training state")
+    saved = load_pretrain_state(state_path, recipe) if state_path.is_file() else None
+    if resume and saved is None:
+        raise UserError(f"--resume: there is no state file {state_path} to resume from")
 
     seed_everything(recipe.seed)
     started = time.monotonic()
@@ -243,10 +295,15 @@ def pretrain_vit_mini(recipe: MiniPretrainRecipe = MiniPretrainRecipe(),
     x_train, y_train = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
     x_test, y_test = torch.from_numpy(data["x_test"]), torch.from_numpy(data["y_test"])
     n_fractals = sum(n.startswith("fractal:") for n in names)
+    corpus = {"glyph_classes": len(names) - n_fractals, "fractal_classes": n_fractals,
+              "train_images": len(x_train), "test_images": len(x_test)}
     if log:
         log(f"corpus: {len(names) - n_fractals} glyph classes + {n_fractals} fractal "
             f"categories, {len(x_train)} training / {len(x_test)} test images "
             f"({time.monotonic() - started:.0f} s to render or read)")
+    if saved is not None and saved["corpus"] != corpus:
+        raise UserError(f"cannot resume from {state_path}: it was trained on another corpus "
+                        f"({saved['corpus']}, now {corpus}); remove it to start again")
 
     arch = MiniViTArch()
     model = build_glyph_vit(arch, num_classes=len(names))
@@ -260,39 +317,78 @@ def pretrain_vit_mini(recipe: MiniPretrainRecipe = MiniPretrainRecipe(),
     total = recipe.epochs * steps_per_epoch
     warmup = max(1, round(recipe.warmup_epochs * steps_per_epoch))
     generator = torch.Generator().manual_seed(recipe.seed)
+    step, order, seconds_before = 0, None, 0.0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        step, seconds_before = saved["step"], saved["train_seconds"]
+        order = saved["order"] if step % steps_per_epoch else None
+        if log:
+            log(f"pre-training vit-mini: resumed at step {step}/{total} from {state_path}")
+
+    def save_state() -> None:
+        state = {"format": STATE_FORMAT, "arch": dataclasses.asdict(arch),
+                 "recipe": dataclasses.asdict(recipe), "corpus": corpus, "step": step,
+                 "epoch": step // steps_per_epoch, "lr": _lr_at(min(step, total - 1), total,
+                                                                warmup, recipe),
+                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                 "order": order, "train_seconds": seconds_before + time.monotonic() - started}
+        with atomic_path(state_path) as tmp:
+            torch.save(state, tmp)
+
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    steps = StepProgress(total, "pre-training vit-mini", unit="step", enabled=progress)
-    step = 0
-    for epoch in range(recipe.epochs):
-        model.train()
-        order = torch.randperm(len(x_train), generator=generator)
-        for start in range(0, len(order), recipe.batch_size):
-            idx = order[start:start + recipe.batch_size]
-            x = augment(x_train[idx].unsqueeze(1).float().div_(255), generator,
-                        recipe.shift, recipe.scale)
-            x = ((x - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, total, warmup, recipe)
-            loss = loss_fn(model(x), y_train[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            steps.step()
-        steps.mark(f"epoch {epoch + 1}/{recipe.epochs}, loss {loss.item():.3f}")
+    steps = StepProgress(total, "pre-training vit-mini", unit="step", enabled=progress,
+                         start=step)
+    last_save = time.monotonic()
+    with StopRequest() as stop:
+        for epoch in range(step // steps_per_epoch, recipe.epochs):
+            model.train()
+            if order is None:
+                order = torch.randperm(len(x_train), generator=generator)
+            for start in range(step % steps_per_epoch * recipe.batch_size, len(order),
+                               recipe.batch_size):
+                idx = order[start:start + recipe.batch_size]
+                x = augment(x_train[idx].unsqueeze(1).float().div_(255), generator,
+                            recipe.shift, recipe.scale)
+                x = ((x - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)
+                for group in optimizer.param_groups:
+                    group["lr"] = _lr_at(step, total, warmup, recipe)
+                loss = loss_fn(model(x), y_train[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                steps.step()
+                if step % steps_per_epoch == 0:
+                    order = None  # the next epoch draws its own
+                    steps.mark(f"epoch {epoch + 1}/{recipe.epochs}, loss {loss.item():.3f}")
+                if step == stop_after_steps:
+                    stop.requested = signal.SIGTERM
+                if stop.requested or (checkpoint_every is not None
+                                      and time.monotonic() - last_save >= checkpoint_every):
+                    save_state()
+                    last_save = time.monotonic()
+                if stop.requested:
+                    steps.close()
+                    print(f"clplat: pre-training stopped at step {step}/{total}; its state "
+                          f"is in {state_path}: run the same command again to resume",
+                          file=sys.stderr, flush=True)
+                    raise RunInterrupted(stop.requested)
     steps.close()
     accuracy = _accuracy(model, x_test, y_test)
     metadata = {"backbone": "vit-mini", "arch": dataclasses.asdict(arch),
                 "recipe": dataclasses.asdict(recipe), "pretrain_test_accuracy": accuracy,
-                "glyph_classes": len(names) - n_fractals, "fractal_classes": n_fractals,
-                "train_images": len(x_train), "test_images": len(x_test),
-                "train_seconds": round(time.monotonic() - started),
+                **corpus,
+                "train_seconds": round(seconds_before + time.monotonic() - started),
                 "torch": torch.__version__}
-    out = Path(out) if out else shipped_weights_path()
     state = {k: v.contiguous() for k, v in model.state_dict().items()
              if not k.startswith("head.")}
     with atomic_path(out) as tmp:
         save_file(state, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
+    state_path.unlink(missing_ok=True)
     return out, accuracy, metadata
 
 
