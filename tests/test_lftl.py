@@ -261,7 +261,8 @@ def test_source_trains_on_the_stream_source_train_set(runs_dir, pretrained_backb
     bm = create_stream("glyphs-domains", **TINY_DOMAINS, seed=0)
     train_x, train_y = dataset_tensors(bm.train_stream[0].dataset)
     test_x, test_y = dataset_tensors(bm.test_stream[0].dataset)
-    assert torch.equal(seen["frozen"][0], train_x) and torch.equal(seen["frozen"][1], test_x)
+    read = [x[:] for x in seen["frozen"][:2]]  # ExperienceImages: uint8 held, float read
+    assert torch.equal(read[0], train_x) and torch.equal(read[1], test_x)
     assert len(seen["batches"]) == 3  # one pass over all 248 source images per epoch
     for inputs, labels in seen["batches"]:
         assert torch.equal(inputs, torch.arange(len(train_x)))

@@ -136,7 +136,7 @@ class LFTL(Strategy):
         for item in eval_streams or ():
             for candidate in ([item] if hasattr(item, "dataset") else item):
                 if candidate is not experience:
-                    return dataset_tensors(candidate.dataset)
+                    return experience_images(candidate.dataset)
         return None
 
     # ------------------------------------------------------------ target
