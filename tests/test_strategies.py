@@ -105,6 +105,7 @@ def test_same_seed_gives_identical_records(runs_dir, pretrained_backbone):
     assert not a.accuracy["accuracy"].equals(c.accuracy["accuracy"])
 
 
+@pytest.mark.slow  # 45 s; the default suite keeps the linear-probe form (test_pretrain_mini)
 def test_pretraining_transfers_simplecil_beats_random_backbone(runs_dir, pretrained_backbone):
     """vit-glyphs must beat a random backbone by >= 20 points with SimpleCIL on glyphs."""
     path, pretrain_accuracy = pretrained_backbone
