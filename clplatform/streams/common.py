@@ -164,6 +164,37 @@ def cached_arrays(kind: str, key: dict, make) -> dict[str, np.ndarray]:
     return arrays
 
 
+def check_distinct(values, what: str, stream: str) -> None:
+    """A stream's list option (its domains, its sources): at least one, none twice."""
+    if not values:
+        raise UserError(f"{stream} needs at least one {what.rstrip('s')}")
+    if len(set(values)) != len(values):
+        raise UserError(f"{what} must not repeat, got {','.join(values)}")
+
+
+TRAIN_SALT, TEST_SALT = 0, 1  # seeds of the two independent draws (train, test) of a set
+
+
+def cached_train_test(kind: str, key: dict, draw, per_class: int,
+                      test_per_class: int) -> dict[str, np.ndarray]:
+    """A generated stream's arrays ``x_train``, ``y_train``, ``x_test``, ``y_test``, cached
+    (:func:`cached_arrays`): ``draw(count, salt)`` -> (uint8 images, labels) with ``count``
+    images per class, called with :data:`TRAIN_SALT` and :data:`TEST_SALT`."""
+    def make() -> dict[str, np.ndarray]:
+        xtr, ytr = draw(per_class, TRAIN_SALT)
+        xte, yte = draw(test_per_class, TEST_SALT)
+        return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}
+    return cached_arrays(kind, key, make)
+
+
+def train_test_tensors(arrays: dict[str, np.ndarray]
+                       ) -> tuple[tuple[torch.Tensor, torch.Tensor],
+                                  tuple[torch.Tensor, torch.Tensor]]:
+    """((x_train, y_train), (x_test, y_test)) as float images in [0, 1] and int64 labels."""
+    return ((to_float_images(arrays["x_train"]), torch.from_numpy(arrays["y_train"])),
+            (to_float_images(arrays["x_test"]), torch.from_numpy(arrays["y_test"])))
+
+
 def seeded_permutation(n: int, seed: int) -> list[int]:
     return np.random.default_rng(seed).permutation(n).tolist()
 

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-import torch
 
 from clplatform.options import opt
 from clplatform.registry import register_stream
 
-from .common import StreamInfo, cached_arrays, class_incremental, seed_option, to_float_images
+from .common import (StreamInfo, cached_arrays, cached_train_test, class_incremental,
+                     seed_option, train_test_tensors)
 from .fractals import FRACTALS_VERSION, fractal_categories, render_fractal_set
 from .render import (FONT_FAMILIES, LATIN, RENDER_VERSION, _covered, shape_pixels,
                      distinct_characters, fonts_for, lookalikes_at_any_size, render_set)
@@ -41,7 +41,6 @@ MIN_INK = 4.0             # ink of the 16x16 reference rendering (pixel sum / 25
 LOOKALIKE_FONTS = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "STIXGeneral.ttf")
 LOOKALIKE_TOLERANCE = 0.2
 _CATEGORIES = "LMNPS"     # Unicode general categories: letters, marks, numbers, punct., symbols
-_TRAIN, _TEST = 0, 1
 
 
 def corpus_fonts() -> tuple[str, ...]:
@@ -93,24 +92,24 @@ def corpus_arrays(samples_per_class: int, test_samples_per_class: int, fractals:
                "n": samples_per_class, "n_test": test_samples_per_class, "size": image_size,
                "seed": seed}
 
-        def make_glyphs() -> dict[str, np.ndarray]:
-            xtr, ytr = render_set(chars, fonts, samples_per_class, image_size, seed, _TRAIN)
-            xte, yte = render_set(chars, fonts, test_samples_per_class, image_size, seed, _TEST)
-            return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}
-
-        arrays.append(cached_arrays("mini-pretrain-glyphs", key, make_glyphs))
+        arrays.append(cached_train_test(
+            "mini-pretrain-glyphs", key,
+            lambda n, salt: render_set(chars, fonts, n, image_size, seed, salt),
+            samples_per_class, test_samples_per_class))
         names += list(chars)
     if fractals:
         key = {"v": FRACTALS_VERSION, "n_cat": fractals, "n": samples_per_class,
                "n_test": test_samples_per_class, "size": image_size, "seed": seed}
 
-        def make_fractals() -> dict[str, np.ndarray]:
-            cats = fractal_categories(fractals, "pretrain", seed)
-            xtr, ytr = render_fractal_set(cats, samples_per_class, image_size, seed, _TRAIN)
-            xte, yte = render_fractal_set(cats, test_samples_per_class, image_size, seed, _TEST)
-            return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}
+        categories: list = []  # searched once, only when the arrays are not cached
 
-        arrays.append(cached_arrays("mini-pretrain-fractals", key, make_fractals))
+        def draw_fractals(n: int, salt: int):
+            if not categories:
+                categories.extend(fractal_categories(fractals, "pretrain", seed))
+            return render_fractal_set(categories, n, image_size, seed, salt)
+
+        arrays.append(cached_train_test("mini-pretrain-fractals", key, draw_fractals,
+                                        samples_per_class, test_samples_per_class))
         names += [f"fractal:{k}" for k in range(fractals)]
     offsets = (0, len(chars))  # the fractals' labels follow the glyphs'
     return {k: np.concatenate([a[k] + off if k.startswith("y") else a[k]
@@ -143,6 +142,4 @@ def mini_pretrain(opts: MiniPretrainOptions):
                              opts.fractals, opts.image_size, opts.seed, opts.glyphs)
     info = StreamInfo("mini-pretrain", "class-incremental", names,
                       (1, opts.image_size, opts.image_size))
-    return class_incremental((to_float_images(a["x_train"]), torch.from_numpy(a["y_train"])),
-                             (to_float_images(a["x_test"]), torch.from_numpy(a["y_test"])),
-                             range(len(names)), 1, info)
+    return class_incremental(*train_test_tensors(a), range(len(names)), 1, info)

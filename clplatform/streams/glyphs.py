@@ -19,12 +19,11 @@ from clplatform.errors import UserError
 from clplatform.options import opt
 from clplatform.registry import register_stream
 
-from .common import (StreamInfo, cached_arrays, class_incremental, domain_incremental,
-                     seed_option, seeded_permutation, to_float_images)
+from .common import (StreamInfo, cached_train_test, check_distinct, class_incremental,
+                     domain_incremental, seed_option, seeded_permutation, train_test_tensors)
 from .render import (FONT_FAMILIES, LATIN, RENDER_VERSION, distinct_characters, fonts_for,
                      render_set)
 
-_TRAIN, _TEST = 0, 1  # salts of the two independent renderings
 
 
 def _greek_cyrillic() -> str:
@@ -43,14 +42,9 @@ def _rendered(chars: str, families: tuple[str, ...], per_class: int, test_per_cl
     key = {"v": RENDER_VERSION, "chars": chars, "fonts": fonts, "n": per_class,
            "n_test": test_per_class, "size": image_size, "jitter": jitter, "seed": seed}
 
-    def make() -> dict[str, np.ndarray]:
-        xtr, ytr = render_set(chars, fonts, per_class, image_size, seed, _TRAIN, jitter)
-        xte, yte = render_set(chars, fonts, test_per_class, image_size, seed, _TEST, jitter)
-        return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}
-
-    a = cached_arrays("glyphs", key, make)
-    return ((to_float_images(a["x_train"]), torch.from_numpy(a["y_train"])),
-            (to_float_images(a["x_test"]), torch.from_numpy(a["y_test"])))
+    return train_test_tensors(cached_train_test(
+        "glyphs", key, lambda n, salt: render_set(chars, fonts, n, image_size, seed, salt, jitter),
+        per_class, test_per_class))
 
 
 @dataclass
@@ -86,10 +80,7 @@ class GlyphsDomainsOptions:
     seed: Optional[int] = seed_option("seed of the data (default: run seed)")
 
     def validate(self) -> None:
-        if not self.domains:
-            raise UserError("glyphs-domains needs at least one domain")
-        if len(set(self.domains)) != len(self.domains):
-            raise UserError(f"domains must not repeat, got {','.join(self.domains)}")
+        check_distinct(self.domains, "domains", "glyphs-domains")
 
 
 @register_stream("glyphs-domains", options=GlyphsDomainsOptions,

@@ -64,13 +64,12 @@ import torch
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from clplatform.errors import UserError
 from clplatform.options import opt
 from clplatform.registry import register_stream
 
-from .common import (StreamInfo, cached_arrays, class_incremental, seed_option,
-                     seeded_permutation, to_float_images)
-from .render import (FONT_FAMILIES, LATIN, RENDER_VERSION, alike_pairs, shape_pixels, base_glyph,
+from .common import (StreamInfo, cached_train_test, check_distinct, class_incremental,
+                     seed_option, seeded_permutation, train_test_tensors)
+from .render import (FONT_FAMILIES, LATIN, RENDER_VERSION, alike_pairs, base_glyph, shape_pixels,
                      fonts_for, render)
 
 MINI_VERSION = 1  # bump when any mini stream's drawing changes: part of every cache key
@@ -82,7 +81,6 @@ LOOK_ALIKE_FONTS = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "
 LOOK_ALIKE_TOLERANCE = 0.2
 
 SIZE, CANVAS = 32, 64
-_TRAIN, _TEST = 0, 1  # salts of the two independent renderings
 VTAB_SOURCES = ("letters", "digits", "shapes", "textures", "fractals")
 
 
@@ -136,16 +134,8 @@ def _cached_sets(kind: str, key: dict, classes: int, per_class: int, test_per_cl
     key = {"v": MINI_VERSION, "render": RENDER_VERSION, "n": per_class,
            "n_test": test_per_class, "seed": seed, **key}
 
-    def make() -> dict[str, np.ndarray]:
-        xtr, ytr = _draw_set(classes, per_class, seed, _TRAIN, draw)
-        xte, yte = _draw_set(classes, test_per_class, seed, _TEST, draw)
-        return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}
-    return cached_arrays(kind, key, make)
-
-
-def _tensors(a: dict[str, np.ndarray]):
-    return ((to_float_images(a["x_train"]), torch.from_numpy(a["y_train"])),
-            (to_float_images(a["x_test"]), torch.from_numpy(a["y_test"])))
+    return cached_train_test(kind, key, lambda n, salt: _draw_set(classes, n, seed, salt, draw),
+                             per_class, test_per_class)
 
 
 # ----------------------------------------------------------------------------- options
@@ -191,7 +181,7 @@ def _drawn_stream(name: str, opts: MiniOptions, key: dict, canvas) -> object:
         return _shrink(canvas(chars[label], font, k, rng))
     arrays = _cached_sets(name, {"chars": chars, "fonts": fonts, **key}, len(chars),
                           opts.samples_per_class, opts.test_samples_per_class, opts.seed, draw)
-    return _class_incremental(name, chars, *_tensors(arrays), opts)
+    return _class_incremental(name, chars, *train_test_tensors(arrays), opts)
 
 
 def _canvas_glyph(char: str, font: str, rng: np.random.Generator) -> np.ndarray:
@@ -480,20 +470,17 @@ def _vtab_source(source: str, per_class: int, test_per_class: int, seed: int
     elif source == "textures":
         names, make = TEXTURES, _texture_image
     else:  # fractals: fixed categories (seed 0 of the "downstream" space), seeded instances
-        def make() -> dict[str, np.ndarray]:
-            from .fractals import render_fractal_set
-            categories = downstream_fractals()
-            xtr, ytr = render_fractal_set(categories, per_class, SIZE, seed, _TRAIN)
-            xte, yte = render_fractal_set(categories, test_per_class, SIZE, seed, _TEST)
-            return {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte}
+        from .fractals import render_fractal_set
         key = {"v": MINI_VERSION, "namespace": "downstream", "categories": 10,
                "n": per_class, "n_test": test_per_class, "seed": seed}
-        return ([f"fractal-{i}" for i in range(10)],
-                _tensors(cached_arrays("mini-vtab-fractals", key, make)))
+        return ([f"fractal-{i}" for i in range(10)], train_test_tensors(cached_train_test(
+            "mini-vtab-fractals", key,
+            lambda n, salt: render_fractal_set(downstream_fractals(), n, SIZE, seed, salt),
+            per_class, test_per_class)))
     arrays = _cached_sets(f"mini-vtab-{source}", {"classes": list(names)}, 10, per_class,
                           test_per_class, seed,
                           lambda label, k, rng: _shrink(make(names[label], rng)))
-    return list(names), _tensors(arrays)
+    return list(names), train_test_tensors(arrays)
 
 
 @dataclass
@@ -508,10 +495,7 @@ class MiniVTABOptions:
                                       "order within each source (default: run seed)")
 
     def validate(self) -> None:
-        if not self.sources:
-            raise UserError("mini-vtab needs at least one source")
-        if len(set(self.sources)) != len(self.sources):
-            raise UserError(f"sources must not repeat, got {','.join(self.sources)}")
+        check_distinct(self.sources, "sources", "mini-vtab")
 
 
 @register_stream("mini-vtab", options=MiniVTABOptions,
