@@ -39,9 +39,18 @@ def test_accuracy_and_forgetting_agree_with_avalanche(pretrained_backbone):
     assert bwt(ours) < 0  # the comparison is not trivially 0 == 0
 
 
-@pytest.mark.parametrize("strategy", ["naive", "ewc", "lwf", "si", "replay", "agem",
-                                      "cumulative", "joint", "linear-probe", "simplecil",
-                                      "sema", "prompt", "qprompt", "inflora"])
+# the regularisation and replay baselines train as naive does (one forward and backward per
+# batch, plus their penalty): they run with the slow tests, keeping the default suite short
+_SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("strategy", ["naive", pytest.param("ewc", marks=_SLOW),
+                                      pytest.param("lwf", marks=_SLOW),
+                                      pytest.param("si", marks=_SLOW),
+                                      pytest.param("replay", marks=_SLOW), "agem",
+                                      pytest.param("cumulative", marks=_SLOW), "joint",
+                                      "linear-probe", "simplecil", "sema", "prompt", "qprompt",
+                                      "inflora"])
 def test_sampled_flops_within_3_percent_of_a_full_count(strategy, runs_dir,
                                                         pretrained_backbone):
     runs = {mode: clplatform.run(strategy, "glyphs", stream_options=TINY_GLYPHS, epochs=2,
