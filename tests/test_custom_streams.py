@@ -310,6 +310,7 @@ def test_from_arrays_validates_its_numbers():
 
 
 # ------------------------------------------------------------------ entry points
+@pytest.mark.slow  # a pip install (about 20 s)
 def test_entry_points_of_an_installed_distribution(tmp_path, pretrained_backbone):
     """pip-installs the example plugin (a real distribution) into a folder on PYTHONPATH;
     its stream and strategy then appear in `clplat list` and run by name."""

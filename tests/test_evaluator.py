@@ -47,7 +47,8 @@ _SLOW = pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["naive", pytest.param("ewc", marks=_SLOW),
                                       pytest.param("lwf", marks=_SLOW),
                                       pytest.param("si", marks=_SLOW),
-                                      pytest.param("replay", marks=_SLOW), "agem",
+                                      pytest.param("replay", marks=_SLOW),
+                                      pytest.param("agem", marks=_SLOW),
                                       pytest.param("cumulative", marks=_SLOW), "joint",
                                       "linear-probe", "simplecil", "sema", "prompt", "qprompt",
                                       "inflora"])

@@ -240,7 +240,9 @@ def _kill_and_resume(strategy: str, kill_after: int, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("strategy, kill_after", [
-    ("naive", 2), ("ewc", 1), ("sema", 1)] +
+    ("sema", 1)] +
+    # about 40 s each: in the slow suite too, so that the default one keeps to its 15 minutes
+    [pytest.param(s, k, marks=pytest.mark.slow) for s, k in [("naive", 2), ("ewc", 1)]] +
     # about 30 s each: in the slow suite, so that the default one keeps to its 15 minutes
     [pytest.param(s, k, marks=pytest.mark.slow) for s, k in [
         ("replay", 2), ("qprompt", 2), ("lftl", 1)]] +

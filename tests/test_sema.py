@@ -326,6 +326,7 @@ def _records(runs_dir, **opts):
             "accuracy": [round(v, 6) for v in run.accuracy["accuracy"]]}
 
 
+@pytest.mark.slow  # 12 s; records pinned on the 2-thread backbone
 def test_earlier_behaviour_flags_reproduce_the_earlier_records(runs_dir, pretrained_backbone):
     """scan_order=sequential, lr_schedule=iteration, head_bias=uniform: the records of the
     code before issue 18 (measured with it on this tiny stream, seed 0); the released-code

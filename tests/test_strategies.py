@@ -95,6 +95,7 @@ def test_hyper_parameters_reach_the_avalanche_strategy(runs_dir, pretrained_back
     assert ewc_plugin.ewc_lambda == 7.5
 
 
+@pytest.mark.slow  # 12 s; the default suite keeps test_reliability's same-seed checks
 def test_same_seed_gives_identical_records(runs_dir, pretrained_backbone):
     a = _tiny("naive", runs_dir)
     b = _tiny("naive", runs_dir)
