@@ -126,6 +126,35 @@ def test_linear_probe_of_pretrained_vit_glyphs_is_far_above_chance(pretrained_ba
     assert pretrained > random + 0.1
 
 
+def test_probe_command_reports_pretrained_and_random(pretrained_backbone):
+    """`clplat probe`: the same figures as linear_probe, the pre-trained backbone far above
+    its random initialisation on glyphs."""
+    from clplatform.models.probe import linear_probe
+    opts = [f"--stream-opt={k}={v}" for k, v in TINY_GLYPHS.items()]
+    result = invoke("probe", "--backbone", "vit-glyphs", "--streams", "glyphs", *opts,
+                    "--random", "--json")
+    assert result.exit_code == 0, result.stderr
+    found = json.loads(result.stdout)["probe"]["glyphs"]
+    stream = create_stream("glyphs", **TINY_GLYPHS)
+    assert found["pretrained"] == linear_probe(create_backbone("vit-glyphs"), stream)
+    assert found["pretrained"] > found["random"] + 0.1
+    text = invoke("probe", "--streams", "glyphs", *opts)
+    assert text.exit_code == 0 and text.stdout.startswith(
+        f"linear probe of vit-glyphs on glyphs: {found['pretrained']:.1%}")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--streams", "glyphs,nosuch"], "unknown stream 'nosuch'"),
+    (["--streams", "glyphs", "--backbone", "vit-huge"], "vit-huge"),
+    (["--streams", "glyphs", "--stream-opt", "colour=1"], "colour"),
+    (["--streams", "glyphs", "--backbone-weights", "/nonexistent.pt"], "/nonexistent.pt"),
+])
+def test_probe_errors_exit_2(args, message):
+    result = invoke("probe", *args)
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 # ------------------------------------------------------------- resumable pre-training
 QUICK2 = ["pretrain", "--backbone", "vit-mini", "--quick", "--epochs", "2", "--threads", "1"]
 # the quick corpus: 264 training images, batch 32 -> 9 steps an epoch, 18 in all

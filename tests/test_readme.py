@@ -38,6 +38,7 @@ ELSEWHERE = {
     "clplat report": "test_reports",
     "clplat pretrain": "test_cli::test_pretrain_command_reports_and_copies_weights",
     "clplat compress": "test_compress",
+    "clplat probe": "test_pretrain_mini::test_probe_command_reports_pretrained_and_random",
     # a paper recipe: ViT-B/16 at 224 px on the dataset's files (not CI material)
     "--preset sema-cifar100": "test_fullsize::test_preset_resolves_to_the_published_recipe, "
                               "test_preset_streams",

@@ -703,6 +703,67 @@ def pretrain_command(backbone, seed, epochs, out, threads, quick, probe, force,
             click.echo(f"linear probe on {name}: {linear_probe(model, create_stream(name)):.1%}")
 
 
+@cli.command("probe")
+@click.option("--backbone", default="vit-glyphs", show_default=True, metavar="NAME",
+              help="backbone whose frozen features are probed (`clplat list backbones`)")
+@click.option("--backbone-weights", metavar="FILE", help="local weights file of the backbone")
+@click.option("--backbone-opt", "backbone_opts", metavar="KEY=VALUE", multiple=True,
+              help="backbone option (repeatable)")
+@click.option("--streams", metavar="X,Y,...", required=True, help="streams to probe")
+@click.option("--stream-opt", "stream_opts", metavar="KEY=VALUE", multiple=True,
+              help="option of every stream (repeatable)")
+@click.option("--random", "with_random", is_flag=True,
+              help="also probe the same architecture with random weights (the reference "
+                   "that says what pre-training adds)")
+@click.option("--threads", type=click.IntRange(1), help="CPU threads (default: torch's)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of lines")
+def probe_command(backbone, backbone_weights, backbone_opts, streams, stream_opts, with_random,
+                  threads, as_json):
+    """Linear-probe accuracy of a frozen backbone on streams.
+
+    A logistic regression (scikit-learn, standardised features) is fitted on the frozen
+    features of every training image of the stream (all experiences joined) and scored on its
+    test images: how linearly separable the backbone makes the stream's classes, with no
+    continual learning involved.
+
+    \b
+    Examples:
+      clplat probe --backbone vit-glyphs --streams glyphs --random
+      clplat probe --backbone vit-mini --streams mini-in,mini-r,mini-a,mini-vtab --random
+    """
+    import torch
+
+    from clplatform.streams import StreamSource
+
+    from ..models.probe import linear_probe
+    from ..options import parse_assignments
+    from .factories import create_backbone, create_stream
+    from .sweep import _split
+    names = _split(streams, "--streams")
+    stream_options = parse_assignments(stream_opts, "--stream-opt")
+    options = parse_assignments(backbone_opts, "--backbone-opt")
+    if backbone_weights:
+        options["weights"] = backbone_weights
+    for name in names:  # every name and option checked before any work
+        StreamSource(name, stream_options)
+    models = {"pretrained": create_backbone(backbone, **options)}
+    if with_random:
+        models["random"] = create_backbone(backbone, **{**options, "pretrained": False,
+                                                        "weights": None})
+    if threads:
+        torch.set_num_threads(threads)
+    found = {}
+    for name in names:
+        stream = create_stream(name, **stream_options)
+        found[name] = {kind: linear_probe(model, stream) for kind, model in models.items()}
+        if not as_json:
+            extra = (f" (random weights: {found[name]['random']:.1%})" if with_random else "")
+            click.echo(f"linear probe of {backbone} on {name}: "
+                       f"{found[name]['pretrained']:.1%}{extra}")
+    if as_json:
+        click.echo(json.dumps({"backbone": backbone, "probe": found}))
+
+
 def main() -> None:
     cli()
 
