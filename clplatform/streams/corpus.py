@@ -29,7 +29,7 @@ from clplatform.registry import register_stream
 from .common import (StreamInfo, cached_arrays, cached_train_test, class_incremental,
                      seed_option, train_test_tensors)
 from .fractals import FRACTALS_VERSION, fractal_categories, render_fractal_set
-from .render import (FONT_FAMILIES, LATIN, RENDER_VERSION, _covered, shape_pixels,
+from .render import (FONT_FAMILIES, LATIN, RENDER_VERSION, covered_codes, shape_pixels,
                      distinct_characters, fonts_for, lookalikes_at_any_size, render_set)
 
 CORPUS_VERSION = 2        # bump when the choice of characters changes (part of cache keys)
@@ -58,11 +58,11 @@ def corpus_characters() -> str:
     key = {"v": CORPUS_VERSION, "render": RENDER_VERSION, "fonts": fonts, "min_ink": MIN_INK}
 
     def make() -> dict[str, np.ndarray]:
-        codes = sorted(set().union(*(_covered(f) for f in fonts)))
+        codes = sorted(set().union(*(covered_codes(f) for f in fonts)))
         chars = [chr(c) for c in codes
                  if unicodedata.category(chr(c))[0] in _CATEGORIES
                  and unicodedata.category(chr(c)) != "Co" and not _latin_based(chr(c))]
-        first_font = [next(f for f in fonts if ord(ch) in _covered(f)) for ch in chars]
+        first_font = [next(f for f in fonts if ord(ch) in covered_codes(f)) for ch in chars]
         ink = shape_pixels("".join(chars), first_font).sum(axis=1)
         inked = [(ch, f) for ch, f, i in zip(chars, first_font, ink) if i >= MIN_INK]
         latin_like = lookalikes_at_any_size("".join(c for c, _ in inked), [f for _, f in inked],

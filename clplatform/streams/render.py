@@ -48,7 +48,8 @@ def _font(name: str) -> ImageFont.FreeTypeFont:
 
 
 @lru_cache(maxsize=None)
-def _covered(name: str) -> frozenset[int]:
+def covered_codes(name: str) -> frozenset[int]:
+    """The code points font file ``name`` has a glyph for (its character map)."""
     from matplotlib.ft2font import FT2Font
     font = FT2Font(str(font_dir() / name))
     return frozenset(code for code, _glyph in font.get_charmap().items())
@@ -56,7 +57,7 @@ def _covered(name: str) -> frozenset[int]:
 
 def has_glyph(font: str, char: str) -> bool:
     """True when ``font`` really contains ``char`` (so it does not render as a box)."""
-    return ord(char) in _covered(font)
+    return ord(char) in covered_codes(font)
 
 
 def fonts_for(char: str, families: tuple[str, ...] | None = None) -> list[str]:
