@@ -340,17 +340,22 @@ def _as_uint8(x: torch.Tensor) -> torch.Tensor | None:
     return u if torch.equal(u.float().div_(255.0), x) else None
 
 
-def _current_transforms(dataset) -> list:
-    """The x transforms of the current group in an Avalanche dataset's tree."""
+def _current_transforms(dataset, group: str | None = None) -> list:
+    """The x transforms of the current group in an Avalanche dataset's tree: the group of
+    the outermost dataset, which Avalanche applies at every level (``.eval()`` switches the
+    outer one only)."""
     found = []
+    if group is None and hasattr(dataset, "_flat_data"):  # an AvalancheDataset
+        group = dataset._flat_data._transform_groups.current_group
     groups = getattr(dataset, "_transform_groups", None)
     if groups is not None:
+        group = group or groups.current_group
         for tg in (getattr(dataset, "_frozen_transform_groups", None), groups):
-            t = tg[groups.current_group] if tg is not None else None
+            t = tg[group] if tg is not None else None
             if t is not None:
                 found += list(getattr(t, "transforms", [t]))[:1]
     for sub in getattr(dataset, "_datasets", []):
-        found += _current_transforms(sub)
+        found += _current_transforms(sub, group)
     return found
 
 

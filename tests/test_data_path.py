@@ -302,3 +302,21 @@ def test_shot_stored_copy_gives_exactly_shots_random_crops():
     for crop, (top, left, _, _, flip) in zip(crops, boxes[:4]):
         window = stored[:, top:top + 224, left:left + 224]
         assert torch.equal(crop, window.flip(-1) if flip else window)
+
+
+def test_linear_probe_reads_training_images_without_augmentation(imagenet_r):
+    """The probe's training features come from the eval transform (the same at every read),
+    not from the stream's random crops."""
+    from clplatform.app.factories import create_backbone
+    from clplatform.models.probe import stream_features
+    bench = build(imagenet_r, transform="pilot", tasks="20")
+    first = bench.train_stream[:1]
+    backbone = create_backbone("vit-glyphs", pretrained=False)  # adapts 3 x 32 x 32 inputs
+    torch.manual_seed(0)
+    a, ya = stream_features(backbone, first)
+    torch.manual_seed(1)
+    b, yb = stream_features(backbone, first)
+    assert (a == b).all() and (ya == yb).all() and len(ya) == 20
+    x_eval, _ = dataset_tensors(first[0].dataset.eval())
+    with torch.inference_mode():
+        assert torch.allclose(torch.from_numpy(a), backbone(x_eval).float(), atol=1e-5)

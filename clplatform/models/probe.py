@@ -11,17 +11,21 @@ import numpy as np
 import torch
 
 from clplatform.backbones import Backbone
-from clplatform.data import dataset_tensors
+from clplatform.data import experience_images
 
 
 def stream_features(backbone: Backbone, stream, batch_size: int = 512
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Frozen features [N, D] and labels [N] of every experience of ``stream`` joined."""
+    """Frozen features [N, D] and labels [N] of every experience of ``stream`` joined.
+
+    Images are read through the stream's eval transforms, training images too (no random
+    augmentation: the usual linear probe), and held as uint8
+    (:func:`clplatform.data.experience_images`)."""
     backbone.eval()
     feats, labels = [], []
     with torch.inference_mode():
         for exp in stream:
-            x, y = dataset_tensors(exp.dataset)
+            x, y = experience_images(exp.dataset.eval())
             feats += [backbone(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)]
             labels.append(y)
     return torch.cat(feats).numpy(), torch.cat(labels).numpy()
