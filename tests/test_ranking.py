@@ -69,7 +69,15 @@ def test_every_table1_column_and_stand_in():
         49.24, 46.21, 53.32]
     assert [published_in(vtab, s).final_accuracy for s in ("aper", "inflora", "sema")] == [
         83.61, 87.63, 89.64]
-    assert published_in(ina, "l2p") is None  # not found in any source: left out
+    # the cells the specs do not quote: from a transcription, labelled as such
+    assert published_in(ina, "l2p").final_accuracy == 38.48
+    assert published_in(ina, "l2p").source == published.SEMA_TABLE1_TRANSCRIBED
+    assert published_in(ina, "sema").source == published.SEMA_TABLE1
+    assert published_in(Column("imagenet-r", 10), "sema").final_accuracy == 78.00
+    assert published_in(Column("cifar100", 10), "naive") is None  # not in the table
+    assert {s for s in ("l2p", "dualprompt", "coda-prompt", "simplecil", "aper", "inflora",
+                        "sema") if published_in(vtab, s)} == {
+        "l2p", "dualprompt", "coda-prompt", "simplecil", "aper", "inflora", "sema"}
     assert published_in(vtab, "aper").average_incremental_accuracy == 85.29
     # a stand-in's runs are ranked against the column, never shown beside its value
     assert published_for("sema", config("mini-a", 10)) is None
@@ -95,6 +103,13 @@ def test_ranking_table_ranks_ties_and_leaves_out_unpublished():
     one = runs[runs["label"].isin(["a", "n"])]
     assert rankings(one)[0].tau is None  # one method with a published value: no tau
     assert rankings(runs.assign(table1_column=None)) == []
+    # values from the transcription are marked, and the summary says what the mark means
+    sources = [published.SEMA_TABLE1] * 3 + [published.SEMA_TABLE1_TRANSCRIBED] * 2 + [None]
+    (marked,) = rankings(runs.assign(table1_source=sources))
+    cells = marked.table.set_index("label")["published A_N (%)"].to_dict()
+    assert cells == {"c": "70.00 †", "a": "90.00", "b": "80.00", "d": "60.00 †", "n": "n/a"}
+    assert marked.summary().endswith(f"(† {published.SEMA_TABLE1_TRANSCRIBED})")
+    assert marked.tau == ranking.tau and "†" not in ranking.summary()
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def _published(run: Run) -> dict[str, Any]:
     published column the run is ranked in (:mod:`clplatform.reports.ranking`) with its
     strategy's A_N there: its own setting's, or the benchmark's its stream stands for."""
     from .published import published_in, table1_column
-    from .ranking import COLUMN, COLUMN_FINAL
+    from .ranking import COLUMN, COLUMN_FINAL, COLUMN_SOURCE
     strategy = run.config["strategy"]["name"]
     column = table1_column(run.config)
     row = published_in(column, strategy) if column else None
@@ -84,7 +84,8 @@ def _published(run: Run) -> dict[str, Any]:
     return {"published_final_accuracy": exact.final_accuracy / 100 if exact else None,
             "published_source": exact.source if exact else None,
             COLUMN: column.title if column else None,
-            COLUMN_FINAL: row.final_accuracy / 100 if row else None}
+            COLUMN_FINAL: row.final_accuracy / 100 if row else None,
+            COLUMN_SOURCE: row.source if row else None}
 
 
 def _label(run: Run) -> str:

@@ -19,6 +19,9 @@ import pandas as pd
 #: the column it is ranked in, and its strategy's published A_N there (fraction)
 COLUMN = "table1_column"
 COLUMN_FINAL = "table1_final_accuracy"
+COLUMN_SOURCE = "table1_source"
+#: marks a published value that comes from a transcription of the table, not the paper
+TRANSCRIBED_MARK = "†"
 MEASURED = "A_T (%)"
 HEADERS = ("runs", MEASURED, "measured rank", "published A_N (%)", "published rank")
 
@@ -30,9 +33,16 @@ class Ranking:
     tau: float | None      # Kendall's tau-b; None: fewer than two groups have both
     p_value: float | None
     methods: int           # the groups with a measured and a published value
+    transcribed: str | None = None  # the source of the values marked TRANSCRIBED_MARK
 
     def summary(self) -> str:
-        """One line: τ, the number of methods, the p-value."""
+        """One line: τ, the number of methods, the p-value (and what a mark means)."""
+        line = self._tau_line()
+        if self.transcribed:
+            line += f" ({TRANSCRIBED_MARK} {self.transcribed})"
+        return line
+
+    def _tau_line(self) -> str:
         if self.tau is None:
             return (f"Kendall's τ: needs two methods with a published value "
                     f"({self.methods} here)")
@@ -59,6 +69,7 @@ def _ranks(values: pd.Series) -> pd.Series:
 def rankings(runs: pd.DataFrame, group_by: str = "label") -> list[Ranking]:
     """The rankings of one stream's runs, one per published column they stand for (none
     when they map to no column)."""
+    from .published import SEMA_TABLE1_TRANSCRIBED as transcribed
     if COLUMN not in runs.columns:
         return []
     found = []
@@ -69,7 +80,9 @@ def rankings(runs: pd.DataFrame, group_by: str = "label") -> list[Ranking]:
             "runs": groups.size(),
             "mean": groups["_acc"].mean(),
             "std": groups["_acc"].std(ddof=1),
-            "published": groups[COLUMN_FINAL].first().astype(float) * 100})
+            "published": groups[COLUMN_FINAL].first().astype(float) * 100,
+            "source": (groups[COLUMN_SOURCE].first() if COLUMN_SOURCE in mine.columns
+                       else None)})
         frame["measured rank"] = _ranks(frame["mean"])
         both = frame.dropna(subset=["published"])
         frame["published rank"] = _ranks(both["published"])
@@ -77,17 +90,20 @@ def rankings(runs: pd.DataFrame, group_by: str = "label") -> list[Ranking]:
         if len(both) >= 2:
             tau, p_value = kendall_tau(both["mean"], both["published"])
         frame = frame.sort_values(["measured rank", "published rank"])
+        marked = transcribed if (frame["source"] == transcribed).any() else None
         shown = pd.DataFrame({
             group_by: frame.index,
             "runs": frame["runs"].to_numpy(),
             MEASURED: [f"{m:.1f}" if math.isnan(s) else f"{m:.1f} ± {s:.1f}"
                        for m, s in zip(frame["mean"], frame["std"])],
             "measured rank": frame["measured rank"].astype(int).to_numpy(),
-            "published A_N (%)": [f"{v:.2f}" if not math.isnan(v) else "n/a"
-                                  for v in frame["published"]],
+            "published A_N (%)": [
+                "n/a" if math.isnan(v) else
+                f"{v:.2f}" + (f" {TRANSCRIBED_MARK}" if source == transcribed else "")
+                for v, source in zip(frame["published"], frame["source"])],
             "published rank": [str(int(v)) if not math.isnan(v) else "n/a"
                                for v in frame["published rank"]]})
-        found.append(Ranking(str(column), shown, tau, p_value, len(both)))
+        found.append(Ranking(str(column), shown, tau, p_value, len(both), marked))
     return found
 
 
