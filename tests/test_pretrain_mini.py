@@ -267,3 +267,32 @@ def test_state_of_another_recipe_or_none_is_refused(tmp_path):
     result = invoke("pretrain", "--resume")
     assert result.exit_code == 2 and "--resume applies to --backbone vit-mini only" \
         in result.stderr
+
+
+def test_shipped_weights_are_the_recipes_and_load():
+    """The package's vit-mini weights: in the package data, ≤ 25 MB, written by the default
+    recipe on the default architecture, and what `vit-mini` loads."""
+    import configparser
+    import dataclasses
+    import fnmatch
+
+    from safetensors.torch import load_file
+
+    from clplatform.models import pretrain
+    path = pretrain.shipped_weights_path()
+    assert path.is_file() and path.stat().st_size <= 25e6
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    package = Path(pretrain.__file__).parent
+    assert fnmatch.fnmatch(str(path.relative_to(package)),
+                           setup["options.package_data"]["clplatform.models"].strip())
+    meta = pretrain.weights_metadata(path)
+    as_json = lambda obj: json.loads(json.dumps(dataclasses.asdict(obj)))  # noqa: E731
+    assert meta["recipe"] == as_json(pretrain.MiniPretrainRecipe())
+    assert meta["arch"] == as_json(MiniViTArch())
+    assert meta["glyph_classes"] == 3576 and meta["fractal_classes"] == 1000
+    assert 0.5 < meta["pretrain_test_accuracy"] <= 1
+    state = load_file(str(path))
+    loaded = create_backbone("vit-mini").model.state_dict()
+    assert state.keys() == {k for k in loaded if not k.startswith("head.")}
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
