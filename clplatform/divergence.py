@@ -1,14 +1,16 @@
 """Failing a run whose training diverges, instead of recording what a broken model predicts.
 
 The runner gives every strategy :func:`divergence_check`, an Avalanche plugin that looks at
-the training loss after every iteration and at the parameters after every epoch. A loss or a
-parameter that is not finite, or that grew past ``EXPLOSION_FACTOR`` times its reference
+the training loss after every iteration and at the trained parameters after every epoch. A
+loss or a parameter that is not finite, or that grew past ``EXPLOSION_FACTOR`` times its reference
 (the experience's first loss; the parameters' largest magnitude when the experience started;
 both at least 1), raises :class:`TrainingDiverged` naming what, the experience and the
 iteration. The run is then recorded ``failed`` with that reason; the records of the
 experiences finished before stay, the diverged experience's are never written.
 
-Cost: one scalar read per iteration, one pass over the parameters per epoch.
+Cost: one scalar read per iteration, one pass over the trained parameters per epoch (frozen
+ones cannot change in an epoch: SEMA's 500 short descriptor epochs per run on ``vit-mini``
+spent 10 s reading its 4 M frozen backbone values).
 """
 from __future__ import annotations
 
@@ -69,7 +71,8 @@ def divergence_check():
             self.iteration += 1
 
         def after_training_epoch(self, strategy, **kwargs):
-            magnitude = largest_magnitude(strategy.model.parameters())
+            magnitude = largest_magnitude(p for p in strategy.model.parameters()
+                                          if p.requires_grad)
             if not math.isfinite(magnitude):
                 self._fail("a parameter is not finite", self._epoch_end())
             if magnitude > EXPLOSION_FACTOR * max(self.start_magnitude, 1.0):

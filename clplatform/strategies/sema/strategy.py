@@ -1,9 +1,11 @@
 """SEMA as an Avalanche template: expansion scan, functional phase, descriptor phase.
 
 Everything the spec calls frozen is frozen, and the frozen part of the network is cached
-inside an experience (no augmentation here, so caching is exact): the functional phase starts
-from the tokens before the first block that trains, a head-only phase from pooled features,
-the descriptor phase from the token means it reconstructs. The training iterations go
+inside an experience (no augmentation here, so caching is exact): the tokens entering the
+first expandable block are computed once per experience (the blocks before it do not change
+after the first experience) and every scan, functional phase, descriptor phase and head-only
+phase starts from them; the descriptor phase runs from the functional phase's tokens only up
+to the last block it describes, and trains on the token means it reconstructs. The training iterations go
 through Avalanche's plugin hooks, so the evaluator counts their FLOPs and time.
 """
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from clplatform.data import experience_images
+from clplatform.data import experience_images, rows_on
 from clplatform.models import tome
 
 from ..base import (Strategy, StrategyContext, TensorBatches, experience_classes,
@@ -80,12 +82,20 @@ class SEMA(Strategy):
                          schedule)
 
     # ----------------------------------------------------------------- phases
-    def _functional_phase(self, params: list[nn.Parameter], start: int,
-                          x: torch.Tensor, y: torch.Tensor, current: torch.Tensor):
-        """Train new adapters/router columns + head from cached tokens before ``start``."""
+    def _tokens_before(self, start: int, prefix, at: int):
+        """The tokens entering block ``start`` (>= ``at``), from ``prefix``: the tokens
+        entering block ``at``, cached (or a :class:`FrozenRows`)."""
+        if start == at:
+            return prefix
         model = self.sema
-        tokens = frozen_rows(lambda b: model.run_blocks(model.embed(b), 0, start), x,
-                             self.device, self.context.train.cache_bytes)
+        return frozen_rows(lambda t: model.run_blocks(t, at, start), prefix, self.device,
+                           self.context.train.cache_bytes)
+
+    def _functional_phase(self, params: list[nn.Parameter], start: int,
+                          tokens, y: torch.Tensor, current: torch.Tensor):
+        """Train new adapters/router columns + head from ``tokens``: the (cached) tokens
+        entering block ``start``."""
+        model = self.sema
         # PYRA (token merging): its modulations in the blocks that run, per pyra_train
         params = params + tome.pyra_to_train(model.vit, self.experiences_seen,
                                              *model.blocks[start:])
@@ -96,25 +106,27 @@ class SEMA(Strategy):
         self._fit(params + list(model.head.parameters()), tokens, y, loss,
                   self.opts.functional_epochs, self.opts.lr)
 
-    def _head_phase(self, x: torch.Tensor, y: torch.Tensor, current: torch.Tensor):
+    def _head_phase(self, prefix, at: int, y: torch.Tensor, current: torch.Tensor):
         model = self.sema
-        features = training_rows(model.features, x, self.device)
+        features = training_rows(lambda t: model.pool(model.run_blocks(t, at)), prefix,
+                                 self.device)
         self._fit(list(model.head.parameters()), features, y,
                   lambda f, labels: masked_cross_entropy(model.logits(f), labels, current),
                   self.opts.functional_epochs, self.opts.lr)
 
-    def _descriptor_phase(self, blocks: list, x: torch.Tensor):
+    def _descriptor_phase(self, blocks: list, tokens, start: int):
         """Train the newest descriptor of each block in ``blocks`` (jointly) on cached
-        token means; their loss statistics fill while they train."""
+        token means (``tokens``: those entering block ``start``, which precedes them all);
+        their loss statistics fill while they train."""
         model = self.sema
         if not blocks:
             return
         order = [model.blocks.index(b) for b in blocks]
 
         def means(batch):
-            model.run_blocks(model.embed(batch))
+            model.run_blocks(batch, start, max(order) + 1)
             return torch.cat([model.blocks[i].last_mean for i in order], dim=1)
-        cached = training_rows(means, x, self.device)
+        cached = training_rows(means, tokens, self.device)
         dim = blocks[0].dim
         descriptors = [b.descriptors[-1] for b in blocks]
         params = [p for d in descriptors for p in d.encode.parameters()] + \
@@ -138,31 +150,35 @@ class SEMA(Strategy):
             if block.router is not None:
                 block.router.merge()
 
-    def _expand(self, blocks: list, x, y, current):
+    def _expand(self, blocks: list, prefix, at: int, y, current):
         """Add an adapter at each block, train it (functional, then descriptor phase)."""
         model = self.sema
         params = [p for b in blocks for p in b.add_adapter()]
         self.adapters_added += len(blocks)
         start = min(model.blocks.index(b) for b in blocks)
-        self._functional_phase(params, start, x, y, current)
-        self._descriptor_phase([b for b in blocks if b.expandable], x)
+        tokens = self._tokens_before(start, prefix, at)
+        self._functional_phase(params, start, tokens, y, current)
+        self._descriptor_phase([b for b in blocks if b.expandable], tokens, start)
         self._freeze_all()
 
     @torch.no_grad()
-    def _scan(self, x: torch.Tensor, expanded: set[int]) -> tuple[int, float] | None:
-        """One forward-only pass (batches in a fresh random order unless ``scan_order`` is
-        sequential); the first (shallowest) block whose every descriptor
-        finds a batch novel, with the deciding score; None if no block does."""
+    def _scan(self, rows, expanded: set[int], at: int | None = None) -> tuple[int, float] | None:
+        """One forward-only pass over ``rows`` (images; or, with ``at``, the tokens entering
+        block ``at``, no block before which expands) in batches in a fresh random order
+        unless ``scan_order`` is sequential; the first (shallowest) block whose every
+        descriptor finds a batch novel, with the deciding score; None if no block does."""
         model = self.sema
         model.eval()
         size = self.opts.scan_batch_size
         # released code: a shuffled DataLoader, drawn anew for every scan pass
-        order = torch.randperm(len(x)) if self.opts.scan_order == "shuffled" else None
-        for start in range(0, len(x), size):
-            batch = x[start:start + size] if order is None else x[order[start:start + size]]
-            tokens = model.embed(batch.to(self.device))
-            for i, block in enumerate(model.blocks):
-                tokens = block(tokens)
+        order = torch.randperm(len(rows)) if self.opts.scan_order == "shuffled" else None
+        for start in range(0, len(rows), size):
+            batch = rows_on(rows, slice(start, start + size) if order is None
+                            else order[start:start + size], self.device)
+            tokens = model.embed(batch) if at is None else batch
+            for i in range(at or 0, len(model.blocks)):
+                block = model.blocks[i]
+                tokens = model.run_blocks(tokens, i, i + 1)
                 if not block.expandable or i in expanded or not block.descriptors:
                     continue
                 score = min(self._novelty(d, block.last_mean) for d in block.descriptors)
@@ -183,21 +199,27 @@ class SEMA(Strategy):
         _, current = experience_classes(y, model.seen)
         expanded, scores = [], []
         self._peak_scores: dict[int, float] = {}  # block -> highest batch score of its scans
+        # the blocks before the first expandable one are fixed after experience 0: the
+        # tokens entering it are computed once here (in experience 0 every block trains)
+        at = 0 if self.experiences_seen == 0 else model.first_expandable
+        model.eval()
+        prefix = frozen_rows(lambda b: model.run_blocks(model.embed(b), 0, at), x,
+                             self.device, self.context.train.cache_bytes)
         if self.experiences_seen == 0:
-            self._expand(model.blocks, x, y, current)
+            self._expand(model.blocks, prefix, at, y, current)
             expanded = list(range(len(model.blocks)))
         elif self.opts.expand == "every":
-            self._expand(model.expandable, x, y, current)
+            self._expand(model.expandable, prefix, at, y, current)
             expanded = [model.blocks.index(b) for b in model.expandable]
         elif self.opts.expand == "auto":
             # scan, expand where a layer triggers, scan again: until a full pass adds nothing
-            while (hit := self._scan(x, set(expanded))) is not None:
+            while (hit := self._scan(prefix, set(expanded), at)) is not None:
                 layer, score = hit
-                self._expand([model.blocks[layer]], x, y, current)
+                self._expand([model.blocks[layer]], prefix, at, y, current)
                 expanded.append(layer)
                 scores.append(round(score, 4))
         if self.experiences_seen > 0 and not expanded:
-            self._head_phase(x, y, current)
+            self._head_phase(prefix, at, y, current)
         if model.prototypes is not None:  # variant: prototypes of the final features
             model.eval()
             model.prototypes.add(self._map(model.features, x), y.to(self.device))
