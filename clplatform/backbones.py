@@ -1,5 +1,5 @@
 """Backbones (timm models) and the classifier model every strategy trains; the architecture
-of the default backbone ``vit-glyphs`` and loading of local weights files.
+of the backbone ``vit-glyphs`` and loading of local weights files.
 
 The backbones themselves (``vit-glyphs``, ``timm:<model-name>``) are registered by the
 component package :mod:`clplatform.models` (``vit-glyphs`` is pre-trained on a stream).

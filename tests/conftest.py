@@ -10,6 +10,11 @@ import pytest
 # Tiny versions of the streams: every strategy end to end in seconds.
 TINY_GLYPHS = {"experiences": 3, "samples_per_class": 6, "test_samples_per_class": 3}
 
+# Runs that name no backbone use vit-glyphs here (the default, vit-mini, costs ~5x the
+# FLOPs): the suite's times stay as they were. Subprocesses (README commands) inherit it;
+# the tests of the default itself remove it (tests/test_default_backbone.py).
+os.environ["CLPLATFORM_BACKBONE"] = "vit-glyphs"
+
 
 @pytest.fixture(scope="session")
 def user_cache() -> Path:
@@ -33,8 +38,9 @@ def private_cache(tmp_path_factory, user_cache) -> Path:
 
 @pytest.fixture(scope="session")
 def pretrained_backbone(private_cache, user_cache) -> tuple[Path, float]:
-    """The real default backbone: a copy of the user's cached one when that one is complete
-    and built by the current recipe, else built once per session (70 s on 2 idle cores)."""
+    """The real vit-glyphs (the suite's default backbone): a copy of the user's cached one
+    when that one is complete and built by the current recipe, else built once per session
+    (70 s on 2 idle cores)."""
     import torch
 
     from clplatform.models.pretrain import adopt_cached_weights, pretrained_glyph_vit_path

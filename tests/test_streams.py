@@ -189,7 +189,7 @@ def test_what_is_not_the_cache_is_refused_up_front(tmp_path, monkeypatch):
                     f"cannot use the cache folder {blocker}/streams ($CLPLATFORM_CACHE cache "
                     f"{blocker})")
     assert blocker.read_text() == "mine"
-    # a folder where the default backbone's weights go: refused before a minute of
+    # a folder where vit-glyphs' weights go (the suite's default backbone): refused before a minute of
     # pre-training, and left alone
     monkeypatch.setenv("CLPLATFORM_CACHE", str(tmp_path / "cache"))
     weights = cached_weights_path(PretrainRecipe())
@@ -197,7 +197,7 @@ def test_what_is_not_the_cache_is_refused_up_front(tmp_path, monkeypatch):
     for args in (["run", "--dry-run", "--stream", "digits"], ["pretrain"]):
         result = _cli(*args, "--out", tmp_path / "out")
         _one_line_error(result, f"{weights} is in the way of a cache file (it is not a file)")
-        assert "building the default backbone" not in result.stderr
+        assert "building the backbone" not in result.stderr
     assert (weights / "keep").is_dir()
 
 

@@ -53,7 +53,7 @@ class Preset:
     #: setting of that name); the command line's --set, --epochs, ... and --grid win
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: a comparison's streams and backbone (with ``seeds``), used where the command line
-    #: and a recipe name none; empty: the user's (default glyphs, vit-glyphs, seed 0)
+    #: and a recipe name none; empty: the user's (default glyphs, vit-mini, seed 0)
     streams: tuple[str, ...] = ()
     backbone: str | None = None
 

@@ -17,6 +17,10 @@ from ..options import build_options, opt
 from ..registry import BACKBONES, STRATEGIES, Entry
 
 DEFAULT_STRATEGY = "naive"
+#: the backbone of a run that names none; the environment variable names another
+#: (the test suite sets it to the smaller, faster vit-glyphs)
+DEFAULT_BACKBONE = "vit-mini"
+BACKBONE_ENV = "CLPLATFORM_BACKBONE"
 DEFAULT_OUT = "runs"
 DEFAULT_SEED = 0
 IMAGE_CACHE_GIB = 50.0  # ImageNet-R at 256 x 256 (train + test): 24000 x 192 KiB = 4.4 GiB
@@ -67,12 +71,17 @@ class TrainOptions:
             raise UserError(f"--image-cache {self.image_cache} is not a folder")
 
 
+def default_backbone() -> str:
+    """The backbone of a run that names none: ``$CLPLATFORM_BACKBONE``, else vit-mini."""
+    return os.environ.get(BACKBONE_ENV, "").strip() or DEFAULT_BACKBONE
+
+
 @dataclass
 class RunSpec:
     """What to run: names and raw (unvalidated) options, as given by the user."""
     strategy: str = DEFAULT_STRATEGY
     stream: str = "glyphs"
-    backbone: str = "vit-glyphs"
+    backbone: str = field(default_factory=default_backbone)
     strategy_options: dict[str, Any] = field(default_factory=dict)
     stream_options: dict[str, Any] = field(default_factory=dict)
     backbone_options: dict[str, Any] = field(default_factory=dict)
@@ -232,7 +241,12 @@ def resolve(spec: RunSpec, check_stream: bool = True) -> Resolved:
     from .loggers import check_loggers
     strategy = STRATEGIES.get(spec.strategy)
     stream = StreamSource(spec.stream, spec.stream_options) if check_stream else None
-    backbone, backbone_values = BACKBONES.resolve(spec.backbone, spec.backbone_options)
+    try:
+        backbone, backbone_values = BACKBONES.resolve(spec.backbone, spec.backbone_options)
+    except UserError as exc:
+        if spec.backbone == os.environ.get(BACKBONE_ENV, "").strip():
+            raise UserError(f"{exc} (${BACKBONE_ENV} names it)") from None
+        raise
     train, unused = train_options(spec, strategy)
     hparams = strategy.make_options(spec.strategy_options, f"strategy {spec.strategy!r}")
     backbone_options = backbone.make_options(backbone_values, f"backbone {spec.backbone!r}")

@@ -1,10 +1,11 @@
 """The built-in backbones (``@register_backbone``), a component of clplatform:
 
-- ``vit-glyphs`` (default): a small timm VisionTransformer whose patch embedding is a
+- ``vit-glyphs``: a small timm VisionTransformer whose patch embedding is a
   convolutional stem (timm's ``HybridEmbed``; :func:`clplatform.backbones.build_glyph_vit`),
   pre-trained by ``clplat pretrain`` on the stream ``glyphs-pretrain`` (Greek and Cyrillic
   characters, :mod:`clplatform.models.pretrain`) and cached; built on first use.
-- ``vit-mini``: the same layout, wider and deeper, with a GroupNorm/GELU conv stem
+- ``vit-mini`` (default, :data:`clplatform.app.spec.DEFAULT_BACKBONE`): the same layout,
+  wider and deeper, with a GroupNorm/GELU conv stem
   (:class:`clplatform.backbones.MiniViTArch`), shipped pre-trained in the package
   (``models/weights/vit-mini.safetensors``, rebuilt by ``clplat pretrain --backbone
   vit-mini``) on the stream ``mini-pretrain``.

@@ -1,4 +1,4 @@
-"""Pre-training of the default backbone ``vit-glyphs`` on the stream ``glyphs-pretrain``.
+"""Pre-training of the backbone ``vit-glyphs`` on the stream ``glyphs-pretrain``.
 
 Greek and Cyrillic characters (none a Latin look-alike) rendered in the bundled fonts; a
 supervised classifier is trained and its head dropped. The weights are cached under a hash
@@ -155,7 +155,7 @@ def pretrained_glyph_vit_path() -> Path:
               f"again", file=sys.stderr, flush=True)
         path.unlink()
     if not path.is_file():
-        print(f"building the default backbone vit-glyphs (first use: {recipe.epochs} epochs "
+        print(f"building the backbone vit-glyphs (first use: {recipe.epochs} epochs "
               f"of pre-training, 70 s on 2 idle CPU cores; the time left on this machine "
               f"follows)...", file=sys.stderr, flush=True)
         path, accuracy = pretrain_glyph_vit(recipe)

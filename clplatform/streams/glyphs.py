@@ -3,7 +3,7 @@
 - ``glyphs``: class-incremental over the 62 Latin letters and digits, all font families mixed.
 - ``glyphs-domains``: the same 62 classes, one experience per font family (domain-incremental).
 - ``glyphs-pretrain``: Greek and Cyrillic characters that are not Latin look-alikes, for
-  pre-training the default backbone (disjoint from the downstream classes).
+  pre-training the backbone vit-glyphs (disjoint from the downstream classes).
 
 Data are generated on first use (about a second), deterministic per seed, cached on disk.
 """
