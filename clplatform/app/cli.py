@@ -699,11 +699,10 @@ def pretrain_command(backbone, seed, epochs, out, threads, quick, probe, force,
             click.echo(f"copied to {out}")
             path = Path(out)
     if probes:
-        from ..models.probe import linear_probe
-        from .factories import create_backbone, create_stream
+        from .factories import create_backbone
         model = create_backbone(backbone, weights=str(path))
-        for name in probes:
-            click.echo(f"linear probe on {name}: {linear_probe(model, create_stream(name)):.1%}")
+        for name, found in probe_streams({"pretrained": model}, probes):
+            click.echo(f"linear probe on {name}: {found['pretrained']:.1%}")
 
 
 @cli.command("probe")
@@ -739,9 +738,8 @@ def probe_command(backbone, backbone_weights, backbone_opts, streams, stream_opt
 
     from clplatform.streams import StreamSource
 
-    from ..models.probe import linear_probe
     from ..options import parse_assignments
-    from .factories import create_backbone, create_stream
+    from .factories import create_backbone
     from .sweep import _split
     names = _split(streams, "--streams")
     stream_options = parse_assignments(stream_opts, "--stream-opt")
@@ -757,15 +755,25 @@ def probe_command(backbone, backbone_weights, backbone_opts, streams, stream_opt
     if threads:
         torch.set_num_threads(threads)
     found = {}
-    for name in names:
-        stream = create_stream(name, **stream_options)
-        found[name] = {kind: linear_probe(model, stream) for kind, model in models.items()}
+    for name, scores in probe_streams(models, names, stream_options):
+        found[name] = scores
         if not as_json:
             extra = (f" (random weights: {found[name]['random']:.1%})" if with_random else "")
             click.echo(f"linear probe of {backbone} on {name}: "
                        f"{found[name]['pretrained']:.1%}{extra}")
     if as_json:
         click.echo(json.dumps({"backbone": backbone, "probe": found}))
+
+
+def probe_streams(backbones: dict, streams: list[str], stream_options: dict | None = None):
+    """``(stream name, {key: linear-probe accuracy})`` stream by stream for every backbone of
+    ``backbones`` (``{key: Backbone}``), each stream built once (`clplat probe` and
+    `clplat pretrain --probe`)."""
+    from ..models.probe import linear_probe
+    from .factories import create_stream
+    for name in streams:
+        benchmark = create_stream(name, **(stream_options or {}))
+        yield name, {key: linear_probe(model, benchmark) for key, model in backbones.items()}
 
 
 def _default_backbone() -> str:

@@ -2,8 +2,8 @@
 
 All experiences of the stream are joined; a logistic regression (scikit-learn, on
 standardised features) is fitted on the frozen features of the training images and scored
-on the test images. Used by ``clplat pretrain --probe`` to report a pre-trained backbone's
-features on the downstream streams.
+on the test images. Used by ``clplat probe`` and ``clplat pretrain --probe`` to report a
+backbone's features on the downstream streams.
 """
 from __future__ import annotations
 
