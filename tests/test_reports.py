@@ -332,3 +332,23 @@ def test_comparison_shows_the_published_column_only_where_a_setting_matches():
     assert frame.loc["naive", PUBLISHED_HEADER] == "n/a"
     none = table.assign(published_final_accuracy=None, published_source=None)
     assert PUBLISHED_HEADER not in comparison_table(none).columns
+
+
+def test_settings_leave_out_the_training_settings_a_strategy_does_not_read():
+    """SEMA reads its own epochs, batch size and lr (``unused_train``): a comparison of SEMA
+    with naive neither labels SEMA with the [train] values nor calls them a difference."""
+    from clplatform.reports.collect import differing, settings
+
+    def config(strategy, epochs):
+        return {"strategy": {"name": strategy}, "stream": {"name": "glyphs"},
+                "backbone": {"name": "vit-glyphs"},
+                "train": {"epochs": epochs, "batch_size": 32, "lr": 0.003, "seed": 0}}
+    sema, naive = settings(config("sema", 3)), settings(config("naive", 3))
+    assert not {"epochs", "batch_size", "lr"} & set(sema)
+    assert (naive["epochs"], naive["batch_size"], naive["lr"]) == ("3", "32", "0.003")
+    simplecil = settings(config("simplecil", 3))  # reads the batch size only
+    assert "batch_size" in simplecil and "epochs" not in simplecil
+    assert differing([sema, naive, simplecil]) == []
+    assert differing([sema, naive, settings(config("naive", 5))]) == ["epochs"]
+    unknown = settings(config("not-installed", 3))  # unknown strategy: everything shown
+    assert unknown["epochs"] == "3"

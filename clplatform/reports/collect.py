@@ -40,15 +40,28 @@ def settings(config: dict) -> dict[str, Any]:
     """The stream, backbone and training settings of a resolved configuration that can
     change results, flat (``epochs``, ``stream.experiences``, ``backbone.pretrained``...)
     and as text (a table column keeps its values as written); the strategy's own
-    hyper-parameters are in the label."""
+    hyper-parameters are in the label. Training settings the strategy does not read
+    (registered ``unused_train``: SEMA's own epochs, batch size and learning rate) are left
+    out: they change nothing."""
     flat = {}
+    unused = _unused_train(config["strategy"]["name"])
     for table in ("stream", "backbone", "train"):
         for key, value in config[table].items():
             name = f"{table}.{key}"
-            if name not in NO_EFFECT:
+            if name not in NO_EFFECT and not (table == "train" and key in unused):
                 flat[SHORT_NAMES.get(name, name)] = (
                     json.dumps(value) if isinstance(value, (list, dict)) else str(value))
     return flat
+
+
+def _unused_train(strategy: str) -> tuple[str, ...]:
+    """The training settings ``strategy`` does not read (none for one this installation
+    does not know: then every setting is shown)."""
+    from clplatform.registry import STRATEGIES
+    try:
+        return STRATEGIES.get(strategy).traits.unused_train
+    except UserError:
+        return ()
 
 
 def is_setting(column: str) -> bool:
@@ -58,9 +71,11 @@ def is_setting(column: str) -> bool:
 
 
 def differing(values: list[dict[str, Any]]) -> list[str]:
-    """The keys whose value is not the same in every dict of ``values``."""
+    """The keys with more than one value among the dicts of ``values`` that hold them (a
+    dict without the key, e.g. a strategy that does not read that setting, differs from
+    none)."""
     keys = list(dict.fromkeys(k for v in values for k in v))
-    return [k for k in keys if len({repr(v.get(k)) for v in values}) > 1]
+    return [k for k in keys if len({repr(v[k]) for v in values if k in v}) > 1]
 
 
 def _identity(run: Run) -> dict:
@@ -145,8 +160,8 @@ def load_runs(paths: list[str | os.PathLike], include_incomplete: bool = False) 
     for run, setting, stream in zip(runs, configured, streams):
         ident = _identity(run)
         ident.update({k: setting.get(k) for k in columns})
-        ident["label"] = _label(run) + "".join(f" {k}={setting.get(k)}"
-                                               for k in varying[stream])
+        ident["label"] = _label(run) + "".join(f" {k}={setting[k]}"
+                                               for k in varying[stream] if k in setting)
         summary = summarize(run.accuracy, run.experiences if not run.experiences.empty
                             else None)
         summary["wall_seconds"] = run.summary.get("wall_seconds")

@@ -117,9 +117,12 @@ def comparison_table(table: pd.DataFrame, group_by: str = "label") -> pd.DataFra
     for group, runs in table.groupby(group_by, sort=True):
         shown_group = group
         for c in shown if group_by == "label" else ():  # the label without the columns
-            shown_group = shown_group.replace(f" {c}={runs[c].iloc[0]}", "")
+            if runs[c].notna().iloc[0]:
+                shown_group = shown_group.replace(f" {c}={runs[c].iloc[0]}", "")
         row = {group_by: shown_group,
-               **{c: ", ".join(sorted(runs[c].astype(str).unique())) for c in shown},
+               # a setting the group's strategy does not read is absent: n/a
+               **{c: ", ".join(sorted(runs[c].dropna().astype(str).unique())) or "n/a"
+                  for c in shown},
                "runs": len(runs),
                "seeds": ",".join(str(s) for s in sorted(runs["seed"].unique()))}
         for key, (header, scale, fmt) in COMPARISON_COLUMNS.items():
