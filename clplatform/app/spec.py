@@ -71,9 +71,14 @@ class TrainOptions:
             raise UserError(f"--image-cache {self.image_cache} is not a folder")
 
 
+def env_backbone() -> str:
+    """The backbone ``$CLPLATFORM_BACKBONE`` names ("" when unset or blank)."""
+    return os.environ.get(BACKBONE_ENV, "").strip()
+
+
 def default_backbone() -> str:
     """The backbone of a run that names none: ``$CLPLATFORM_BACKBONE``, else vit-mini."""
-    return os.environ.get(BACKBONE_ENV, "").strip() or DEFAULT_BACKBONE
+    return env_backbone() or DEFAULT_BACKBONE
 
 
 @dataclass
@@ -244,7 +249,7 @@ def resolve(spec: RunSpec, check_stream: bool = True) -> Resolved:
     try:
         backbone, backbone_values = BACKBONES.resolve(spec.backbone, spec.backbone_options)
     except UserError as exc:
-        if spec.backbone == os.environ.get(BACKBONE_ENV, "").strip():
+        if spec.backbone == env_backbone():
             raise UserError(f"{exc} (${BACKBONE_ENV} names it)") from None
         raise
     train, unused = train_options(spec, strategy)

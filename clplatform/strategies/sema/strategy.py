@@ -106,10 +106,14 @@ class SEMA(Strategy):
         self._fit(params + list(model.head.parameters()), tokens, y, loss,
                   self.opts.functional_epochs, self.opts.lr)
 
+    def _pooled_from(self, at: int) -> Callable:
+        """Tokens entering block ``at`` -> the pooled features (the rest of the network)."""
+        model = self.sema
+        return lambda tokens: model.pool(model.run_blocks(tokens, at))
+
     def _head_phase(self, prefix, at: int, y: torch.Tensor, current: torch.Tensor):
         model = self.sema
-        features = training_rows(lambda t: model.pool(model.run_blocks(t, at)), prefix,
-                                 self.device)
+        features = training_rows(self._pooled_from(at), prefix, self.device)
         self._fit(list(model.head.parameters()), features, y,
                   lambda f, labels: masked_cross_entropy(model.logits(f), labels, current),
                   self.opts.functional_epochs, self.opts.lr)
@@ -222,7 +226,7 @@ class SEMA(Strategy):
             self._head_phase(prefix, at, y, current)
         if model.prototypes is not None:  # variant: prototypes of the final features
             model.eval()
-            model.prototypes.add(self._map(model.features, x), y.to(self.device))
+            model.prototypes.add(self._map(self._pooled_from(at), prefix), y.to(self.device))
         model.train()
         self.experiences_seen += 1
         indices = [model.blocks.index(b) for b in model.expandable]
