@@ -109,9 +109,47 @@ def test_frozen_computations_over_random_reads(imagenet_r):
     once = map_batches(fn, x, "cpu", batch_size=7)
     assert torch.equal(once, fn(x.eval_view()[:]))
     assert torch.equal(map_batches(lambda t: t, rows, "cpu"), once)  # through FrozenRows
+    # draw=True reads as a training pass does: each image's next draw (here its second)
+    torch.manual_seed(0)
+    fresh, _ = experience_images(train)
+    fresh[torch.arange(len(fresh))]
+    drawn = map_batches(fn, fresh, "cpu", batch_size=7, draw=True)
+    assert bool((fresh.draws == 2).all()) and not torch.equal(drawn, once)
+    torch.manual_seed(0)
+    again, _ = experience_images(train)
+    again[torch.arange(len(again))]
+    assert torch.equal(drawn, fn(again[torch.arange(len(again))]))
     plain, _ = experience_images(build(imagenet_r, transform="none").train_stream[0].dataset)
     cached = frozen_rows(fn, plain, "cpu", budget_bytes=2**30)
     assert torch.is_tensor(cached) and torch.equal(cached, fn(plain[:]))
+
+
+def test_inflora_covariances_read_the_training_view(imagenet_r, pretrained_backbone):
+    """InfLoRA's covariance passes read each image's next random draw, as the code iterates
+    its training loader for them; the mean of x x^T of block 0's qkv input, by hand."""
+    from clplatform import create_backbone, create_strategy
+    from clplatform.strategies.base import StrategyContext, TrainSettings
+    bm = build(imagenet_r, transform="pilot")
+    ctx = StrategyContext(create_backbone("vit-glyphs"), bm.info,
+                          TrainSettings(epochs=1, batch_size=8))
+    strategy = create_strategy("inflora", ctx)
+    model = strategy.model
+    train = bm.train_stream[0].dataset
+    torch.manual_seed(0)
+    x, _ = experience_images(train)
+    tokens = frozen_rows(model.embed, x, "cpu", budget_bytes=2**30)
+    covs = strategy.covariances(tokens)
+    assert len(covs) == len(model.wrappers) and bool((x.draws == 1).all())
+    torch.manual_seed(0)
+    same, _ = experience_images(train)
+    with torch.no_grad():
+        first = model.blocks[0].norm1(model.embed(same[torch.arange(len(same))]))
+    flat = first.reshape(-1, first.shape[-1]).double()
+    assert torch.allclose(covs[0], flat.T @ flat / len(flat), rtol=1e-6, atol=1e-8)
+    with torch.no_grad():
+        evaluated = model.blocks[0].norm1(model.embed(x.eval_view()[:]))
+    flat = evaluated.reshape(-1, evaluated.shape[-1]).double()
+    assert not torch.allclose(covs[0], flat.T @ flat / len(flat), rtol=1e-3, atol=1e-5)
 
 
 def test_training_passes_see_new_crops(imagenet_r):

@@ -42,12 +42,16 @@ def is_vit(backbone: Backbone) -> bool:
 
 
 @torch.no_grad()
-def map_batches(fn, x: torch.Tensor, device, batch_size: int = 256) -> torch.Tensor:
+def map_batches(fn, x: torch.Tensor, device, batch_size: int = 256,
+                draw: bool = False) -> torch.Tensor:
     """``fn`` over ``x`` in batches on ``device``, concatenated (no gradients): for computing
     the frozen part of a network once per experience. Images with a random transform
     (:class:`~clplatform.data.ExperienceImages`, directly or under a :class:`FrozenRows`)
-    are read through their eval view: what is computed once never depends on one draw."""
-    x = eval_view(x)
+    are read through their eval view: what is computed once never depends on one draw.
+    ``draw``: read them as one training pass does instead (each image's next random draw),
+    for statistics the official code takes over its training loader."""
+    if not draw:
+        x = eval_view(x)
     return torch.cat([fn(rows_on(x, slice(i, i + batch_size), device))
                       for i in range(0, len(x), batch_size)])
 

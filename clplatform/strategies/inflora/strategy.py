@@ -17,9 +17,11 @@ afresh each epoch, an older experience's mean scaled by 0.9 + 0.1 (i + 1) / (t +
 divided by their mean per-head norm and by ``ca_logit_norm``.
 
 The frozen patch/position embedding of every training sample is computed once per
-experience (exact: frozen, no augmentation on these streams); the covariance passes run
-without gradients. Training iterations go through Avalanche's plugin hooks (the evaluator
-times them and counts their FLOPs).
+experience when the stream has no random transform (else recomputed at every read, a new
+draw per epoch); the covariance passes run without gradients and read the training view
+(the code iterates its training loader for both); the class statistics read the eval view
+(the code's ``mode='test'``). Training iterations go through Avalanche's plugin hooks (the
+evaluator times them and counts their FLOPs).
 """
 from __future__ import annotations
 
@@ -76,7 +78,9 @@ class InfLoRA(Strategy):
     @torch.no_grad()
     def covariances(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """Per adapted block: mean of x x^T over all tokens of all samples, x = the input of
-        its ``qkv`` (the LN1 output), float64, the model as it is."""
+        its ``qkv`` (the LN1 output), float64, the model as it is. The samples are read as a
+        training pass reads them (with a random transform: each image's next draw), as the
+        code takes both covariances over its training loader."""
         model = self.inflora
         sums = [torch.zeros(model.dim, model.dim, dtype=torch.float64, device=self.device)
                 for _ in model.wrappers]
@@ -93,7 +97,7 @@ class InfLoRA(Strategy):
         try:
             model.eval()
             map_batches(lambda t: model.run_blocks(t, 0, model.adapted)[:, :1], tokens,
-                        self.device)
+                        self.device, draw=True)
         finally:
             for h in handles:
                 h.remove()
