@@ -172,10 +172,17 @@ def test_shift_triggers_expansion_and_a_repeat_does_not(pretrained_backbone):
     strategy.train(first, eval_streams=[])
     from clplatform.data import dataset_tensors
     x, _ = dataset_tensors(first.dataset)
-    assert strategy._scan(x, set()) is None                 # the same data: nothing novel
-    layer, score = strategy._scan(1.0 - x, set())          # inverted images: novel
+    with torch.no_grad():
+        same, inverted = strategy.model.embed(x), strategy.model.embed(1.0 - x)
+    assert strategy._scan(same, set(), 0) is None             # the same data: nothing novel
+    layer, score = strategy._scan(inverted, set(), 0)         # inverted images: novel
     assert layer >= strategy.model.first_expandable and score > 2.0
-    assert strategy._scan(1.0 - x, {3, 4, 5}) is None       # every layer expanded already
+    assert strategy._scan(inverted, {3, 4, 5}, 0) is None     # every layer expanded already
+    # from a later block's cached input (the experience's prefix): the same decision
+    at = strategy.model.first_expandable
+    with torch.no_grad():
+        prefix = strategy.model.run_blocks(inverted, 0, at)
+    assert strategy._scan(prefix, set(), at)[0] == layer
 
 
 def test_expansion_shows_up_in_the_records(runs_dir, pretrained_backbone):
@@ -357,13 +364,14 @@ def test_expansion_scan_order(order, pretrained_backbone):
     bm = create_stream("glyphs", **TINY_GLYPHS, seed=0)
     strategy = _strategy(bm, scan_order=order, scan_batch_size=8)
     from clplatform.data import dataset_tensors
+    from clplatform.strategies.vit import FrozenRows
     x, _ = dataset_tensors(bm.train_stream[0].dataset)
     seen = []
     embed = strategy.model.embed
-    strategy.model.embed = lambda b: seen.append(b.clone()) or embed(b)
+    tokens = FrozenRows(lambda b: seen.append(b.clone()) or embed(b), x, "cpu")
     passes = []
     for _ in range(2):
-        strategy._scan(x, set())
+        strategy._scan(tokens, set(), 0)
         passes.append(torch.cat(seen))
         seen.clear()
     for scanned in passes:

@@ -166,23 +166,22 @@ class SEMA(Strategy):
         self._freeze_all()
 
     @torch.no_grad()
-    def _scan(self, rows, expanded: set[int], at: int | None = None) -> tuple[int, float] | None:
-        """One forward-only pass over ``rows`` (images; or, with ``at``, the tokens entering
-        block ``at``, no block before which expands) in batches in a fresh random order
+    def _scan(self, tokens, expanded: set[int], at: int) -> tuple[int, float] | None:
+        """One forward-only pass over ``tokens`` (those entering block ``at``, no block
+        before which expands: the experience's prefix) in batches in a fresh random order
         unless ``scan_order`` is sequential; the first (shallowest) block whose every
         descriptor finds a batch novel, with the deciding score; None if no block does."""
         model = self.sema
         model.eval()
         size = self.opts.scan_batch_size
         # released code: a shuffled DataLoader, drawn anew for every scan pass
-        order = torch.randperm(len(rows)) if self.opts.scan_order == "shuffled" else None
-        for start in range(0, len(rows), size):
-            batch = rows_on(rows, slice(start, start + size) if order is None
+        order = torch.randperm(len(tokens)) if self.opts.scan_order == "shuffled" else None
+        for start in range(0, len(tokens), size):
+            batch = rows_on(tokens, slice(start, start + size) if order is None
                             else order[start:start + size], self.device)
-            tokens = model.embed(batch) if at is None else batch
-            for i in range(at or 0, len(model.blocks)):
+            for i in range(at, len(model.blocks)):
                 block = model.blocks[i]
-                tokens = model.run_blocks(tokens, i, i + 1)
+                batch = model.run_blocks(batch, i, i + 1)
                 if not block.expandable or i in expanded or not block.descriptors:
                     continue
                 score = min(self._novelty(d, block.last_mean) for d in block.descriptors)
