@@ -91,8 +91,8 @@ def masked_experience(experience, fraction: float, rounds: int):
     """(experience with every label masked, oracle holding the labels)."""
     from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
 
-    from .data import classification_dataset, dataset_tensors
-    x, y = dataset_tensors(experience.dataset)
+    from .data import classification_dataset, experience_images
+    x, y = experience_images(experience.dataset)  # held as uint8, read per item
     masked = DatasetExperience(dataset=classification_dataset(x, torch.full_like(y, MASKED_LABEL)),
                                current_experience=experience.current_experience)
     return masked, Oracle.with_fraction(y, fraction, rounds)

@@ -282,14 +282,20 @@ class ExperienceImages:
 
     @staticmethod
     def cat(parts: list["ExperienceImages"]) -> "ExperienceImages":
-        """Deterministic stores (the test stream) as one."""
-        if any(p.random or p.crop is not None for p in parts):
-            raise ValueError("only plain stores concatenate")
+        """Stores as one: deterministic ones (the test stream), or the training experiences
+        of one stream with a random transform (the same :class:`StoredAugment`: every read
+        draws anew, from a new salt)."""
+        augment = parts[0].augment
+        if any(p.crop is not None or p.augment is not augment for p in parts):
+            raise ValueError("only plain stores, or stores of one random transform, "
+                             "concatenate")
+        salt = int(torch.randint(2**31 - 1, ()).item()) if augment is not None else 0
         if not all(torch.is_tensor(p.stored) for p in parts):  # some read from files
-            return ExperienceImages(_Concat([p.stored for p in parts]))
+            return ExperienceImages(_Concat([p.stored for p in parts]), augment, salt=salt)
         dtype = torch.uint8 if all(p.dtype == torch.uint8 for p in parts) else torch.float
         return ExperienceImages(torch.cat([p.stored if p.dtype == dtype else
-                                           p.stored.float().div_(255.0) for p in parts]))
+                                           p.stored.float().div_(255.0) for p in parts]),
+                                augment, salt=salt)
 
 
 class _Concat:

@@ -256,6 +256,12 @@ def test_compress_child_run_records_before_and_after(sema_run, tmp_path):
     # the same child again: refused without --force
     again = invoke("compress", run_dir, "--method", "resrep", "--ratio", "0.6")
     assert again.exit_code == 2 and "--force" in again.output
+    # every experience's training data (uint8, concatenated) also trains it
+    oracle = invoke("compress", run_dir, "--method", "resrep", "--ratio", "0.8", "--steps",
+                    "4", "--data", "all-seen", "--set", "mask_after=0", "--json")
+    assert oracle.exit_code == 0, oracle.output
+    summary = json.loads(open(f"{json.loads(oracle.output)['run_dir']}/compression.json").read())
+    assert 0.79 <= summary["target_flops_ratio_achieved"] <= 0.81
 
 
 @pytest.mark.parametrize("args, message", [

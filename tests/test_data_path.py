@@ -152,6 +152,23 @@ def test_inflora_covariances_read_the_training_view(imagenet_r, pretrained_backb
     assert not torch.allclose(covs[0], flat.T @ flat / len(flat), rtol=1e-3, atol=1e-5)
 
 
+def test_training_experiences_of_an_augmented_stream_concatenate(imagenet_r):
+    """ExperienceImages.cat (compress --data all-seen) keeps the stream's random transform:
+    uint8 held once, a new draw per read, the eval view the concatenated eval views."""
+    bm = build(imagenet_r, transform="pilot")
+    parts = [experience_images(e.dataset)[0] for e in bm.train_stream[:3]]
+    joined = ExperienceImages.cat(parts)
+    assert joined.random and joined.stored.dtype == torch.uint8
+    assert len(joined) == sum(len(p) for p in parts) and joined.shape[1:] == (3, 32, 32)
+    idx = torch.arange(len(joined))
+    assert not torch.equal(joined[idx], joined[idx])
+    assert torch.equal(joined.eval_view()[:],
+                       torch.cat([p.eval_view()[:] for p in parts]))
+    plain, _ = experience_images(build(imagenet_r, transform="none").train_stream[0].dataset)
+    with pytest.raises(ValueError, match="one random transform"):
+        ExperienceImages.cat([parts[0], plain])
+
+
 def test_training_passes_see_new_crops(imagenet_r):
     """The loader of fit_tensors (TensorBatches) over a FrozenRows of random reads: each
     pass (epoch) reads every image once, with a new crop per pass."""

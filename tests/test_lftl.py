@@ -51,6 +51,11 @@ def test_masked_experience_hides_every_label():
     true_x, true_y = dataset_tensors(experience.dataset)
     assert torch.equal(x, true_x) and (y == MASKED_LABEL).all()
     assert set(masked.dataset.targets) == {MASKED_LABEL}
+    # the images are held once, as uint8 (not a float copy), and read per item
+    from clplatform.data import ExperienceImages
+    source = masked.dataset._datasets[0]
+    assert isinstance(source.images, ExperienceImages)
+    assert source.images.stored.dtype == torch.uint8
     for batch in torch.utils.data.DataLoader(masked.dataset, batch_size=64):
         assert (batch[1] == MASKED_LABEL).all()
     oracle.start_round()

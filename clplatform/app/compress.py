@@ -70,21 +70,23 @@ def _prepare(run_dir: Path):
 
 def _training_data(prepared, kind: str):
     """(x, y) the compress step may use: the last experience's training data, the
-    strategy's replay buffer, or every experience's (oracle)."""
-    from clplatform.data import dataset_tensors
+    strategy's replay buffer, or every experience's (oracle). Images are held as uint8
+    (:func:`~clplatform.data.experience_images`) and drawn anew at every read when the
+    stream has a random training transform."""
+    from clplatform.data import ExperienceImages, experience_images
     stream = list(prepared.benchmark.train_stream)
     if kind == "current":
-        return dataset_tensors(stream[-1].dataset)
+        return experience_images(stream[-1].dataset)
     if kind == "all-seen":
-        parts = [dataset_tensors(e.dataset) for e in stream]
-        return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+        parts = [experience_images(e.dataset) for e in stream]
+        return ExperienceImages.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
     buffers = [p.storage_policy.buffer for p in prepared.strategy.plugins
                if hasattr(p, "storage_policy")]
     buffers = [b for b in buffers if len(b)]
     if not buffers:
         raise UserError(f"--data replay: strategy {prepared.config['strategy']['name']!r} "
                         "keeps no replay buffer; use --data current or all-seen")
-    return dataset_tensors(buffers[0])
+    return experience_images(buffers[0])
 
 
 def _measure(prepared, model, probe, stage: str, seen_exps: int) -> tuple[list, dict]:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clplatform.compute import FlopCount
+from clplatform.data import rows_on
 from clplatform.errors import UserError
 from clplatform.evaluator import MASK_VALUE
 from clplatform.options import opt
@@ -477,8 +478,9 @@ class Centripetal:
 # ----------------------------------------------------------------------------- training
 @dataclass
 class Data:
-    """What the compress step may train on: inputs, labels, the seen classes."""
-    x: torch.Tensor
+    """What the compress step may train on: inputs (a tensor, or an experience's
+    :class:`~clplatform.data.ExperienceImages`), labels, the seen classes."""
+    x: "torch.Tensor | ExperienceImages"
     y: torch.Tensor
     seen: torch.Tensor   # bool [num_classes]
 
@@ -646,7 +648,7 @@ def _train(model, teacher, data: Data, opts: CompressOptions, groups, state, see
         mask_after = 5 * max(1, len(data.x) // min(opts.batch_size, len(data.x)))
 
     def step(idx: torch.Tensor) -> None:
-        x = data.x[idx].to(device, non_blocking=True)
+        x = rows_on(data.x, idx, device)
         logits = model(x)
         if opts.loss == "kd":
             with torch.no_grad():
