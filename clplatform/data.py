@@ -211,11 +211,13 @@ class ExperienceImages:
     k/255). ``augment`` (:class:`StoredAugment`, optional): each read of image i draws its
     k-th random crop + flip on the stored copy, seeded from (``salt``, i, k) — a new draw
     per epoch, deterministic for a run; ``random`` tells it. ``crop``: a centre crop of the
-    stored copy for reads without ``augment`` (the eval view)."""
+    stored copy for reads without ``augment`` (the eval view). ``mapped``: ``stored`` is
+    memory-mapped from the image cache (never copied whole into pinned memory)."""
 
     def __init__(self, stored: torch.Tensor, augment: StoredAugment | None = None,
-                 crop: int | None = None, salt: int = 0):
+                 crop: int | None = None, salt: int = 0, mapped: bool = False):
         self.stored, self.augment, self.crop, self.salt = stored, augment, crop, int(salt)
+        self.mapped = mapped
         self.draws = torch.zeros(len(stored), dtype=torch.long)
 
     @property
@@ -240,9 +242,14 @@ class ExperienceImages:
         """The same stored images read without the random transform (the eval view)."""
         if self.augment is None:
             return self
-        return ExperienceImages(self.stored, None, self.augment.eval_crop)
+        return ExperienceImages(self.stored, None, self.augment.eval_crop,
+                                mapped=self.mapped)
 
     def pin_memory(self) -> "ExperienceImages":
+        """A view with the stored copy in pinned memory (asynchronous copies to CUDA); itself
+        when the copy is memory-mapped: pinning would read the whole file into memory."""
+        if self.mapped:
+            return self
         view = ExperienceImages(self.stored.pin_memory(), self.augment, self.crop, self.salt)
         view.draws = self.draws
         return view
@@ -538,10 +545,11 @@ def experience_images(dataset, batch_size: int = 512
         stored, y = cached if cached is not None else dataset_tensors(
             dataset.replace_current_transform_group(augment.store), batch_size)
         salt = int(torch.randint(2**31 - 1, ()).item())
-        return ExperienceImages(stored, augment, salt=salt), y
+        return ExperienceImages(stored, augment, salt=salt,
+                                mapped=cached is not None and torch.is_tensor(stored)), y
     cached = _cached_store(dataset, None, batch_size)
     if cached is not None:
-        return ExperienceImages(cached[0]), cached[1]
+        return ExperienceImages(cached[0], mapped=torch.is_tensor(cached[0])), cached[1]
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          num_workers=_READ_WORKERS[0])
     xs, ys, exact = [], [], True
