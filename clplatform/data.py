@@ -297,7 +297,8 @@ class ExperienceImages:
             raise ValueError("only plain stores, or stores of one random transform, "
                              "concatenate")
         salt = int(torch.randint(2**31 - 1, ()).item()) if augment is not None else 0
-        if not all(torch.is_tensor(p.stored) for p in parts):  # some read from files
+        if any(p.mapped or not torch.is_tensor(p.stored) for p in parts):
+            # some read from files or mapped from the image cache: indexed in place
             return ExperienceImages(_Concat([p.stored for p in parts]), augment, salt=salt)
         dtype = torch.uint8 if all(p.dtype == torch.uint8 for p in parts) else torch.float
         return ExperienceImages(torch.cat([p.stored if p.dtype == dtype else

@@ -248,6 +248,9 @@ def test_image_cache_decodes_once_and_reads_the_same_images(imagenet_r, tmp_path
             # memory-mapped: never pinned whole (a CUDA FrozenRows keeps the mapped copy)
             assert x.mapped and t.mapped and x.eval_view().mapped and not plain.mapped
             assert x.pin_memory() is x and FrozenRows(lambda b: b, x, "cuda").x is x
+            joined = ExperienceImages.cat([t, t])  # the evaluator's: indexed in place
+            assert not torch.is_tensor(joined.stored)
+            assert torch.equal(joined[:], torch.cat([plain_test[:], plain_test[:]]))
     files = sorted(p.name for p in folder.iterdir())
     assert len([f for f in files if not f.endswith(".labels.npy")]) == 2, files
     # a budget too small: a note, nothing written, the images decoded from their files at
