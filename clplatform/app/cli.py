@@ -376,8 +376,9 @@ def compare_command(runs, out, group_by, export, export_format, include_incomple
                    "sema-table1 (L2P, DualPrompt, CODA-Prompt, SimpleCIL, APER, InfLoRA, "
                    "SEMA) or sema-appendix (EASE, RanPAC, SimpleCIL, SEMA) (with -cpu: 5 "
                    "epochs for the comparators whose 20 take over 90 s on a CPU), or "
-                   "mini-table1 (sema-table1-cpu and naive on mini-in, mini-r, mini-a, "
-                   "mini-vtab, vit-mini, seeds 0,1,2, ranked against Table 1); and/or a "
+                   "mini-table1 (sema-table1 at its official epochs and naive on mini-in, "
+                   "mini-r, mini-a, mini-vtab, vit-mini, seeds 0,1,2, ranked against "
+                   "Table 1); and/or a "
                    f"benchmark recipe ({_RECIPES}): its stream, backbone, seeds, and its "
                    "strategy's hyper-parameters (its strategy alone unless --strategies or "
                    "a comparison preset is given; explicit options win)")
