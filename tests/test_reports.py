@@ -301,14 +301,18 @@ def test_summary_text_is_aligned_and_shows_only_recorded_metrics(runs_folder):
 
 
 def test_published_values_match_only_their_setting():
-    from clplatform.reports.published import VIT_B16_IN1K, published_for
+    from clplatform.reports.published import VIT_B16_IN1K, VIT_B16_IN1K_SEMA, published_for
     config = {"stream": {"name": "avalanche:SplitCIFAR100", "experiences_in_stream": 10},
               "backbone": {"name": f"timm:{VIT_B16_IN1K}"}}
     row = published_for("sema", config)
     assert (row.final_accuracy, row.average_incremental_accuracy) == (86.98, 91.37)
     assert "Table 1" in row.source
     assert published_for("coda-prompt", config).final_accuracy == 86.11
-    other_tag = {**config, "backbone": {"name": "timm:vit_base_patch16_224"}}  # augreg2
+    # SEMA's own timm loads the augreg2 tag (the sema-* presets): matched too
+    sema_tag = {**config, "backbone": {"name": f"timm:{VIT_B16_IN1K_SEMA}"}}
+    assert published_for("sema", sema_tag) == row
+    assert published_for("l2p", sema_tag) == published_for("l2p", config)
+    other_tag = {**config, "backbone": {"name": "timm:vit_base_patch16_224"}}  # a bare name
     five = {**config, "stream": {**config["stream"], "experiences_in_stream": 5}}
     glyphs = {**config, "stream": {"name": "glyphs", "experiences_in_stream": 10}}
     assert all(published_for("sema", c) is None for c in (other_tag, five, glyphs))

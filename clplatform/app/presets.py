@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import UserError
+from ..reports.published import VIT_B16_IN1K_SEMA
 
 #: timm names of the papers' ViT-B/16 checkpoints (spec §1, "Backbones")
-VIT_B16_IN1K = "timm:vit_base_patch16_224.augreg2_in21k_ft_in1k"  # SEMA's timm 0.9.8 default
+VIT_B16_IN1K = f"timm:{VIT_B16_IN1K_SEMA}"  # SEMA's timm 0.9.8 default
 VIT_B16_IN21K = "timm:vit_base_patch16_224.augreg_in21k"
 #: SHOT/LFTL's torchvision ImageNet ResNets (torchvision resnet50/101(pretrained=True))
 RESNET50 = "timm:resnet50.tv_in1k"
