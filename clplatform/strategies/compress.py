@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clplatform.compute import FlopCount
-from clplatform.data import rows_on
+from clplatform.data import ExperienceImages, rows_on
 from clplatform.errors import UserError
 from clplatform.evaluator import MASK_VALUE
 from clplatform.options import opt
@@ -480,7 +480,7 @@ class Centripetal:
 class Data:
     """What the compress step may train on: inputs (a tensor, or an experience's
     :class:`~clplatform.data.ExperienceImages`), labels, the seen classes."""
-    x: "torch.Tensor | ExperienceImages"
+    x: torch.Tensor | ExperienceImages
     y: torch.Tensor
     seen: torch.Tensor   # bool [num_classes]
 
